@@ -1,0 +1,136 @@
+//! `ktvmm bench`: how close `ktvmm run` is to the raw KVM floor.
+//!
+//! Both measurements are whole processes, process start to exit, because
+//! that is what a user (or the runner) pays: (a) `ktvmm bench-floor`, which
+//! only runs [`ktvmm_vmm::floor`]; (b) `ktvmm run bundled:exitcode`, the
+//! smallest bundled guest. The two are interleaved so that machine noise
+//! hits both alike.
+
+use std::io;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ktvmm_vmm::{Vm, VmConfig};
+
+use crate::cli::BenchArgs;
+use crate::run_cmd::load_guest;
+
+/// The guest `bench` boots: the smallest bundled one.
+const SMALLEST_GUEST: &str = "bundled:exitcode";
+
+/// `ktvmm bench-floor`: one floor run in this process.
+pub fn floor_once() -> Result<u8> {
+    ktvmm_vmm::floor::run_once().map_err(|e| anyhow::anyhow!("raw KVM floor: {e}"))?;
+    Ok(0)
+}
+
+fn time_process(exe: &Path, args: &[&str]) -> Result<Duration> {
+    let started = Instant::now();
+    let status = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("cannot start {} {}", exe.display(), args.join(" ")))?;
+    let elapsed = started.elapsed();
+    if !status.success() {
+        bail!("`ktvmm {}` failed ({status})", args.join(" "));
+    }
+    Ok(elapsed)
+}
+
+/// Minimum and median of some durations.
+fn min_median(samples: &mut [Duration]) -> (Duration, Duration) {
+    samples.sort();
+    (samples[0], samples[samples.len() / 2])
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Runs the benchmark and prints its figures.
+pub fn bench(args: BenchArgs) -> Result<u8> {
+    let exe = std::env::current_exe().context("cannot find the ktvmm executable")?;
+    let mut floor = Vec::new();
+    let mut ktvmm = Vec::new();
+    // One untimed round first: page cache, binary mapping, KVM module state.
+    time_process(&exe, &["bench-floor"])?;
+    time_process(&exe, &["run", SMALLEST_GUEST])?;
+    for _ in 0..args.runs {
+        floor.push(time_process(&exe, &["bench-floor"])?);
+        ktvmm.push(time_process(&exe, &["run", SMALLEST_GUEST])?);
+    }
+    let (floor_min, floor_median) = min_median(&mut floor);
+    let (run_min, run_median) = min_median(&mut ktvmm);
+    println!("runs: {} each, process start to exit", args.runs);
+    println!(
+        "(a) raw KVM floor (VM + 1 vCPU, 6 real-mode instructions to HLT): min {}, median {}",
+        ms(floor_min),
+        ms(floor_median)
+    );
+    println!(
+        "(b) ktvmm run {SMALLEST_GUEST} (128 MiB, long mode, prints, exits via 0xf4): min {}, median {}",
+        ms(run_min),
+        ms(run_median)
+    );
+    if args.breakdown {
+        breakdown(args.runs)?;
+    }
+    println!(
+        "ratio: {:.2}",
+        run_median.as_secs_f64() / floor_median.as_secs_f64()
+    );
+    Ok(0)
+}
+
+/// Median time of each build step and of the run itself, in this process.
+fn breakdown(runs: u32) -> Result<()> {
+    let image = load_guest(SMALLEST_GUEST)?;
+    let mut steps: Vec<(&'static str, Vec<Duration>)> = Vec::new();
+    let mut runs_taken = Vec::new();
+    let mut teardowns = Vec::new();
+    for _ in 0..runs {
+        let config = VmConfig {
+            kernel: image.clone(),
+            cpus: 1,
+            mem_mib: 128,
+            cmdline: String::new(),
+            initrd: None,
+            console: Box::new(io::sink()),
+        };
+        let mut vm = Vm::build(config)?;
+        for (i, (name, took)) in vm.timings().steps.iter().enumerate() {
+            if steps.len() <= i {
+                steps.push((name, Vec::new()));
+            }
+            steps[i].1.push(*took);
+        }
+        let started = Instant::now();
+        let outcome = vm.run(Some(Duration::from_secs(10)));
+        runs_taken.push(started.elapsed());
+        let started = Instant::now();
+        drop(vm);
+        teardowns.push(started.elapsed());
+        if outcome.exit_code() != 0 {
+            bail!("{SMALLEST_GUEST} did not pass: {outcome:?}");
+        }
+    }
+    println!("breakdown (in-process medians of {runs} builds and runs):");
+    for (name, samples) in &mut steps {
+        println!("  {:<24} {}", name, ms(min_median(samples).1));
+    }
+    println!(
+        "  {:<24} {}",
+        "run to guest exit",
+        ms(min_median(&mut runs_taken).1)
+    );
+    println!(
+        "  {:<24} {} (ktvmm run leaves this to a detached child)",
+        "KVM teardown",
+        ms(min_median(&mut teardowns).1)
+    );
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! Command-line definitions. QEMU users type `-smp 4 -append "..."`; those
+//! single-dash spellings are rewritten to the GNU long options before clap
+//! sees them, so both work everywhere.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+/// ktvmm: run KVM unit-test guests on a purpose-built mini-VMM.
+#[derive(Debug, Parser)]
+#[command(name = "ktvmm", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot one guest and exit with its exit code.
+    Run(RunArgs),
+    /// Run a suite of guests (the bundled suite when no path is given).
+    Test(TestArgs),
+    /// Measure boot-to-exit time against the raw KVM floor.
+    Bench(BenchArgs),
+    /// One run of the raw KVM floor (what `bench` times as its baseline).
+    #[command(hide = true)]
+    BenchFloor,
+}
+
+/// Options of `ktvmm run`.
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// The guest: an ELF file, or `bundled:NAME` for a guest built into ktvmm.
+    pub guest: String,
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// Write the outcome as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json_outcome: Option<PathBuf>,
+}
+
+/// How to shape the VM (shared by `run` and `test`).
+#[derive(Debug, Args, Clone)]
+pub struct VmArgs {
+    /// Number of vCPUs (QEMU: -smp N).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub smp: u32,
+    /// Guest RAM in MiB; a M or G suffix is accepted (QEMU: -m).
+    #[arg(short = 'm', long = "memory", value_name = "MB", default_value = "128", value_parser = parse_mem_mib)]
+    pub mem_mib: u64,
+    /// The guest's command line (QEMU: -append).
+    #[arg(
+        long,
+        value_name = "ARGS",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
+    pub append: String,
+    /// A file the guest receives as its initrd (QEMU: -initrd).
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+    /// Stop the guest after SECS seconds (exit code 124).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub timeout: Option<Duration>,
+}
+
+/// Options of `ktvmm test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Guest ELF files to run, one test each; none: the bundled suite.
+    pub paths: Vec<PathBuf>,
+    /// List the tests instead of running them.
+    #[arg(long)]
+    pub list: bool,
+    /// Per-test time limit in seconds.
+    #[arg(long, value_name = "SECS", default_value = "120", value_parser = parse_seconds)]
+    pub timeout: Duration,
+}
+
+/// Options of `ktvmm bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Runs of each measurement.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// Also show where `ktvmm run`'s time goes.
+    #[arg(long)]
+    pub breakdown: bool,
+}
+
+/// `128`, `128M`, `128MiB`, `1G`, `1GiB`: a size in MiB.
+pub fn parse_mem_mib(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let (digits, scale) = match lower.trim_end_matches("ib").trim_end_matches('b') {
+        s if s.ends_with('g') => (&s[..s.len() - 1], 1024),
+        s if s.ends_with('m') => (&s[..s.len() - 1], 1),
+        s => (s, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("'{text}' is not a memory size (examples: 128, 512M, 2G)"))
+}
+
+/// Seconds, possibly fractional: `10`, `0.5`.
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.trim()
+        .trim_end_matches('s')
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("'{text}' is not a positive number of seconds"))
+}
+
+/// Rewrites QEMU-style `-smp`, `-append`, `-initrd`, `-memory` (any long
+/// option, typed with one dash) to `--smp` etc. Values of options
+/// and everything after `--` are left alone.
+pub fn qemu_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let command = Cli::command();
+    let mut long_names = Vec::new();
+    let mut takes_value = Vec::new();
+    for sub in command.get_subcommands() {
+        for arg in sub.get_arguments() {
+            if let Some(long) = arg.get_long() {
+                long_names.push(long.to_string());
+                if arg.get_action().takes_values() {
+                    takes_value.push(format!("--{long}"));
+                    if let Some(short) = arg.get_short() {
+                        takes_value.push(format!("-{short}"));
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut value_next = false;
+    let mut rest_verbatim = false;
+    for arg in args {
+        let text = arg.to_string_lossy().into_owned();
+        if rest_verbatim || value_next {
+            value_next = false;
+            out.push(arg);
+            continue;
+        }
+        if text == "--" {
+            rest_verbatim = true;
+            out.push(arg);
+            continue;
+        }
+        let mut word = text.clone();
+        if let Some(body) = text.strip_prefix('-').filter(|b| !b.starts_with('-')) {
+            let name = body.split('=').next().unwrap_or(body);
+            // Short options with an attached value (`-m256`) stay as they
+            // are; any other multi-letter word is a long option, known or
+            // not, so that an error names all of `-bogus`, not `-b`.
+            let short_with_value = takes_value
+                .iter()
+                .any(|t| t.len() == 2 && body.starts_with(&t[1..]))
+                && !long_names.iter().any(|l| l == name);
+            if name.len() > 1 && !short_with_value {
+                word = format!("-{text}");
+            }
+        }
+        value_next = !word.contains('=') && takes_value.contains(&word);
+        out.push(if word == text { arg } else { word.into() });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(qemu_style(line.split_whitespace().map(OsString::from)))
+    }
+
+    fn run_args(line: &str) -> RunArgs {
+        match parse(line).unwrap().command {
+            Command::Run(args) => args,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn qemu_and_gnu_spellings_agree() {
+        let qemu = run_args("ktvmm run g.elf -smp 4 -m 256 -append x -initrd env.txt");
+        let gnu = run_args("ktvmm run g.elf --smp 4 --memory 256 --append x --initrd env.txt");
+        for args in [&qemu, &gnu] {
+            assert_eq!(args.vm.smp, 4);
+            assert_eq!(args.vm.mem_mib, 256);
+            assert_eq!(args.vm.append, "x");
+            assert_eq!(
+                args.vm.initrd.as_deref(),
+                Some(std::path::Path::new("env.txt"))
+            );
+        }
+        assert_eq!(run_args("ktvmm run g.elf -smp=3").vm.smp, 3);
+    }
+
+    #[test]
+    fn defaults_are_one_cpu_128_mib_no_timeout() {
+        let args = run_args("ktvmm run guest.elf");
+        assert_eq!((args.vm.smp, args.vm.mem_mib), (1, 128));
+        assert_eq!(args.vm.append, "");
+        assert!(args.vm.timeout.is_none());
+    }
+
+    #[test]
+    fn option_values_are_never_rewritten() {
+        assert_eq!(run_args("ktvmm run g.elf -append -smp").vm.append, "-smp");
+        let args: Vec<OsString> = ["ktvmm", "run", "g.elf", "--", "-smp"]
+            .map(Into::into)
+            .to_vec();
+        assert_eq!(qemu_style(args.clone()), args);
+    }
+
+    #[test]
+    fn unknown_options_and_bad_values_are_errors() {
+        let err = parse("ktvmm run g.elf -bogus 1").unwrap_err().to_string();
+        assert!(err.contains("--bogus"), "{err}");
+        assert_eq!(run_args("ktvmm run g.elf -m256").vm.mem_mib, 256);
+        assert!(parse("ktvmm run g.elf -smp four").is_err());
+        assert!(parse("ktvmm run g.elf --timeout -1").is_err());
+        assert!(parse("ktvmm run").is_err());
+    }
+
+    #[test]
+    fn memory_sizes_take_qemu_suffixes() {
+        assert_eq!(parse_mem_mib("512"), Ok(512));
+        assert_eq!(parse_mem_mib("512M"), Ok(512));
+        assert_eq!(parse_mem_mib("2G"), Ok(2048));
+        assert_eq!(parse_mem_mib("1GiB"), Ok(1024));
+        assert_eq!(parse_mem_mib("0"), Ok(0));
+        assert!(parse_mem_mib("lots").is_err());
+        assert!(parse_mem_mib("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn timeouts_are_positive_seconds() {
+        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_seconds("10s"), Ok(Duration::from_secs(10)));
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("nan").is_err());
+    }
+}

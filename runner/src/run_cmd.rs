@@ -1,0 +1,72 @@
+//! `ktvmm run`: boot one guest, exit with its code.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow};
+use ktvmm_vmm::{KernelImage, Outcome, Vm, VmConfig};
+
+use crate::cli::RunArgs;
+use crate::{bundled, detach};
+
+/// Reads a guest from a file, or from the binary for `bundled:NAME`.
+pub fn load_guest(guest: &str) -> Result<KernelImage> {
+    if let Some(name) = guest.strip_prefix(bundled::PREFIX) {
+        let bytes = bundled::guest(name).ok_or_else(|| {
+            let names: Vec<&str> = bundled::GUESTS.iter().map(|(n, _)| *n).collect();
+            anyhow!(
+                "{guest}: no such bundled guest (there are: {})",
+                names.join(", ")
+            )
+        })?;
+        return Ok(KernelImage {
+            name: guest.to_string(),
+            bytes: bytes.to_vec(),
+        });
+    }
+    read_image(Path::new(guest))
+}
+
+fn read_image(path: &Path) -> Result<KernelImage> {
+    let bytes = fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(KernelImage {
+        name: path.display().to_string(),
+        bytes,
+    })
+}
+
+/// Runs the guest; exits the process with the guest's exit code, or returns
+/// the exit code when no VM could be built.
+pub fn run(args: RunArgs) -> Result<u8> {
+    let kernel = load_guest(&args.guest)?;
+    let initrd = args.vm.initrd.as_deref().map(read_image).transpose()?;
+    let config = VmConfig {
+        kernel,
+        cpus: args.vm.smp,
+        mem_mib: args.vm.mem_mib,
+        cmdline: args.vm.append.clone(),
+        initrd,
+        console: Box::new(io::stdout()),
+    };
+    let (outcome, vm) = match Vm::build(config) {
+        Ok(mut vm) => (vm.run(args.vm.timeout), Some(vm)),
+        Err(e) => (
+            Outcome::VmmError {
+                message: e.to_string(),
+            },
+            None,
+        ),
+    };
+    if let Some(path) = &args.json_outcome {
+        fs::write(path, outcome.to_json() + "\n")
+            .with_context(|| format!("{}: cannot write the outcome", path.display()))?;
+    }
+    if let Some(message) = outcome.message() {
+        eprintln!("ktvmm: {message}");
+    }
+    match vm {
+        Some(vm) => detach::exit_leaving_teardown(outcome.exit_code(), vm),
+        None => Ok(outcome.exit_code()),
+    }
+}

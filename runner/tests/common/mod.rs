@@ -1,0 +1,59 @@
+//! Shared pieces of the integration tests: they run the real `ktvmm` binary,
+//! which boots real guests under `/dev/kvm`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The `ktvmm` binary, after checking that KVM is there: these tests must
+/// fail loudly, not pass quietly, on a machine without it.
+pub fn ktvmm() -> Command {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "/dev/kvm is missing: ktvmm's integration tests boot real guests and need KVM"
+    );
+    Command::new(env!("CARGO_BIN_EXE_ktvmm"))
+}
+
+/// Runs `ktvmm` with `args`; returns the output and how long it took.
+pub fn run(args: &[&str]) -> (Output, Duration) {
+    let started = Instant::now();
+    let output = ktvmm().args(args).output().expect("start ktvmm");
+    (output, started.elapsed())
+}
+
+/// Exit code, stdout and stderr of a finished process.
+pub fn parts(output: &Output) -> (i32, String, String) {
+    (
+        output.status.code().expect("exited, not killed"),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A bundled guest's ELF file, as built next to the binary.
+pub fn guest_file(name: &str) -> PathBuf {
+    let path = Path::new(env!("KTVMM_GUESTS_DIR")).join(name);
+    assert!(
+        path.exists(),
+        "bundled guest {} was not built",
+        path.display()
+    );
+    path
+}
+
+/// A scratch directory for this test, emptied first.
+pub fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// Writes `bytes` to `dir/name` and returns the path as a string.
+pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("write test file");
+    path.display().to_string()
+}

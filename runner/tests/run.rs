@@ -1,0 +1,253 @@
+//! `ktvmm run`: real guests under KVM, every outcome, every bad input.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{guest_file, parts, run, scratch, write};
+use ktvmm_vmm::test_images::{SPIN_WITH_INTERRUPTS_OFF, elf64, exit_with};
+
+const LOAD_ADDR: u64 = 0x10_0000;
+
+#[test]
+fn guest_exit_codes_pass_through_unchanged() {
+    for (args, code) in [
+        ("pass", 0),
+        ("fail", 1),
+        ("skip", 77),
+        ("code=42", 42),
+        ("code=200", 200),
+    ] {
+        let (output, _) = run(&["run", "bundled:exitcode", "-append", args]);
+        let (got, stdout, stderr) = parts(&output);
+        assert_eq!(
+            got, code,
+            "exitcode {args}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        assert!(
+            stderr.is_empty(),
+            "a guest's own exit prints nothing on stderr: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn report_lines_and_summary_come_out_on_stdout() {
+    let (output, _) = run(&["run", "bundled:exitcode", "-append", "fail"]);
+    let (code, stdout, _) = parts(&output);
+    assert_eq!(code, 1);
+    assert!(stdout.contains("FAIL: "), "{stdout}");
+    assert!(
+        stdout.contains("SUMMARY: 1 tests, 1 unexpected failures"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_guest_file_boots_as_well_as_a_bundled_one() {
+    let path = guest_file("selftest");
+    let path = path.to_str().unwrap();
+    let (output, _) = run(&[
+        "run",
+        path,
+        "-smp",
+        "4",
+        "-m",
+        "256",
+        "-append",
+        "smp=4 mem=256 x y",
+    ]);
+    let (code, stdout, stderr) = parts(&output);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("PASS"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+#[test]
+fn gnu_style_options_work_too() {
+    let (output, _) = run(&[
+        "run",
+        "bundled:selftest",
+        "--smp",
+        "2",
+        "--memory",
+        "64",
+        "--append",
+        "smp=2 mem=64",
+    ]);
+    let (code, stdout, _) = parts(&output);
+    assert_eq!(code, 0, "{stdout}");
+}
+
+#[test]
+fn every_cpu_is_stopped_on_timeout_even_spinning_with_interrupts_off() {
+    let dir = scratch("timeout");
+    let spin = write(
+        &dir,
+        "spin.elf",
+        &elf64(LOAD_ADDR, &SPIN_WITH_INTERRUPTS_OFF, 0),
+    );
+    for guest in [spin.as_str(), "bundled:hang"] {
+        let json = dir.join("outcome.json");
+        let (output, took) = run(&[
+            "run",
+            guest,
+            "-smp",
+            "4",
+            "--timeout",
+            "1",
+            "--json-outcome",
+            json.to_str().unwrap(),
+        ]);
+        let (code, _, stderr) = parts(&output);
+        assert_eq!(code, 124, "{guest}: {stderr}");
+        assert!(stderr.contains("timed out after 1 s"), "{stderr}");
+        assert!(
+            took < Duration::from_secs(5),
+            "{guest}: stopping took {took:?}"
+        );
+        let outcome: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(outcome["kind"], "timeout");
+        assert_eq!(outcome["exit_code"], 124);
+    }
+}
+
+#[test]
+fn a_triple_fault_is_reported_as_a_shutdown() {
+    let (output, _) = run(&["run", "bundled:triple-fault", "--timeout", "10"]);
+    let (code, _, stderr) = parts(&output);
+    assert_eq!(code, 121, "{stderr}");
+    assert!(stderr.contains("shut down"), "{stderr}");
+    assert!(stderr.contains("RIP 0x"), "{stderr}");
+}
+
+#[test]
+fn json_outcome_records_the_guest_exit() {
+    let dir = scratch("json");
+    let json = dir.join("o.json");
+    let (output, _) = run(&[
+        "run",
+        "bundled:exitcode",
+        "-append",
+        "code=3",
+        "--json-outcome",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(parts(&output).0, 3);
+    let outcome: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(outcome["kind"], "guest_exit");
+    assert_eq!(outcome["code"], 3);
+    assert_eq!(outcome["exit_code"], 3);
+}
+
+#[test]
+fn an_in_memory_image_exits_with_its_code() {
+    let dir = scratch("tiny");
+    let tiny = write(
+        &dir,
+        "tiny.elf",
+        &elf64(LOAD_ADDR, &exit_with(0x1ff), 0x1000),
+    );
+    let (output, _) = run(&["run", &tiny]);
+    assert_eq!(parts(&output).0, 0xff, "only the low byte survives exit(2)");
+}
+
+/// Runs `ktvmm` with `args` and expects exit 125 and one stderr line that
+/// contains every `needle`.
+fn expect_error(args: &[&str], needles: &[&str]) {
+    let (output, _) = run(args);
+    let (code, _, stderr) = parts(&output);
+    assert_eq!(code, 125, "{args:?}: {stderr}");
+    for needle in needles {
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: expected {needle:?} in:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_guest_files_get_one_clear_message() {
+    let dir = scratch("bad-files");
+    let good = std::fs::read(guest_file("exitcode")).unwrap();
+
+    let missing = dir.join("missing.elf").display().to_string();
+    expect_error(&["run", &missing], &[&missing, "cannot read"]);
+
+    let text = write(&dir, "script.sh", b"#!/bin/sh\necho hi\n");
+    expect_error(&["run", &text], &[&text, "not an ELF file"]);
+
+    let truncated = write(&dir, "truncated.elf", &good[..100]);
+    expect_error(&["run", &truncated], &[&truncated, "truncated"]);
+
+    let mut aarch64 = good.clone();
+    aarch64[18..20].copy_from_slice(&183u16.to_le_bytes());
+    let aarch64 = write(&dir, "aarch64.elf", &aarch64);
+    expect_error(&["run", &aarch64], &[&aarch64, "AARCH64", "x86-64"]);
+
+    let high = write(&dir, "high.elf", &elf64(0x4000_0000, &exit_with(0), 0));
+    expect_error(&["run", &high, "-m", "128"], &[&high, "outside guest RAM"]);
+
+    let low = write(&dir, "low.elf", &elf64(0x8000, &exit_with(0), 0));
+    expect_error(&["run", &low], &[&low, "VMM-reserved", "0x100000"]);
+
+    let stack = write(
+        &dir,
+        "stack.elf",
+        &elf64((64 << 20) - 0x1000, &exit_with(0), 0),
+    );
+    expect_error(&["run", &stack, "-m", "64"], &[&stack, "vCPU boot stacks"]);
+
+    let missing_initrd = dir.join("env.txt").display().to_string();
+    expect_error(
+        &["run", "bundled:exitcode", "-initrd", &missing_initrd],
+        &[&missing_initrd],
+    );
+
+    expect_error(
+        &["run", "bundled:nosuch"],
+        &["bundled:nosuch", "no such bundled guest", "exitcode"],
+    );
+}
+
+#[test]
+fn bad_machine_shapes_get_one_clear_message() {
+    expect_error(&["run", "bundled:exitcode", "-smp", "0"], &["vCPU count 0"]);
+    expect_error(
+        &["run", "bundled:exitcode", "-smp", "100000"],
+        &["100000 vCPUs", "at most"],
+    );
+    expect_error(
+        &["run", "bundled:exitcode", "-m", "0"],
+        &["memory size 0 MiB is out of range"],
+    );
+    expect_error(
+        &["run", "bundled:exitcode", "-m", "1000G"],
+        &["out of range"],
+    );
+    expect_error(
+        &["run", "bundled:exitcode", "-m", "8", "-smp", "128"],
+        &["too small for 128 vCPU stacks"],
+    );
+    expect_error(&["run", "bundled:exitcode", "-smp", "two"], &["two"]);
+    expect_error(&["run", "bundled:exitcode", "-bogus"], &["--bogus"]);
+    expect_error(&["run"], &["GUEST"]);
+}
+
+#[test]
+fn the_initrd_reaches_the_guest() {
+    let dir = scratch("initrd");
+    let initrd = write(&dir, "env.txt", b"KEY=value\nOTHER=1\n");
+    let (output, _) = run(&["run", "bundled:selftest", "-initrd", &initrd]);
+    let (code, stdout, _) = parts(&output);
+    assert_eq!(code, 0, "{stdout}");
+    // The guest reports the length and first bytes it found ("KEY=").
+    assert!(
+        stdout.contains("initrd: 18 bytes, starting [4b, 45, 59, 3d"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("SKIP: selftest: no initrd"), "{stdout}");
+}

@@ -1,0 +1,192 @@
+//! One bus type for port I/O and for MMIO: address windows mapped to devices.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use ktvmm_testdevs::{Action, BusDevice};
+
+/// A device shared between the bus and whoever else drives it.
+pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
+
+/// Why a device window could not be inserted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BusError {
+    /// A window of length zero.
+    #[error("device window at {0:#x} has zero length")]
+    ZeroLength(u64),
+    /// The window runs past the end of the address space.
+    #[error("device window at {base:#x} of {len:#x} bytes overflows the address space")]
+    Overflow {
+        /// Start of the window.
+        base: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// The window overlaps one that is already there.
+    #[error("device window {base:#x}+{len:#x} overlaps the one at {other:#x}")]
+    Overlap {
+        /// Start of the refused window.
+        base: u64,
+        /// Its length.
+        len: u64,
+        /// Start of the window it collides with.
+        other: u64,
+    },
+}
+
+struct Window {
+    len: u64,
+    device: SharedDevice,
+}
+
+/// Address windows, each owned by one device; windows never overlap.
+#[derive(Default)]
+pub struct Bus {
+    windows: BTreeMap<u64, Window>,
+}
+
+impl Bus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Places `device` at `[base, base + len)`.
+    pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
+        if len == 0 {
+            return Err(BusError::ZeroLength(base));
+        }
+        let last = base
+            .checked_add(len - 1)
+            .ok_or(BusError::Overflow { base, len })?;
+        // The only candidates are the window starting at or below `last`
+        // with the highest base: windows do not overlap each other.
+        if let Some((&other, window)) = self.windows.range(..=last).next_back()
+            && other + (window.len - 1) >= base
+        {
+            return Err(BusError::Overlap { base, len, other });
+        }
+        self.windows.insert(base, Window { len, device });
+        Ok(())
+    }
+
+    /// The device whose window holds the whole access `[addr, addr + size)`,
+    /// and the offset of `addr` inside that window.
+    fn resolve(&self, addr: u64, size: usize) -> Option<(&SharedDevice, u64)> {
+        let (&base, window) = self.windows.range(..=addr).next_back()?;
+        let offset = addr - base;
+        let end = offset.checked_add(size as u64)?;
+        (end <= window.len).then_some((&window.device, offset))
+    }
+
+    /// A guest read. Unclaimed addresses read as all-ones, as on a PC bus
+    /// with nothing behind it; returns whether a device answered.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        match self.resolve(addr, data.len()) {
+            Some((device, offset)) => {
+                data.fill(0);
+                lock(device).read(offset, data);
+                true
+            }
+            None => {
+                log::debug!("unclaimed read of {} bytes at {addr:#x}", data.len());
+                data.fill(0xff);
+                false
+            }
+        }
+    }
+
+    /// A guest write. Unclaimed writes are dropped.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Action {
+        match self.resolve(addr, data.len()) {
+            Some((device, offset)) => lock(device).write(offset, data),
+            None => {
+                log::debug!("unclaimed write of {} bytes at {addr:#x}", data.len());
+                Action::Continue
+            }
+        }
+    }
+}
+
+/// A device whose lock was poisoned by a panic on another vCPU thread still
+/// holds consistent register state for our purposes: the run is ending anyway.
+fn lock(device: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
+    device
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Remembers the last access and answers reads with its offset.
+    #[derive(Default)]
+    struct Recorder {
+        last_write: Option<(u64, Vec<u8>)>,
+    }
+
+    impl BusDevice for Recorder {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            data[0] = offset as u8;
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) -> Action {
+            self.last_write = Some((offset, data.to_vec()));
+            Action::Exit(7)
+        }
+    }
+
+    fn recorder() -> Arc<Mutex<Recorder>> {
+        Arc::new(Mutex::new(Recorder::default()))
+    }
+
+    #[test]
+    fn refuses_zero_length_overflow_and_overlap() {
+        let mut bus = Bus::new();
+        assert_eq!(
+            bus.insert(recorder(), 0x10, 0),
+            Err(BusError::ZeroLength(0x10))
+        );
+        assert!(matches!(
+            bus.insert(recorder(), u64::MAX, 2),
+            Err(BusError::Overflow { .. })
+        ));
+        bus.insert(recorder(), 0x10, 0x10).unwrap();
+        for (base, len) in [(0x8, 0x9), (0x1f, 1), (0x0, 0x100), (0x14, 2)] {
+            assert!(
+                matches!(
+                    bus.insert(recorder(), base, len),
+                    Err(BusError::Overlap { other: 0x10, .. })
+                ),
+                "{base:#x}+{len:#x}"
+            );
+        }
+        bus.insert(recorder(), 0x8, 8).unwrap();
+        bus.insert(recorder(), 0x20, 1).unwrap();
+        bus.insert(recorder(), u64::MAX, 1).unwrap();
+    }
+
+    #[test]
+    fn dispatches_with_window_offsets() {
+        let mut bus = Bus::new();
+        let dev = recorder();
+        bus.insert(dev.clone(), 0x3f8, 8).unwrap();
+        let mut data = [0u8; 1];
+        assert!(bus.read(0x3fa, &mut data));
+        assert_eq!(data, [2]);
+        assert_eq!(bus.write(0x3fd, &[9]), Action::Exit(7));
+        assert_eq!(dev.lock().unwrap().last_write, Some((5, vec![9])));
+    }
+
+    #[test]
+    fn unclaimed_and_straddling_accesses_read_all_ones() {
+        let mut bus = Bus::new();
+        bus.insert(recorder(), 0x10, 4).unwrap();
+        let mut data = [0u8; 4];
+        assert!(!bus.read(0x100, &mut data));
+        assert_eq!(data, [0xff; 4]);
+        // Starts inside the window but ends past it.
+        assert!(!bus.read(0x12, &mut data));
+        assert_eq!(bus.write(0x13, &[1, 2]), Action::Continue);
+    }
+}

@@ -1,0 +1,3 @@
+//! Platform devices: what the VMM itself provides besides the test devices.
+
+pub mod serial;

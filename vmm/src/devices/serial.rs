@@ -1,0 +1,130 @@
+//! The COM1 console: a 16550 UART (vm-superio) whose output is the guest's
+//! console, and whose interrupt is an irqfd on its ISA line.
+
+use std::io::{self, Write};
+
+use ktvmm_testdevs::{Action, BusDevice};
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Width of a UART's port window.
+pub const UART_PORTS: u64 = 8;
+
+/// An interrupt line backed by an eventfd that KVM listens on (irqfd).
+pub struct IrqLine(pub EventFd);
+
+impl Trigger for IrqLine {
+    type E = io::Error;
+
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Console output, written a line at a time.
+///
+/// vm-superio flushes after every byte; forwarding that would cost one
+/// system call per character, so `flush` only passes on complete lines and
+/// [`Console::finish`] writes whatever is left when the VM ends.
+pub struct Console {
+    out: Box<dyn Write + Send>,
+    pending: Vec<u8>,
+}
+
+impl Console {
+    /// A console that writes to `out`.
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        Self {
+            out,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Writes out a last, unterminated line.
+    pub fn finish(&mut self) -> io::Result<()> {
+        self.out.write_all(&self.pending)?;
+        self.pending.clear();
+        self.out.flush()
+    }
+}
+
+impl Write for Console {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if let Some(last_newline) = self.pending.iter().rposition(|&b| b == b'\n') {
+            self.out.write_all(&self.pending[..=last_newline])?;
+            self.out.flush()?;
+            self.pending.drain(..=last_newline);
+        }
+        Ok(())
+    }
+}
+
+/// A UART on the port bus.
+pub struct SerialDevice {
+    uart: Serial<IrqLine, vm_superio::serial::NoEvents, Console>,
+}
+
+impl SerialDevice {
+    /// A UART that raises `irq` and writes to `console`.
+    pub fn new(irq: IrqLine, console: Console) -> Self {
+        Self {
+            uart: Serial::new(irq, console),
+        }
+    }
+
+    /// Writes out what the guest printed and has not been written yet.
+    pub fn finish(&mut self) -> io::Result<()> {
+        self.uart.writer_mut().finish()
+    }
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        // UART registers are byte-wide; wider accesses see the byte in lane 0.
+        data[0] = self.uart.read(offset as u8);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Action {
+        if let Err(e) = self.uart.write(offset as u8, data[0]) {
+            log::warn!("serial: {e}");
+        }
+        Action::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn output_goes_out_a_line_at_a_time_and_the_rest_at_finish() {
+        let out = Shared::default();
+        let irq = IrqLine(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let mut dev = SerialDevice::new(irq, Console::new(Box::new(out.clone())));
+        for &b in b"hi\nthere" {
+            assert_eq!(dev.write(0, &[b]), Action::Continue);
+        }
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
+        dev.finish().unwrap();
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\nthere");
+    }
+}

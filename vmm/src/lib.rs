@@ -1,0 +1,21 @@
+//! The ktvmm virtual machine: everything between a [`VmConfig`] and an
+//! [`Outcome`]. It knows nothing about test suites.
+#![warn(missing_docs)]
+
+pub mod boot_plan;
+pub mod bus;
+pub mod cpuid;
+pub mod devices;
+pub mod floor;
+pub mod kick;
+pub mod loader;
+pub mod long_mode;
+pub mod memory;
+pub mod outcome;
+pub mod test_images;
+pub mod vcpu;
+pub mod vm;
+
+pub use loader::KernelImage;
+pub use outcome::Outcome;
+pub use vm::{Timings, Vm, VmConfig, VmError};

@@ -1,0 +1,45 @@
+//! Minimal guest images built in memory, for tests of the loader and of
+//! `ktvmm` itself (no toolchain needed to make a guest that exits with 3).
+
+/// An ELF64 x86-64 executable with one RWX `PT_LOAD` segment holding `code`
+/// at `addr` (entry at its start), plus `bss` zero bytes.
+pub fn elf64(addr: u64, code: &[u8], bss: u64) -> Vec<u8> {
+    const EHDR: usize = 0x40;
+    const PHDR: usize = 0x38;
+    let mut f = vec![0u8; EHDR + PHDR];
+    f[..4].copy_from_slice(b"\x7fELF");
+    f[4] = 2; // ELFCLASS64
+    f[5] = 1; // little-endian
+    f[6] = 1; // EV_CURRENT
+    f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    f[20..24].copy_from_slice(&1u32.to_le_bytes());
+    f[24..32].copy_from_slice(&addr.to_le_bytes()); // e_entry
+    f[32..40].copy_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
+    f[52..54].copy_from_slice(&(EHDR as u16).to_le_bytes());
+    f[54..56].copy_from_slice(&(PHDR as u16).to_le_bytes());
+    f[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+    let ph = &mut f[EHDR..];
+    ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    ph[4..8].copy_from_slice(&7u32.to_le_bytes()); // RWX
+    ph[8..16].copy_from_slice(&((EHDR + PHDR) as u64).to_le_bytes()); // p_offset
+    ph[16..24].copy_from_slice(&addr.to_le_bytes()); // p_vaddr
+    ph[24..32].copy_from_slice(&addr.to_le_bytes()); // p_paddr
+    ph[32..40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    ph[40..48].copy_from_slice(&(code.len() as u64 + bss).to_le_bytes());
+    ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes());
+    f.extend_from_slice(code);
+    f
+}
+
+/// Machine code that writes `code` to isa-debug-exit and halts:
+/// `mov $code, %eax; out %eax, $0xf4; 1: hlt; jmp 1b`.
+pub fn exit_with(code: u32) -> Vec<u8> {
+    let mut bytes = vec![0xb8];
+    bytes.extend_from_slice(&code.to_le_bytes());
+    bytes.extend_from_slice(&[0xe7, 0xf4, 0xf4, 0xeb, 0xfd]);
+    bytes
+}
+
+/// Machine code that spins forever with interrupts disabled: `cli; 1: jmp 1b`.
+pub const SPIN_WITH_INTERRUPTS_OFF: [u8; 3] = [0xfa, 0xeb, 0xfe];

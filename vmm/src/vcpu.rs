@@ -1,0 +1,227 @@
+//! A vCPU thread: `KVM_RUN` in a loop, exits sent to the buses, and the
+//! first exit that ends the run turned into an [`Outcome`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ktvmm_testdevs::Action;
+use kvm_bindings::kvm_run;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::bus::Bus;
+use crate::kick::RunGuard;
+use crate::outcome::{Outcome, internal_error_reason};
+
+/// The port and memory buses every vCPU dispatches to.
+#[derive(Default)]
+pub struct Buses {
+    /// Port I/O.
+    pub pio: Bus,
+    /// Memory-mapped I/O.
+    pub mmio: Bus,
+}
+
+/// A vCPU ready to run.
+pub struct Vcpu {
+    fd: VcpuFd,
+    index: u32,
+    buses: Arc<Buses>,
+}
+
+impl Vcpu {
+    /// Wraps a configured vCPU.
+    pub fn new(fd: VcpuFd, index: u32, buses: Arc<Buses>) -> Self {
+        Self { fd, index, buses }
+    }
+
+    /// Runs until the guest ends the run (`Some`) or `stop` is set (`None`).
+    pub fn run(mut self, stop: &AtomicBool) -> Option<Outcome> {
+        let run: *mut kvm_run = self.fd.get_kvm_run();
+        let _guard = RunGuard::new(run);
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return None;
+            }
+            let step = match self.fd.run() {
+                Ok(exit) => handle_exit(&self.buses, self.index, run, exit),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Step::Continue,
+                Err(e) => Step::End(Outcome::VmmError {
+                    message: format!("KVM_RUN failed on vCPU {}: {e}", self.index),
+                }),
+            };
+            match step {
+                Step::Continue => {}
+                Step::End(outcome) => return Some(self.with_rip(outcome)),
+            }
+        }
+    }
+
+    /// Fills in the instruction pointer of outcomes that report one.
+    fn with_rip(&self, mut outcome: Outcome) -> Outcome {
+        if let Outcome::Shutdown { rip, .. }
+        | Outcome::InternalError { rip, .. }
+        | Outcome::FailEntry { rip, .. } = &mut outcome
+        {
+            *rip = self.fd.get_regs().ok().map(|regs| regs.rip);
+        }
+        outcome
+    }
+}
+
+/// What the loop does after an exit.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    /// Enter the guest again.
+    Continue,
+    /// The run is over.
+    End(Outcome),
+}
+
+impl From<Action> for Step {
+    fn from(action: Action) -> Self {
+        match action {
+            Action::Continue => Step::Continue,
+            Action::Exit(code) => Step::End(Outcome::GuestExit { code }),
+        }
+    }
+}
+
+fn handle_exit(buses: &Buses, cpu: u32, run: *mut kvm_run, exit: VcpuExit<'_>) -> Step {
+    match exit {
+        VcpuExit::IoOut(port, data) => port_out(&buses.pio, port, io_size(run), data),
+        VcpuExit::IoIn(port, data) => {
+            port_in(&buses.pio, port, io_size(run), data);
+            Step::Continue
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            buses.mmio.read(addr, data);
+            Step::Continue
+        }
+        VcpuExit::MmioWrite(addr, data) => buses.mmio.write(addr, data).into(),
+        VcpuExit::Intr => Step::Continue,
+        VcpuExit::Shutdown => Step::End(Outcome::Shutdown { cpu, rip: None }),
+        VcpuExit::SystemEvent(kind, _) => Step::End(Outcome::SystemEvent {
+            cpu,
+            event: match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => "shutdown".into(),
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => "reset".into(),
+                kvm_bindings::KVM_SYSTEM_EVENT_CRASH => "crash".into(),
+                other => other.to_string(),
+            },
+        }),
+        VcpuExit::InternalError => {
+            // SAFETY: KVM set exit_reason to KVM_EXIT_INTERNAL_ERROR, so the
+            // `internal` member of the union is the one it filled in.
+            let suberror = unsafe { (*run).__bindgen_anon_1.internal.suberror };
+            Step::End(Outcome::InternalError {
+                cpu,
+                suberror,
+                reason: internal_error_reason(suberror),
+                rip: None,
+            })
+        }
+        VcpuExit::FailEntry(reason, _) => Step::End(Outcome::FailEntry {
+            cpu,
+            reason,
+            rip: None,
+        }),
+        other => Step::End(Outcome::UnexpectedExit {
+            cpu,
+            exit: format!("{other:?}"),
+        }),
+    }
+}
+
+/// The element size of the port I/O exit being handled (1, 2 or 4).
+fn io_size(run: *mut kvm_run) -> usize {
+    // SAFETY: called only while handling KVM_EXIT_IO, when KVM filled in the
+    // `io` member; kvm-ioctls hands us the data but not the element size.
+    usize::from(unsafe { (*run).__bindgen_anon_1.io.size }).max(1)
+}
+
+/// An `out` or `rep outs`: string I/O arrives as one exit carrying every
+/// element, each written to the port in turn.
+pub fn port_out(bus: &Bus, port: u16, size: usize, data: &[u8]) -> Step {
+    for element in data.chunks(size) {
+        if let step @ Step::End(_) = bus.write(u64::from(port), element).into() {
+            return step;
+        }
+    }
+    Step::Continue
+}
+
+/// An `in` or `rep ins`: each element is read from the port in turn.
+pub fn port_in(bus: &Bus, port: u16, size: usize, data: &mut [u8]) {
+    for element in data.chunks_mut(size) {
+        bus.read(u64::from(port), element);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ktvmm_testdevs::BusDevice;
+    use std::sync::Mutex;
+
+    /// Records byte writes, exits on 0xff, and reads back a counter.
+    #[derive(Default)]
+    struct Port {
+        written: Vec<Vec<u8>>,
+        reads: u8,
+    }
+
+    impl BusDevice for Port {
+        fn read(&mut self, _offset: u64, data: &mut [u8]) {
+            self.reads += 1;
+            data[0] = self.reads;
+        }
+        fn write(&mut self, _offset: u64, data: &[u8]) -> Action {
+            self.written.push(data.to_vec());
+            if data[0] == 0xff {
+                Action::Exit(3)
+            } else {
+                Action::Continue
+            }
+        }
+    }
+
+    fn bus_with(port: u64) -> (Bus, Arc<Mutex<Port>>) {
+        let dev = Arc::new(Mutex::new(Port::default()));
+        let mut bus = Bus::new();
+        bus.insert(dev.clone(), port, 4).unwrap();
+        (bus, dev)
+    }
+
+    #[test]
+    fn string_output_is_split_into_elements() {
+        let (bus, dev) = bus_with(0x3f8);
+        assert_eq!(port_out(&bus, 0x3f8, 1, b"abc"), Step::Continue);
+        assert_eq!(port_out(&bus, 0x3f8, 2, &[1, 2, 3, 4]), Step::Continue);
+        let written = &dev.lock().unwrap().written;
+        assert_eq!(
+            written,
+            &[vec![b'a'], vec![b'b'], vec![b'c'], vec![1, 2], vec![3, 4]]
+        );
+    }
+
+    #[test]
+    fn an_exit_request_ends_the_run_and_stops_the_string() {
+        let (bus, dev) = bus_with(0xf4);
+        assert_eq!(
+            port_out(&bus, 0xf4, 1, &[1, 0xff, 2]),
+            Step::End(Outcome::GuestExit { code: 3 })
+        );
+        assert_eq!(dev.lock().unwrap().written.len(), 2);
+    }
+
+    #[test]
+    fn string_input_reads_each_element_and_unclaimed_ports_read_ones() {
+        let (bus, _dev) = bus_with(0x60);
+        let mut data = [0u8; 3];
+        port_in(&bus, 0x60, 1, &mut data);
+        assert_eq!(data, [1, 2, 3]);
+        let mut data = [0u8; 2];
+        port_in(&bus, 0x1234, 2, &mut data);
+        assert_eq!(data, [0xff, 0xff]);
+    }
+}

@@ -1,0 +1,422 @@
+//! Building a VM from a [`VmConfig`] and running it to an [`Outcome`].
+//!
+//! [`Vm::build`] is the whole recipe, top to bottom: check the input, open
+//! KVM, create the VM and its memory, the interrupt controllers, load the
+//! kernel, write the boot structures, attach devices, create the vCPUs.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use ktvmm_abi::{layout, ports};
+use ktvmm_testdevs::debug_exit::{self, DebugExit};
+use kvm_bindings::{
+    KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_PIT_SPEAKER_DUMMY, kvm_fpu, kvm_mp_state,
+    kvm_pit_config, kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot_plan::{self, BootPlan, PlanError};
+use crate::bus::BusError;
+use crate::devices::serial::{Console, IrqLine, SerialDevice, UART_PORTS};
+use crate::loader::{self, KernelImage, LoadError};
+use crate::memory::{GuestMemory, MemoryError, RamLayout};
+use crate::outcome::Outcome;
+use crate::vcpu::{Buses, Vcpu};
+use crate::{cpuid, kick, long_mode};
+
+/// Everything that describes one VM.
+pub struct VmConfig {
+    /// The kernel to boot.
+    pub kernel: KernelImage,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// RAM in MiB.
+    pub mem_mib: u64,
+    /// The guest's command line.
+    pub cmdline: String,
+    /// An initial ramdisk, if any.
+    pub initrd: Option<KernelImage>,
+    /// Where the guest's console (COM1) goes.
+    pub console: Box<dyn Write + Send>,
+}
+
+/// Why a VM could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The kernel image is unusable.
+    #[error("{name}: {source}")]
+    Image {
+        /// The image's name.
+        name: String,
+        /// What is wrong.
+        source: LoadError,
+    },
+    /// No vCPUs asked for.
+    #[error("invalid vCPU count 0: a VM needs at least one")]
+    NoCpus,
+    /// More vCPUs than KVM or the boot layout allow.
+    #[error("{cpus} vCPUs asked for, but at most {max} are possible here ({why})")]
+    TooManyCpus {
+        /// Asked for.
+        cpus: u32,
+        /// The limit.
+        max: u32,
+        /// Where the limit comes from.
+        why: &'static str,
+    },
+    /// Guest RAM could not be set up.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The boot data does not fit.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm: {0} (is KVM enabled, and may this user open /dev/kvm?)")]
+    NoKvm(kvm_ioctls::Error),
+    /// KVM lacks something ktvmm needs.
+    #[error("KVM does not support {0}, which ktvmm needs")]
+    MissingCap(&'static str),
+    /// A KVM call failed.
+    #[error("{what} failed: {source}")]
+    Kvm {
+        /// The call.
+        what: &'static str,
+        /// KVM's error.
+        source: kvm_ioctls::Error,
+    },
+    /// Writing boot data into guest memory failed.
+    #[error("writing {what} into guest memory failed: {source}")]
+    GuestMemory {
+        /// What was being written.
+        what: &'static str,
+        /// The error.
+        source: vm_memory::GuestMemoryError,
+    },
+    /// A device could not be placed.
+    #[error("placing {what}: {source}")]
+    Bus {
+        /// The device.
+        what: &'static str,
+        /// The error.
+        source: BusError,
+    },
+    /// A host resource (thread, eventfd, signal handler) was refused.
+    #[error("{what}: {source}")]
+    Host {
+        /// What was being set up.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+fn mem_err(what: &'static str) -> impl FnOnce(vm_memory::GuestMemoryError) -> VmError {
+    move |source| VmError::GuestMemory { what, source }
+}
+
+/// How long each step of [`Vm::build`] took.
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    /// Steps in order, with their durations.
+    pub steps: Vec<(&'static str, Duration)>,
+    last: Option<Instant>,
+}
+
+impl Timings {
+    fn start() -> Self {
+        Self {
+            steps: Vec::new(),
+            last: Some(Instant::now()),
+        }
+    }
+
+    fn step(&mut self, name: &'static str) {
+        let now = Instant::now();
+        let since = self.last.map_or(Duration::ZERO, |last| now - last);
+        self.steps.push((name, since));
+        self.last = Some(now);
+    }
+}
+
+/// Capabilities ktvmm cannot work without.
+const REQUIRED_CAPS: [(Cap, &str); 4] = [
+    (Cap::Irqchip, "an in-kernel irqchip (KVM_CAP_IRQCHIP)"),
+    (Cap::Pit2, "an in-kernel PIT (KVM_CAP_PIT2)"),
+    (Cap::Irqfd, "irqfd (KVM_CAP_IRQFD)"),
+    (
+        Cap::ImmediateExit,
+        "immediate_exit (KVM_CAP_IMMEDIATE_EXIT)",
+    ),
+];
+
+/// A built VM, ready to run.
+pub struct Vm {
+    // Field order is drop order: vCPUs and devices go before the VM and its memory.
+    vcpus: Vec<VcpuFd>,
+    buses: Arc<Buses>,
+    serial: Arc<Mutex<SerialDevice>>,
+    _vm: VmFd,
+    _memory: GuestMemory,
+    timings: Timings,
+}
+
+impl Vm {
+    /// Builds the VM described by `config`.
+    pub fn build(config: VmConfig) -> Result<Self, VmError> {
+        let mut timings = Timings::start();
+
+        // Check the input before touching KVM.
+        let image_err = |source| VmError::Image {
+            name: config.kernel.name.clone(),
+            source,
+        };
+        let image = loader::inspect_elf64(&config.kernel.bytes).map_err(image_err)?;
+        if config.cpus == 0 {
+            return Err(VmError::NoCpus);
+        }
+        if config.cpus > layout::MAX_CPUS {
+            return Err(VmError::TooManyCpus {
+                cpus: config.cpus,
+                max: layout::MAX_CPUS,
+                why: "ktvmm's boot layout",
+            });
+        }
+        boot_plan::check_cmdline(&config.cmdline)?;
+        let ram = RamLayout::new(config.mem_mib)?;
+        let initrd_len = config.initrd.as_ref().map_or(0, |i| i.bytes.len() as u64);
+        let plan = BootPlan::new(ram, config.cpus, initrd_len)?;
+        loader::check_placement(&image, ram.low_end, &plan.reserved()).map_err(image_err)?;
+        timings.step("check input");
+
+        let kvm = Kvm::new().map_err(VmError::NoKvm)?;
+        for (cap, name) in REQUIRED_CAPS {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCap(name));
+            }
+        }
+        let max_vcpus = kvm.get_max_vcpus() as u32;
+        if config.cpus > max_vcpus {
+            return Err(VmError::TooManyCpus {
+                cpus: config.cpus,
+                max: max_vcpus,
+                why: "KVM_CAP_MAX_VCPUS",
+            });
+        }
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        timings.step("open KVM, create VM");
+
+        let memory = ram.allocate()?;
+        register_memory(&vm, &memory)?;
+        timings.step("guest memory");
+
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        timings.step("irqchip and PIT");
+
+        loader::load_elf64(&memory, &config.kernel.bytes).map_err(image_err)?;
+        if let (Some(initrd), Some(range)) = (&config.initrd, &plan.initrd) {
+            memory
+                .write_slice(&initrd.bytes, GuestAddress(range.start))
+                .map_err(mem_err("the initrd"))?;
+        }
+        timings.step("load kernel");
+
+        long_mode::write_page_tables(&memory, ram.identity_map_end())
+            .map_err(mem_err("page tables"))?;
+        let gdt_limit =
+            long_mode::write_gdt_and_tss(&memory, config.cpus, |cpu| plan.stack_top(cpu))
+                .map_err(mem_err("the GDT"))?;
+        let info = plan.boot_info(&image, config.cmdline.len());
+        boot_plan::write_boot_info(&memory, &info, &config.cmdline)
+            .map_err(mem_err("boot info"))?;
+        timings.step("boot structures");
+
+        let (buses, serial) = attach_devices(&vm, config.console)?;
+        timings.step("devices");
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut vcpus = Vec::with_capacity(config.cpus as usize);
+        for cpu in 0..config.cpus {
+            let fd = vm
+                .create_vcpu(u64::from(cpu))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            fd.set_cpuid2(&cpuid::for_vcpu(&supported, cpu))
+                .map_err(kvm_err("KVM_SET_CPUID2"))?;
+            let sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+            fd.set_sregs(&long_mode::sregs(sregs, cpu, gdt_limit))
+                .map_err(kvm_err("KVM_SET_SREGS"))?;
+            fd.set_regs(&long_mode::regs(image.entry, cpu, plan.stack_top(cpu)))
+                .map_err(kvm_err("KVM_SET_REGS"))?;
+            fd.set_fpu(&kvm_fpu {
+                fcw: 0x37f,
+                mxcsr: 0x1f80,
+                ..Default::default()
+            })
+            .map_err(kvm_err("KVM_SET_FPU"))?;
+            if cpu != 0 {
+                // With an in-kernel LAPIC, APs wait for INIT/SIPI; in this
+                // protocol every CPU starts at the entry point.
+                fd.set_mp_state(kvm_mp_state {
+                    mp_state: KVM_MP_STATE_RUNNABLE,
+                })
+                .map_err(kvm_err("KVM_SET_MP_STATE"))?;
+            }
+            vcpus.push(fd);
+        }
+        timings.step("vCPUs");
+
+        Ok(Self {
+            vcpus,
+            buses,
+            serial,
+            _vm: vm,
+            _memory: memory,
+            timings,
+        })
+    }
+
+    /// How long each build step took.
+    pub fn timings(&self) -> &Timings {
+        &self.timings
+    }
+
+    /// Runs the guest until it exits, fails, or `timeout` expires. A VM runs
+    /// once; afterwards it only holds KVM state until it is dropped.
+    ///
+    /// Dropping a VM costs KVM tens of milliseconds on some hosts (the
+    /// in-kernel irqchip and PIT unregister devices behind SRCU grace
+    /// periods); a caller that is about to exit can hand that to another
+    /// process instead (see `ktvmm run`).
+    pub fn run(&mut self, timeout: Option<Duration>) -> Outcome {
+        if self.vcpus.is_empty() {
+            return Outcome::VmmError {
+                message: "this VM has already run".into(),
+            };
+        }
+        if let Err(e) = kick::install() {
+            return Outcome::VmmError {
+                message: format!("cannot install the vCPU kick signal handler: {e}"),
+            };
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel::<Outcome>();
+        let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(self.vcpus.len());
+        let mut outcome = None;
+        for (index, fd) in self.vcpus.drain(..).enumerate() {
+            let vcpu = Vcpu::new(fd, index as u32, self.buses.clone());
+            let (stop, tx) = (stop.clone(), tx.clone());
+            let spawned = thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || {
+                    if let Some(outcome) = vcpu.run(&stop) {
+                        let _ = tx.send(outcome);
+                    }
+                });
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    outcome = Some(Outcome::VmmError {
+                        message: format!("cannot start vCPU thread {index}: {e}"),
+                    });
+                    break;
+                }
+            }
+        }
+        drop(tx);
+
+        let outcome = outcome.unwrap_or_else(|| {
+            let received = match timeout {
+                Some(limit) => rx.recv_timeout(limit).map_err(|e| match e {
+                    mpsc::RecvTimeoutError::Timeout => Outcome::timeout(limit),
+                    mpsc::RecvTimeoutError::Disconnected => vcpus_gone(),
+                }),
+                None => rx.recv().map_err(|_| vcpus_gone()),
+            };
+            received.unwrap_or_else(|outcome| outcome)
+        });
+
+        stop.store(true, Ordering::Release);
+        for thread in &threads {
+            kick::kick(thread);
+        }
+        for thread in threads {
+            let _ = thread.join();
+        }
+        let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = serial.finish() {
+            log::warn!("writing the guest console failed: {e}");
+        }
+        outcome
+    }
+}
+
+fn vcpus_gone() -> Outcome {
+    Outcome::VmmError {
+        message: "every vCPU thread ended without an outcome".into(),
+    }
+}
+
+fn register_memory(vm: &VmFd, memory: &GuestMemory) -> Result<(), VmError> {
+    for (slot, region) in memory.iter().enumerate() {
+        let region_desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is a live mapping owned by `memory`, which the
+        // Vm keeps until after the VM fd (and with it the slot) is gone.
+        unsafe { vm.set_user_memory_region(region_desc) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
+
+fn attach_devices(
+    vm: &VmFd,
+    console: Box<dyn Write + Send>,
+) -> Result<(Arc<Buses>, Arc<Mutex<SerialDevice>>), VmError> {
+    let mut buses = Buses::default();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmError::Host {
+        what: "creating the COM1 interrupt eventfd",
+        source,
+    })?;
+    vm.register_irqfd(&irq, ports::COM1_IRQ)
+        .map_err(kvm_err("KVM_IRQFD for COM1"))?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        IrqLine(irq),
+        Console::new(console),
+    )));
+    let bus_err = |what| move |source| VmError::Bus { what, source };
+    buses
+        .pio
+        .insert(serial.clone(), u64::from(ports::COM1), UART_PORTS)
+        .map_err(bus_err("COM1"))?;
+    buses
+        .pio
+        .insert(
+            Arc::new(Mutex::new(DebugExit)),
+            u64::from(ports::DEBUG_EXIT),
+            debug_exit::LEN,
+        )
+        .map_err(bus_err("isa-debug-exit"))?;
+    Ok((Arc::new(buses), serial))
+}
