@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use ktvmm_abi::{layout, ports};
 use ktvmm_testdevs::debug_exit::{self, DebugExit};
 use kvm_bindings::{
-    KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_PIT_SPEAKER_DUMMY, kvm_fpu, kvm_mp_state,
-    kvm_pit_config, kvm_userspace_memory_region,
+    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_PIT_SPEAKER_DUMMY, kvm_fpu,
+    kvm_mp_state, kvm_pit_config, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -199,6 +199,10 @@ impl Vm {
         timings.step("check input");
 
         let kvm = Kvm::new().map_err(VmError::NoKvm)?;
+        // KVM_GET_SUPPORTED_CPUID is one of the slowest setup calls on some
+        // hosts (the kernel executes CPUID for every leaf, which traps when
+        // the host is itself virtual); it runs alongside the next steps.
+        let supported_cpuid = thread::spawn(fetch_supported_cpuid);
         for (cap, name) in REQUIRED_CAPS {
             if !kvm.check_extension(cap) {
                 return Err(VmError::MissingCap(name));
@@ -249,8 +253,9 @@ impl Vm {
         let (buses, serial) = attach_devices(&vm, config.console)?;
         timings.step("devices");
 
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        let supported = supported_cpuid
+            .join()
+            .unwrap_or_else(|_| Err(kvm_ioctls::Error::new(libc::EIO)))
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let mut vcpus = Vec::with_capacity(config.cpus as usize);
         for cpu in 0..config.cpus {
@@ -365,6 +370,12 @@ impl Vm {
         }
         outcome
     }
+}
+
+/// What KVM can offer a guest, through a `/dev/kvm` handle of its own so
+/// that it can run on another thread.
+fn fetch_supported_cpuid() -> Result<CpuId, kvm_ioctls::Error> {
+    Kvm::new()?.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
 }
 
 fn vcpus_gone() -> Outcome {
