@@ -32,6 +32,19 @@ fn guest_exit_codes_pass_through_unchanged() {
 }
 
 #[test]
+fn an_unexpected_exception_or_panic_in_the_guest_fails_with_a_reason() {
+    for (mode, needle) in [
+        ("exception", "FAIL: unexpected exception #"),
+        ("panic", "FAIL: panic on CPU 0"),
+    ] {
+        let (output, _) = run(&["run", "bundled:exitcode", "-append", mode]);
+        let (code, stdout, _) = parts(&output);
+        assert_eq!(code, 1, "{mode}: {stdout}");
+        assert!(stdout.contains(needle), "{mode}: {stdout}");
+    }
+}
+
+#[test]
 fn report_lines_and_summary_come_out_on_stdout() {
     let (output, _) = run(&["run", "bundled:exitcode", "-append", "fail"]);
     let (code, stdout, _) = parts(&output);

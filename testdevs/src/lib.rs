@@ -8,5 +8,9 @@
 
 pub mod bus_device;
 pub mod debug_exit;
+pub mod interrupt;
+pub mod pci;
 
 pub use bus_device::{Action, BusDevice};
+pub use interrupt::{Deferred, DmaError, DmaMemory, InterruptLine, MsiSender};
+pub use pci::{PciConfig, PciDevice};

@@ -40,16 +40,19 @@ impl ConsoleWriter {
 impl Write for ConsoleWriter {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let mut bytes = s.as_bytes();
-        while !bytes.is_empty() {
-            if self.len == BUFFER_SIZE {
-                self.flush();
+        loop {
+            let room = BUFFER_SIZE - self.len;
+            if bytes.len() <= room {
+                self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+                self.len += bytes.len();
+                return Ok(());
             }
-            let n = bytes.len().min(BUFFER_SIZE - self.len);
-            self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
-            self.len += n;
-            bytes = &bytes[n..];
+            let (now, later) = bytes.split_at(room);
+            self.buf[self.len..].copy_from_slice(now);
+            self.len = BUFFER_SIZE;
+            self.flush();
+            bytes = later;
         }
-        Ok(())
     }
 }
 

@@ -1,16 +1,24 @@
 //! What the VMM told the guest: the boot information, the command line and
 //! the initrd.
 
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use ktvmm_abi::BootInfo;
 use ktvmm_abi::layout::CMDLINE_MAX;
 
 static BOOT_INFO: AtomicPtr<BootInfo> = AtomicPtr::new(core::ptr::null_mut());
+/// The command line, checked for UTF-8 once at boot (empty if it is not).
+static CMDLINE: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
+static CMDLINE_LEN: AtomicUsize = AtomicUsize::new(0);
 
 /// Records where the boot information is; run by the boot CPU.
 pub(crate) fn init(boot: *const BootInfo) {
     BOOT_INFO.store(boot.cast_mut(), Ordering::Release);
+    let bytes = cmdline_bytes();
+    if core::str::from_utf8(bytes).is_ok() {
+        CMDLINE_LEN.store(bytes.len(), Ordering::Relaxed);
+        CMDLINE.store(bytes.as_ptr().cast_mut(), Ordering::Release);
+    }
 }
 
 /// The boot information the VMM wrote (RDI at entry).
@@ -41,7 +49,18 @@ pub fn cmdline_bytes() -> &'static [u8] {
 
 /// The command line (`-append`); empty if there is none or it is not UTF-8.
 pub fn cmdline() -> &'static str {
-    core::str::from_utf8(cmdline_bytes()).unwrap_or("")
+    let start = CMDLINE.load(Ordering::Acquire);
+    if start.is_null() {
+        return "";
+    }
+    // SAFETY: `init` stored these after checking that the bytes, which
+    // nothing writes, are UTF-8.
+    unsafe {
+        core::str::from_utf8_unchecked(core::slice::from_raw_parts(
+            start,
+            CMDLINE_LEN.load(Ordering::Relaxed),
+        ))
+    }
 }
 
 /// The command-line words, split at whitespace.

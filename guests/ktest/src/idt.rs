@@ -105,9 +105,14 @@ struct Idt(UnsafeCell<[[u64; 2]; 256]>);
 // (never through references), and the CPUs read them on their own.
 unsafe impl Sync for Idt {}
 
+// This table and the next are in .data, not the BSS: the VMM loads .data
+// with a host memcpy, while clearing BSS is guest work, slow when guest
+// kernel code is emulated.
+#[unsafe(link_section = ".data.ktest_idt")]
 static IDT: Idt = Idt(UnsafeCell::new([[0; 2]; 256]));
 
 /// Handler addresses indexed by vector; zero means none.
+#[unsafe(link_section = ".data.ktest_irq_handlers")]
 static HANDLERS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
 
 unsafe extern "C" {

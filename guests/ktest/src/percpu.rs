@@ -69,6 +69,9 @@ impl PerCpu {
     }
 }
 
+// In .data rather than the BSS, which the boot CPU would have to clear with
+// (possibly emulated) guest instructions; the VMM loads .data for free.
+#[unsafe(link_section = ".data.ktest_percpu")]
 static PERCPU: [PerCpu; MAX_CPUS] = [const { PerCpu::new() }; MAX_CPUS];
 
 /// The state of CPU `cpu`.
