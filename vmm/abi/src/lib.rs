@@ -45,6 +45,11 @@ pub mod layout {
     pub const LAPIC_ADDR: u64 = 0xfee0_0000;
     /// IOAPIC MMIO base (the architectural default).
     pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
+    /// pc-testdev's 64 KiB MMIO buffer (no memory slot behind it: every
+    /// access exits, which is what the emulator tests need).
+    pub const PC_TESTDEV_IOMEM: u64 = 0xff00_0000;
+    /// Size of that buffer.
+    pub const PC_TESTDEV_IOMEM_SIZE: u64 = 0x1_0000;
 
     const _: () = assert!(TSS_ADDR + MAX_CPUS as u64 * TSS_STRIDE <= RESERVED_END);
     const _: () = assert!((crate::gdt::TSS_BASE as u64) + 16 * MAX_CPUS as u64 <= GDT_SIZE);
@@ -79,6 +84,50 @@ pub mod ports {
     pub const COM1_IRQ: u32 = 4;
     /// isa-debug-exit: a write of `v` ends the VM with exit code `v`.
     pub const DEBUG_EXIT: u16 = 0xf4;
+    /// COM2 16550 UART: the postfix serial testdev (`"<code>q"` exits).
+    pub const COM2: u16 = 0x2f8;
+    /// ISA IRQ of COM2.
+    pub const COM2_IRQ: u32 = 3;
+    /// pc-testdev: one 32-bit register, byte lanes at 0xe0-0xe3.
+    pub const PC_TESTDEV_REGISTER: u16 = 0xe0;
+    /// pc-testdev: 4-byte write of a guest-physical address flushes that page.
+    pub const PC_TESTDEV_FLUSH_PAGE: u16 = 0xe4;
+    /// pc-testdev: the same register again, for byte accesses, 0xe8-0xeb.
+    pub const PC_TESTDEV_REGISTER_BYTES: u16 = 0xe8;
+    /// pc-testdev: port `0x2000 + n` sets ISA IRQ `n` to (value != 0).
+    pub const PC_TESTDEV_IRQ_BASE: u16 = 0x2000;
+    /// Number of pc-testdev IRQ ports (IRQ 0 to 23).
+    pub const PC_TESTDEV_IRQS: u16 = 24;
+    /// PCI configuration mechanism #1: address register.
+    pub const PCI_CONFIG_ADDRESS: u16 = 0xcf8;
+    /// PCI configuration mechanism #1: data window (0xcfc-0xcff).
+    pub const PCI_CONFIG_DATA: u16 = 0xcfc;
+}
+
+/// Where ktvmm puts PCI devices, and how their interrupts are routed.
+pub mod pci {
+    /// Slot (device number) of the host bridge on bus 0.
+    pub const HOST_BRIDGE_SLOT: u8 = 0;
+    /// Slot of pci-testdev.
+    pub const PCI_TESTDEV_SLOT: u8 = 1;
+    /// Slot of edu.
+    pub const EDU_SLOT: u8 = 2;
+    /// Memory BARs are assigned upwards from here...
+    pub const MMIO_WINDOW_START: u64 = 0xc000_0000;
+    /// ...up to here (the IOAPIC, LAPIC and pc-testdev follow).
+    pub const MMIO_WINDOW_END: u64 = 0xfec0_0000;
+    /// I/O BARs are assigned upwards from here...
+    pub const IO_WINDOW_START: u16 = 0xc000;
+    /// ...to the end of the port space.
+    pub const IO_WINDOW_END: u32 = 0x1_0000;
+
+    /// The IOAPIC input (GSI) that INTx pin `pin` (1 = INTA#) of the device
+    /// in `slot` drives: level-triggered, active-high, swizzled over GSIs
+    /// 16-19 like a PCI bridge does. ktvmm writes it to the device's
+    /// Interrupt Line register too.
+    pub const fn intx_gsi(slot: u8, pin: u8) -> u32 {
+        16 + ((slot as u32 + pin as u32 - 1) % 4)
+    }
 }
 
 /// `BootInfo::magic`: "KTVMMBI1" as a little-endian u64.
@@ -158,5 +207,12 @@ mod tests {
     fn tss_selectors_follow_the_fixed_descriptors() {
         assert_eq!(gdt::tss_selector(0), 0x30);
         assert_eq!(gdt::tss_selector(2), 0x50);
+    }
+
+    #[test]
+    fn intx_routing_swizzles_over_gsi_16_to_19() {
+        assert_eq!(pci::intx_gsi(0, 1), 16);
+        assert_eq!(pci::intx_gsi(pci::EDU_SLOT, 1), 18);
+        assert_eq!(pci::intx_gsi(3, 2), 16);
     }
 }
