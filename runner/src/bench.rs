@@ -100,6 +100,7 @@ fn breakdown(runs: u32) -> Result<()> {
             cmdline: String::new(),
             initrd: None,
             console: Box::new(io::sink()),
+            testdevs: true,
         };
         let mut vm = Vm::build(config)?;
         for (i, (name, took)) in vm.timings().steps.iter().enumerate() {

@@ -41,6 +41,10 @@ pub struct RunArgs {
     /// Write the outcome as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json_outcome: Option<PathBuf>,
+    /// Leave the test devices out: a bare platform (COM1, isa-debug-exit,
+    /// PCI host bridge).
+    #[arg(long)]
+    pub no_testdevs: bool,
 }
 
 /// How to shape the VM (shared by `run` and `test`).

@@ -48,6 +48,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         cmdline: args.vm.append.clone(),
         initrd,
         console: Box::new(io::stdout()),
+        testdevs: !args.no_testdevs,
     };
     let (outcome, vm) = match Vm::build(config) {
         Ok(mut vm) => (vm.run(args.vm.timeout), Some(vm)),

@@ -1,7 +1,7 @@
 //! One bus type for port I/O and for MMIO: address windows mapped to devices.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use ktvmm_testdevs::{Action, BusDevice};
 
@@ -40,9 +40,13 @@ struct Window {
 }
 
 /// Address windows, each owned by one device; windows never overlap.
+///
+/// Windows can come and go while vCPUs dispatch (a guest moving a PCI BAR),
+/// so the map sits behind a lock that is never held while a device runs:
+/// a device may itself move windows.
 #[derive(Default)]
 pub struct Bus {
-    windows: BTreeMap<u64, Window>,
+    windows: RwLock<BTreeMap<u64, Window>>,
 }
 
 impl Bus {
@@ -52,31 +56,39 @@ impl Bus {
     }
 
     /// Places `device` at `[base, base + len)`.
-    pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
+    pub fn insert(&self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
         if len == 0 {
             return Err(BusError::ZeroLength(base));
         }
         let last = base
             .checked_add(len - 1)
             .ok_or(BusError::Overflow { base, len })?;
-        // The only candidates are the window starting at or below `last`
-        // with the highest base: windows do not overlap each other.
-        if let Some((&other, window)) = self.windows.range(..=last).next_back()
+        let mut windows = self.windows.write().unwrap_or_else(|p| p.into_inner());
+        // The only candidate is the window starting at or below `last` with
+        // the highest base: windows do not overlap each other.
+        if let Some((&other, window)) = windows.range(..=last).next_back()
             && other + (window.len - 1) >= base
         {
             return Err(BusError::Overlap { base, len, other });
         }
-        self.windows.insert(base, Window { len, device });
+        windows.insert(base, Window { len, device });
         Ok(())
+    }
+
+    /// Removes the window that starts at `base`; returns whether there was one.
+    pub fn remove(&self, base: u64) -> bool {
+        let mut windows = self.windows.write().unwrap_or_else(|p| p.into_inner());
+        windows.remove(&base).is_some()
     }
 
     /// The device whose window holds the whole access `[addr, addr + size)`,
     /// and the offset of `addr` inside that window.
-    fn resolve(&self, addr: u64, size: usize) -> Option<(&SharedDevice, u64)> {
-        let (&base, window) = self.windows.range(..=addr).next_back()?;
+    fn resolve(&self, addr: u64, size: usize) -> Option<(SharedDevice, u64)> {
+        let windows = self.windows.read().unwrap_or_else(|p| p.into_inner());
+        let (&base, window) = windows.range(..=addr).next_back()?;
         let offset = addr - base;
         let end = offset.checked_add(size as u64)?;
-        (end <= window.len).then_some((&window.device, offset))
+        (end <= window.len).then(|| (window.device.clone(), offset))
     }
 
     /// A guest read. Unclaimed addresses read as all-ones, as on a PC bus
@@ -85,7 +97,7 @@ impl Bus {
         match self.resolve(addr, data.len()) {
             Some((device, offset)) => {
                 data.fill(0);
-                lock(device).read(offset, data);
+                lock(&device).read(offset, data);
                 true
             }
             None => {
@@ -99,7 +111,7 @@ impl Bus {
     /// A guest write. Unclaimed writes are dropped.
     pub fn write(&self, addr: u64, data: &[u8]) -> Action {
         match self.resolve(addr, data.len()) {
-            Some((device, offset)) => lock(device).write(offset, data),
+            Some((device, offset)) => lock(&device).write(offset, data),
             None => {
                 log::debug!("unclaimed write of {} bytes at {addr:#x}", data.len());
                 Action::Continue
@@ -110,7 +122,7 @@ impl Bus {
 
 /// A device whose lock was poisoned by a panic on another vCPU thread still
 /// holds consistent register state for our purposes: the run is ending anyway.
-fn lock(device: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
+pub fn lock<T: ?Sized>(device: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     device
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -142,7 +154,7 @@ mod tests {
 
     #[test]
     fn refuses_zero_length_overflow_and_overlap() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         assert_eq!(
             bus.insert(recorder(), 0x10, 0),
             Err(BusError::ZeroLength(0x10))
@@ -167,8 +179,19 @@ mod tests {
     }
 
     #[test]
+    fn removed_windows_stop_decoding_and_free_their_range() {
+        let bus = Bus::new();
+        bus.insert(recorder(), 0x1000, 0x100).unwrap();
+        assert!(bus.remove(0x1000));
+        assert!(!bus.remove(0x1000));
+        let mut data = [0u8; 1];
+        assert!(!bus.read(0x1000, &mut data));
+        bus.insert(recorder(), 0x1080, 0x100).unwrap();
+    }
+
+    #[test]
     fn dispatches_with_window_offsets() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let dev = recorder();
         bus.insert(dev.clone(), 0x3f8, 8).unwrap();
         let mut data = [0u8; 1];
@@ -180,7 +203,7 @@ mod tests {
 
     #[test]
     fn unclaimed_and_straddling_accesses_read_all_ones() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(recorder(), 0x10, 4).unwrap();
         let mut data = [0u8; 4];
         assert!(!bus.read(0x100, &mut data));

@@ -12,6 +12,8 @@ pub mod loader;
 pub mod long_mode;
 pub mod memory;
 pub mod outcome;
+pub mod pci;
+pub mod platform;
 pub mod test_images;
 pub mod vcpu;
 pub mod vm;

@@ -187,7 +187,7 @@ mod tests {
 
     fn bus_with(port: u64) -> (Bus, Arc<Mutex<Port>>) {
         let dev = Arc::new(Mutex::new(Port::default()));
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(dev.clone(), port, 4).unwrap();
         (bus, dev)
     }

@@ -5,29 +5,27 @@
 //! kernel, write the boot structures, attach devices, create the vCPUs.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use ktvmm_abi::{layout, ports};
-use ktvmm_testdevs::debug_exit::{self, DebugExit};
+use ktvmm_abi::layout;
 use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_PIT_SPEAKER_DUMMY, kvm_fpu,
     kvm_mp_state, kvm_pit_config, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot_plan::{self, BootPlan, PlanError};
 use crate::bus::BusError;
-use crate::devices::serial::{Console, IrqLine, SerialDevice, UART_PORTS};
 use crate::loader::{self, KernelImage, LoadError};
 use crate::memory::{GuestMemory, MemoryError, RamLayout};
 use crate::outcome::Outcome;
-use crate::vcpu::{Buses, Vcpu};
+use crate::platform::Platform;
+use crate::vcpu::Vcpu;
 use crate::{cpuid, kick, long_mode};
 
 /// Everything that describes one VM.
@@ -44,6 +42,8 @@ pub struct VmConfig {
     pub initrd: Option<KernelImage>,
     /// Where the guest's console (COM1) goes.
     pub console: Box<dyn Write + Send>,
+    /// Whether the test devices are there (a bare platform without them).
+    pub testdevs: bool,
 }
 
 /// Why a VM could not be built.
@@ -116,7 +116,7 @@ pub enum VmError {
     },
 }
 
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
@@ -163,9 +163,8 @@ const REQUIRED_CAPS: [(Cap, &str); 4] = [
 pub struct Vm {
     // Field order is drop order: vCPUs and devices go before the VM and its memory.
     vcpus: Vec<VcpuFd>,
-    buses: Arc<Buses>,
-    serial: Arc<Mutex<SerialDevice>>,
-    _vm: VmFd,
+    platform: Platform,
+    _vm: Arc<VmFd>,
     _memory: GuestMemory,
     timings: Timings,
 }
@@ -216,7 +215,7 @@ impl Vm {
                 why: "KVM_CAP_MAX_VCPUS",
             });
         }
-        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         timings.step("open KVM, create VM");
 
         let memory = ram.allocate()?;
@@ -250,7 +249,7 @@ impl Vm {
             .map_err(mem_err("boot info"))?;
         timings.step("boot structures");
 
-        let (buses, serial) = attach_devices(&vm, config.console)?;
+        let platform = Platform::attach(&vm, &memory, config.console, config.testdevs)?;
         timings.step("devices");
 
         let supported = supported_cpuid
@@ -289,8 +288,7 @@ impl Vm {
 
         Ok(Self {
             vcpus,
-            buses,
-            serial,
+            platform,
             _vm: vm,
             _memory: memory,
             timings,
@@ -325,7 +323,7 @@ impl Vm {
         let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(self.vcpus.len());
         let mut outcome = None;
         for (index, fd) in self.vcpus.drain(..).enumerate() {
-            let vcpu = Vcpu::new(fd, index as u32, self.buses.clone());
+            let vcpu = Vcpu::new(fd, index as u32, self.platform.buses.clone());
             let (stop, tx) = (stop.clone(), tx.clone());
             let spawned = thread::Builder::new()
                 .name(format!("vcpu{index}"))
@@ -364,7 +362,7 @@ impl Vm {
         for thread in threads {
             let _ = thread.join();
         }
-        let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let mut serial = crate::bus::lock(&self.platform.console);
         if let Err(e) = serial.finish() {
             log::warn!("writing the guest console failed: {e}");
         }
@@ -399,35 +397,4 @@ fn register_memory(vm: &VmFd, memory: &GuestMemory) -> Result<(), VmError> {
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
     Ok(())
-}
-
-fn attach_devices(
-    vm: &VmFd,
-    console: Box<dyn Write + Send>,
-) -> Result<(Arc<Buses>, Arc<Mutex<SerialDevice>>), VmError> {
-    let mut buses = Buses::default();
-    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmError::Host {
-        what: "creating the COM1 interrupt eventfd",
-        source,
-    })?;
-    vm.register_irqfd(&irq, ports::COM1_IRQ)
-        .map_err(kvm_err("KVM_IRQFD for COM1"))?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        IrqLine(irq),
-        Console::new(console),
-    )));
-    let bus_err = |what| move |source| VmError::Bus { what, source };
-    buses
-        .pio
-        .insert(serial.clone(), u64::from(ports::COM1), UART_PORTS)
-        .map_err(bus_err("COM1"))?;
-    buses
-        .pio
-        .insert(
-            Arc::new(Mutex::new(DebugExit)),
-            u64::from(ports::DEBUG_EXIT),
-            debug_exit::LEN,
-        )
-        .map_err(bus_err("isa-debug-exit"))?;
-    Ok((Arc::new(buses), serial))
 }

@@ -1,0 +1,97 @@
+//! The devices of a ktvmm VM, placed on its buses: the platform (COM1,
+//! isa-debug-exit, the PCI host bridge and configuration ports) and, unless
+//! left out, the test devices.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use ktvmm_abi::{pci as slots, ports};
+use ktvmm_testdevs::debug_exit::{self, DebugExit};
+use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::SharedDevice;
+use crate::devices::links::DeviceThread;
+use crate::devices::serial::{Console, IrqLine, SerialDevice, UART_PORTS};
+use crate::memory::GuestMemory;
+use crate::pci::{self, HostBridge, PciConfigIo, PciRoot};
+use crate::vcpu::Buses;
+use crate::vm::{VmError, kvm_err};
+
+/// Everything the vCPUs can reach besides RAM.
+pub struct Platform {
+    /// The port and memory buses.
+    pub buses: Arc<Buses>,
+    /// COM1, whose buffered output is written out when the VM ends.
+    pub console: Arc<Mutex<SerialDevice>>,
+    /// PCI bus 0.
+    pub pci: Arc<Mutex<PciRoot>>,
+    /// Runs device work off the vCPU threads.
+    pub device_thread: Arc<DeviceThread>,
+}
+
+fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
+    move |source| VmError::Host { what, source }
+}
+
+impl Platform {
+    /// Creates the devices and places them.
+    pub fn attach(
+        vm: &Arc<VmFd>,
+        _memory: &GuestMemory,
+        console: Box<dyn Write + Send>,
+        testdevs: bool,
+    ) -> Result<Self, VmError> {
+        let buses = Arc::new(Buses::default());
+        let place = |bus: &crate::bus::Bus, what, device: SharedDevice, base: u64, len| {
+            bus.insert(device, base, len)
+                .map_err(|source| VmError::Bus { what, source })
+        };
+
+        let irq = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(host_err("creating the COM1 interrupt eventfd"))?;
+        vm.register_irqfd(&irq, ports::COM1_IRQ)
+            .map_err(kvm_err("KVM_IRQFD for COM1"))?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            IrqLine(irq),
+            Console::new(console),
+        )));
+        place(
+            &buses.pio,
+            "COM1",
+            serial.clone(),
+            u64::from(ports::COM1),
+            UART_PORTS,
+        )?;
+        place(
+            &buses.pio,
+            "isa-debug-exit",
+            Arc::new(Mutex::new(DebugExit)),
+            u64::from(ports::DEBUG_EXIT),
+            debug_exit::LEN,
+        )?;
+
+        let pci = PciRoot::new(Arc::downgrade(&buses), vm.clone());
+        crate::bus::lock(&pci).add(
+            slots::HOST_BRIDGE_SLOT,
+            Arc::new(Mutex::new(HostBridge::default())),
+        );
+        place(
+            &buses.pio,
+            "PCI configuration ports",
+            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+            u64::from(ports::PCI_CONFIG_ADDRESS),
+            pci::CONFIG_IO_PORTS,
+        )?;
+        let device_thread =
+            DeviceThread::start().map_err(host_err("starting the device thread"))?;
+
+        let _ = testdevs;
+        Ok(Self {
+            buses,
+            console: serial,
+            pci,
+            device_thread,
+        })
+    }
+}
