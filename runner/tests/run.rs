@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{guest_file, parts, run, scratch, write};
-use ktvmm_vmm::test_images::{SPIN_WITH_INTERRUPTS_OFF, elf64, exit_with};
+use ktvmm_vmm::test_images::{SPIN_WITH_INTERRUPTS_OFF, elf64, exit_with, exit_with_pci_config};
 
 const LOAD_ADDR: u64 = 0x10_0000;
 
@@ -263,4 +263,35 @@ fn the_initrd_reaches_the_guest() {
         "{stdout}"
     );
     assert!(!stdout.contains("SKIP: selftest: no initrd"), "{stdout}");
+}
+
+#[test]
+fn pci_configuration_space_answers_for_present_and_absent_slots() {
+    let dir = scratch("pci");
+    let config_address = |slot: u32, offset: u32| 0x8000_0000 | slot << 11 | offset;
+    for (name, address, expected, extra) in [
+        // Host bridge vendor 0x8086: the low byte survives as exit code.
+        ("bridge.elf", config_address(0, 0), 0x86, None),
+        // An empty slot reads all-ones.
+        ("empty.elf", config_address(31, 0), 0xff, None),
+        // Another bus reads all-ones too.
+        ("bus1.elf", 0x8001_0000, 0xff, None),
+        // The bare platform still has the host bridge.
+        (
+            "bare.elf",
+            config_address(0, 0),
+            0x86,
+            Some("--no-testdevs"),
+        ),
+    ] {
+        let guest = write(
+            &dir,
+            name,
+            &elf64(LOAD_ADDR, &exit_with_pci_config(address), 0),
+        );
+        let mut args = vec!["run", guest.as_str()];
+        args.extend(extra);
+        let (output, _) = run(&args);
+        assert_eq!(parts(&output).0, expected, "{name}");
+    }
 }

@@ -43,3 +43,15 @@ pub fn exit_with(code: u32) -> Vec<u8> {
 
 /// Machine code that spins forever with interrupts disabled: `cli; 1: jmp 1b`.
 pub const SPIN_WITH_INTERRUPTS_OFF: [u8; 3] = [0xfa, 0xeb, 0xfe];
+
+/// Machine code that reads the 32-bit PCI configuration register selected
+/// by `address` (the value for port 0xcf8) and exits with it:
+/// `mov $address, %eax; mov $0xcf8, %dx; out %eax, %dx; mov $0xcfc, %dx;
+/// in %dx, %eax; out %eax, $0xf4; 1: hlt; jmp 1b`.
+pub fn exit_with_pci_config(address: u32) -> Vec<u8> {
+    let mut bytes = vec![0xb8];
+    bytes.extend_from_slice(&address.to_le_bytes());
+    bytes.extend_from_slice(&[0x66, 0xba, 0xf8, 0x0c, 0xef, 0x66, 0xba, 0xfc, 0x0c, 0xed]);
+    bytes.extend_from_slice(&[0xe7, 0xf4, 0xf4, 0xeb, 0xfd]);
+    bytes
+}
