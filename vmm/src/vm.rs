@@ -124,7 +124,7 @@ fn mem_err(what: &'static str) -> impl FnOnce(vm_memory::GuestMemoryError) -> Vm
     move |source| VmError::GuestMemory { what, source }
 }
 
-/// How long each step of [`Vm::build`] took.
+/// How long each step of [`Vm::build`] (and the start of [`Vm::run`]) took.
 #[derive(Clone, Debug, Default)]
 pub struct Timings {
     /// Steps in order, with their durations.
@@ -138,6 +138,10 @@ impl Timings {
             steps: Vec::new(),
             last: Some(Instant::now()),
         }
+    }
+
+    fn restart(&mut self) {
+        self.last = Some(Instant::now());
     }
 
     fn step(&mut self, name: &'static str) {
@@ -241,13 +245,14 @@ impl Vm {
 
         long_mode::write_page_tables(&memory, ram.identity_map_end())
             .map_err(mem_err("page tables"))?;
+        timings.step("page tables");
         let gdt_limit =
             long_mode::write_gdt_and_tss(&memory, config.cpus, |cpu| plan.stack_top(cpu))
                 .map_err(mem_err("the GDT"))?;
         let info = plan.boot_info(&image, config.cmdline.len());
         boot_plan::write_boot_info(&memory, &info, &config.cmdline)
             .map_err(mem_err("boot info"))?;
-        timings.step("boot structures");
+        timings.step("GDT, TSSs, boot info");
 
         let platform = Platform::attach(&vm, &memory, config.console, config.testdevs)?;
         timings.step("devices");
@@ -295,7 +300,7 @@ impl Vm {
         })
     }
 
-    /// How long each build step took.
+    /// How long each build step, and starting the vCPU threads, took.
     pub fn timings(&self) -> &Timings {
         &self.timings
     }
@@ -318,6 +323,7 @@ impl Vm {
                 message: format!("cannot install the vCPU kick signal handler: {e}"),
             };
         }
+        self.timings.restart();
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Outcome>();
         let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(self.vcpus.len());
@@ -343,6 +349,7 @@ impl Vm {
             }
         }
         drop(tx);
+        self.timings.step("start vCPU threads");
 
         let outcome = outcome.unwrap_or_else(|| {
             let received = match timeout {
