@@ -104,6 +104,51 @@ impl DmaMemory for GuestDma {
     }
 }
 
+/// Drops the host mapping of guest pages so that KVM faults them in again.
+pub struct GuestPages {
+    memory: GuestMemory,
+}
+
+const PAGE_SIZE: u64 = 4096;
+
+impl GuestPages {
+    /// Pages of `memory`.
+    pub fn new(memory: GuestMemory) -> Self {
+        Self { memory }
+    }
+
+    /// Makes the next guest access to the page holding `gpa` fault: the
+    /// host page-table entries go (mprotect to nothing and back, as QEMU's
+    /// pc-testdev does), KVM's MMU notifier drops its mapping, and the data
+    /// stays. Returns false when `gpa` is not RAM.
+    pub fn flush_page(&self, gpa: u64) -> bool {
+        let page = GuestAddress(gpa & !(PAGE_SIZE - 1));
+        if !self.memory.check_range(page, PAGE_SIZE as usize) {
+            return false;
+        }
+        let Ok(host) = self.memory.get_host_address(page) else {
+            return false;
+        };
+        let host = host.cast::<libc::c_void>();
+        // SAFETY: `host` is the page-aligned start of one page inside a
+        // mapping that `memory` owns and keeps alive; the protection is
+        // restored at once, and nothing in this process touches guest pages
+        // in between but vCPUs, which simply fault and retry in KVM.
+        let ok = unsafe {
+            libc::mprotect(host, PAGE_SIZE as usize, libc::PROT_NONE) == 0
+                && libc::mprotect(host, PAGE_SIZE as usize, libc::PROT_READ | libc::PROT_WRITE) == 0
+        };
+        if !ok {
+            log::warn!(
+                "flushing guest page {:#x}: {}",
+                page.0,
+                std::io::Error::last_os_error()
+            );
+        }
+        ok
+    }
+}
+
 type Job = Box<dyn FnOnce() + Send>;
 
 /// One thread that runs device work off the vCPU threads, in order. It ends
@@ -162,6 +207,19 @@ mod tests {
         );
         assert!(dma.read(u64::MAX - 1, &mut back).is_err());
         assert!(dma.write(0xfee0_0000, b"x").is_err());
+    }
+
+    #[test]
+    fn a_flushed_page_keeps_its_data() {
+        let memory = RamLayout::new(8).unwrap().allocate().unwrap();
+        memory.write_slice(b"kept", GuestAddress(0x5004)).unwrap();
+        let pages = GuestPages::new(memory.clone());
+        assert!(pages.flush_page(0x5004));
+        let mut back = [0u8; 4];
+        memory.read_slice(&mut back, GuestAddress(0x5004)).unwrap();
+        assert_eq!(&back, b"kept");
+        assert!(!pages.flush_page(8 << 20), "past the end of RAM");
+        assert!(!pages.flush_page(u64::MAX));
     }
 
     #[test]
