@@ -295,3 +295,21 @@ fn pci_configuration_space_answers_for_present_and_absent_slots() {
         assert_eq!(parts(&output).0, expected, "{name}");
     }
 }
+
+#[test]
+fn the_serial_testdev_on_com2_ends_the_vm_with_its_argument() {
+    let dir = scratch("serial-testdev");
+    // Writes "5q" to COM2 (mov $c, %al; mov $0x2f8, %dx; out %al, %dx), then
+    // exits with 1 through isa-debug-exit if the VM is still running.
+    let mut code = Vec::new();
+    for c in *b" 5 q" {
+        code.extend_from_slice(&[0xb0, c, 0x66, 0xba, 0xf8, 0x02, 0xee]);
+    }
+    code.extend_from_slice(&exit_with(1));
+    let guest = write(&dir, "com2.elf", &elf64(LOAD_ADDR, &code, 0));
+    let (output, _) = run(&["run", &guest]);
+    assert_eq!(parts(&output).0, 5);
+    // Without test devices nothing listens on COM2.
+    let (output, _) = run(&["run", &guest, "--no-testdevs"]);
+    assert_eq!(parts(&output).0, 1);
+}

@@ -10,6 +10,7 @@ pub mod bus_device;
 pub mod debug_exit;
 pub mod interrupt;
 pub mod pci;
+pub mod postfix;
 
 pub use bus_device::{Action, BusDevice};
 pub use interrupt::{Deferred, DmaError, DmaMemory, InterruptLine, MsiSender};

@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::SharedDevice;
 use crate::devices::links::DeviceThread;
-use crate::devices::serial::{Console, IrqLine, SerialDevice, UART_PORTS};
+use crate::devices::serial::{Console, IrqLine, PostfixOutput, SerialDevice, UART_PORTS};
 use crate::memory::GuestMemory;
 use crate::pci::{self, HostBridge, PciConfigIo, PciRoot};
 use crate::vcpu::Buses;
@@ -86,7 +86,20 @@ impl Platform {
         let device_thread =
             DeviceThread::start().map_err(host_err("starting the device thread"))?;
 
-        let _ = testdevs;
+        if testdevs {
+            let irq = EventFd::new(libc::EFD_NONBLOCK)
+                .map_err(host_err("creating the COM2 interrupt eventfd"))?;
+            vm.register_irqfd(&irq, ports::COM2_IRQ)
+                .map_err(kvm_err("KVM_IRQFD for COM2"))?;
+            let testdev = SerialDevice::new(IrqLine(irq), PostfixOutput::default());
+            place(
+                &buses.pio,
+                "COM2 (serial testdev)",
+                Arc::new(Mutex::new(testdev)),
+                u64::from(ports::COM2),
+                UART_PORTS,
+            )?;
+        }
         Ok(Self {
             buses,
             console: serial,

@@ -3,6 +3,7 @@
 
 use std::io::{self, Write};
 
+use ktvmm_testdevs::postfix::Postfix;
 use ktvmm_testdevs::{Action, BusDevice};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
@@ -64,26 +65,66 @@ impl Write for Console {
     }
 }
 
-/// A UART on the port bus.
-pub struct SerialDevice {
-    uart: Serial<IrqLine, vm_superio::serial::NoEvents, Console>,
+/// Where a UART's transmitted bytes go.
+pub trait UartOutput: Write + Send {
+    /// Whether the bytes so far asked to end the VM, with which code.
+    fn take_exit(&mut self) -> Option<u32> {
+        None
+    }
 }
 
-impl SerialDevice {
-    /// A UART that raises `irq` and writes to `console`.
-    pub fn new(irq: IrqLine, console: Console) -> Self {
-        Self {
-            uart: Serial::new(irq, console),
+impl UartOutput for Console {}
+
+/// The postfix serial testdev behind a UART: transmitted bytes are commands.
+#[derive(Debug, Default)]
+pub struct PostfixOutput {
+    parser: Postfix,
+    exit: Option<u32>,
+}
+
+impl Write for PostfixOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for &byte in buf {
+            if let Some(code) = self.parser.push(byte) {
+                self.exit = self.exit.or(Some(code));
+            }
         }
+        Ok(buf.len())
     }
 
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl UartOutput for PostfixOutput {
+    fn take_exit(&mut self) -> Option<u32> {
+        self.exit.take()
+    }
+}
+
+/// A UART on the port bus.
+pub struct SerialDevice<W: UartOutput = Console> {
+    uart: Serial<IrqLine, vm_superio::serial::NoEvents, W>,
+}
+
+impl<W: UartOutput> SerialDevice<W> {
+    /// A UART that raises `irq` and transmits to `output`.
+    pub fn new(irq: IrqLine, output: W) -> Self {
+        Self {
+            uart: Serial::new(irq, output),
+        }
+    }
+}
+
+impl SerialDevice<Console> {
     /// Writes out what the guest printed and has not been written yet.
     pub fn finish(&mut self) -> io::Result<()> {
         self.uart.writer_mut().finish()
     }
 }
 
-impl BusDevice for SerialDevice {
+impl<W: UartOutput> BusDevice for SerialDevice<W> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         // UART registers are byte-wide; wider accesses see the byte in lane 0.
         data[0] = self.uart.read(offset as u8);
@@ -93,7 +134,10 @@ impl BusDevice for SerialDevice {
         if let Err(e) = self.uart.write(offset as u8, data[0]) {
             log::warn!("serial: {e}");
         }
-        Action::Continue
+        match self.uart.writer_mut().take_exit() {
+            Some(code) => Action::Exit(code),
+            None => Action::Continue,
+        }
     }
 }
 
@@ -126,5 +170,17 @@ mod tests {
         assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
         dev.finish().unwrap();
         assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\nthere");
+    }
+
+    #[test]
+    fn the_postfix_testdev_ends_the_vm_on_q() {
+        let irq = IrqLine(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let mut dev = SerialDevice::new(irq, PostfixOutput::default());
+        for &b in b"77" {
+            assert_eq!(dev.write(0, &[b]), Action::Continue);
+        }
+        assert_eq!(dev.write(0, b"q"), Action::Exit(77));
+        // Register writes other than THR transmit nothing.
+        assert_eq!(dev.write(1, b"q"), Action::Continue);
     }
 }
