@@ -9,9 +9,10 @@
 pub mod bus_device;
 pub mod debug_exit;
 pub mod interrupt;
+pub mod pc_testdev;
 pub mod pci;
 pub mod postfix;
 
 pub use bus_device::{Action, BusDevice};
-pub use interrupt::{Deferred, DmaError, DmaMemory, InterruptLine, MsiSender};
+pub use interrupt::{Deferred, DmaError, DmaMemory, InterruptLine, MsiSender, PageFlush};
 pub use pci::{PciConfig, PciDevice};

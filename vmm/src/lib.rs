@@ -7,6 +7,7 @@ pub mod bus;
 pub mod cpuid;
 pub mod devices;
 pub mod floor;
+pub mod irq_routing;
 pub mod kick;
 pub mod loader;
 pub mod long_mode;

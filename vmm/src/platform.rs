@@ -5,13 +5,15 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use ktvmm_abi::{pci as slots, ports};
+use ktvmm_abi::{layout, pci as slots, ports};
+use ktvmm_testdevs::InterruptLine;
 use ktvmm_testdevs::debug_exit::{self, DebugExit};
+use ktvmm_testdevs::pc_testdev::{self, PcTestdevIomem, PcTestdevIrqs, PcTestdevPorts};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::SharedDevice;
-use crate::devices::links::DeviceThread;
+use crate::devices::links::{DeviceThread, GuestPages, KvmIrqLine};
 use crate::devices::serial::{Console, IrqLine, PostfixOutput, SerialDevice, UART_PORTS};
 use crate::memory::GuestMemory;
 use crate::pci::{self, HostBridge, PciConfigIo, PciRoot};
@@ -38,7 +40,7 @@ impl Platform {
     /// Creates the devices and places them.
     pub fn attach(
         vm: &Arc<VmFd>,
-        _memory: &GuestMemory,
+        memory: &GuestMemory,
         console: Box<dyn Write + Send>,
         testdevs: bool,
     ) -> Result<Self, VmError> {
@@ -98,6 +100,32 @@ impl Platform {
                 Arc::new(Mutex::new(testdev)),
                 u64::from(ports::COM2),
                 UART_PORTS,
+            )?;
+
+            let pages = Arc::new(GuestPages::new(memory.clone()));
+            place(
+                &buses.pio,
+                "pc-testdev ports",
+                Arc::new(Mutex::new(PcTestdevPorts::new(pages))),
+                u64::from(ports::PC_TESTDEV_REGISTER),
+                pc_testdev::PORTS_LEN,
+            )?;
+            let lines = (0..u32::from(ports::PC_TESTDEV_IRQS))
+                .map(|irq| Box::new(KvmIrqLine::new(vm.clone(), irq)) as Box<dyn InterruptLine>)
+                .collect();
+            place(
+                &buses.pio,
+                "pc-testdev IRQ ports",
+                Arc::new(Mutex::new(PcTestdevIrqs::new(lines))),
+                u64::from(ports::PC_TESTDEV_IRQ_BASE),
+                u64::from(ports::PC_TESTDEV_IRQS),
+            )?;
+            place(
+                &buses.mmio,
+                "pc-testdev iomem",
+                Arc::new(Mutex::new(PcTestdevIomem::default())),
+                layout::PC_TESTDEV_IOMEM,
+                layout::PC_TESTDEV_IOMEM_SIZE,
             )?;
         }
         Ok(Self {

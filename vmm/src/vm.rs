@@ -26,7 +26,7 @@ use crate::memory::{GuestMemory, MemoryError, RamLayout};
 use crate::outcome::Outcome;
 use crate::platform::Platform;
 use crate::vcpu::Vcpu;
-use crate::{cpuid, kick, long_mode};
+use crate::{cpuid, irq_routing, kick, long_mode};
 
 /// Everything that describes one VM.
 pub struct VmConfig {
@@ -228,6 +228,12 @@ impl Vm {
 
         vm.create_irq_chip()
             .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        let routing = irq_routing::pc_routing().map_err(|_| VmError::Kvm {
+            what: "building the GSI routing table",
+            source: kvm_ioctls::Error::new(libc::ENOMEM),
+        })?;
+        vm.set_gsi_routing(&routing)
+            .map_err(kvm_err("KVM_SET_GSI_ROUTING"))?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()

@@ -6,7 +6,7 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use ktvmm_testdevs::{Deferred, DmaError, DmaMemory, InterruptLine, MsiSender};
+use ktvmm_testdevs::{Deferred, DmaError, DmaMemory, InterruptLine, MsiSender, PageFlush};
 use kvm_bindings::kvm_msi;
 use kvm_ioctls::VmFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
@@ -146,6 +146,14 @@ impl GuestPages {
             );
         }
         ok
+    }
+}
+
+impl PageFlush for GuestPages {
+    fn flush_page(&self, gpa: u64) {
+        if !GuestPages::flush_page(self, gpa) {
+            log::debug!("pc-testdev: no page to flush at {gpa:#x}");
+        }
     }
 }
 
