@@ -8,16 +8,6 @@ pub trait InterruptLine: Send + Sync {
     fn set_level(&self, high: bool);
 }
 
-/// The ISA interrupt lines, by number (pc-testdev drives any of them from
-/// its IRQ ports, so one object for all beats 24 [`InterruptLine`]s).
-pub trait IsaIrqs: Send + Sync {
-    /// Drives ISA IRQ `irq` (0 to 23: what pc-testdev's ports reach) high
-    /// or low. QEMU's PC routes IRQ n to the PIC and to IOAPIC input n,
-    /// except IRQ 0, which arrives on IOAPIC input 2; with KVM's irqchip
-    /// that is `KVM_IRQ_LINE` on GSI `irq`.
-    fn set_irq(&self, irq: u32, high: bool);
-}
-
 /// Drops guest pages from the host's mappings (pc-testdev's flush port).
 pub trait PageFlush: Send + Sync {
     /// Makes the guest's next access to the page at `gpa` (page-aligned)

@@ -1,77 +1,122 @@
-//! pc-testdev (QEMU hw/misc/pc-testdev.c): a scratch register, a page
-//! flush, ISA interrupt lines, and an MMIO buffer that always exits.
+//! pc-testdev, QEMU's x86 ISA test device (hw/misc/pc-testdev.c), as three
+//! bus devices:
+//!
+//! - [`PcTestdevPorts`], ports 0xe0-0xeb: the 32-bit register at 0xe0-0xe3,
+//!   the flush-page port at 0xe4, the same register again at 0xe8-0xeb;
+//! - [`PcTestdevIrqs`], ports 0x2000-0x2017: port 0x2000 + n drives ISA IRQ n;
+//! - [`PcTestdevIomem`], MMIO 0xff000000-0xff00ffff: a 64 KiB byte buffer.
+//!
+//! Placement is the VMM's (`ktvmm_abi::ports::PC_TESTDEV_*`,
+//! `ktvmm_abi::layout::PC_TESTDEV_IOMEM`); offsets here are from the start
+//! of each window. One device spans 0xe0-0xeb because QEMU lets an access
+//! run from one of those regions into the next (a 4-byte access at 0xe2
+//! reads lanes 2-3 of the register and two bytes of the flush port), which a
+//! bus that dispatches whole accesses could not reproduce with three devices.
 
 use std::sync::Arc;
 
+use crate::access::{le_value, pieces};
 use crate::bus_device::{Action, BusDevice};
 use crate::interrupt::{InterruptLine, PageFlush};
 
-/// Ports the register device spans: register lanes 0-3, flush 4-7, the
-/// register again for byte access 8-11.
+/// Length of the [`PcTestdevPorts`] window (ports 0xe0-0xeb).
 pub const PORTS_LEN: u64 = 12;
-const FLUSH: u64 = 4;
-const BYTE_REGISTER: u64 = 8;
-/// Size of the MMIO buffer.
+/// Offset of the register's first byte lane (port 0xe0).
+pub const REGISTER: u64 = 0;
+/// Offset of the flush-page port (port 0xe4).
+pub const FLUSH_PAGE: u64 = 4;
+/// Offset of the register's byte-access window (port 0xe8).
+pub const REGISTER_BYTES: u64 = 8;
+/// Length of the [`PcTestdevIrqs`] window: QEMU's region covers IRQs 0-23.
+pub const IRQS_LEN: u64 = 24;
+/// Length of the [`PcTestdevIomem`] buffer.
 pub const IOMEM_LEN: u64 = 0x1_0000;
 
-/// Ports 0xe0-0xeb: one 32-bit register seen through two windows, and the
-/// page-flush port between them.
+const PAGE_MASK: u32 = 0xfff;
+
+/// Ports 0xe0-0xeb: the register (twice) and the flush-page port.
+///
+/// The register is one little-endian `u32`; an access at offset `p` reads or
+/// updates the byte lanes from `p & 3` on, so byte, word and dword accesses
+/// see their own lanes, and string I/O (split into elements by the VMM)
+/// writes or reads lane 0 at each element. Both windows share the register.
+///
+/// A 4-byte write at 0xe4 flushes the page holding the written (32-bit)
+/// guest-physical address; narrower or misaligned writes there are ignored
+/// (QEMU's region only accepts 4-byte accesses), and it reads 0.
 pub struct PcTestdevPorts {
     register: u32,
     pages: Arc<dyn PageFlush>,
 }
 
 impl PcTestdevPorts {
-    /// The ports, flushing pages through `pages`.
+    /// The ports, flushing pages through `pages`; the register starts at 0.
     pub fn new(pages: Arc<dyn PageFlush>) -> Self {
         Self { register: 0, pages }
+    }
+
+    /// The register's byte lane for window offset `offset`, if it is one.
+    fn lane(offset: u64) -> Option<usize> {
+        match offset {
+            REGISTER..FLUSH_PAGE => Some((offset - REGISTER) as usize),
+            REGISTER_BYTES..PORTS_LEN => Some((offset - REGISTER_BYTES) as usize),
+            _ => None,
+        }
     }
 }
 
 impl BusDevice for PcTestdevPorts {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if (FLUSH..BYTE_REGISTER).contains(&offset) {
-            return; // the flush port reads 0
-        }
-        // An access at lane p sees the register shifted right by p bytes.
-        let bytes = self.register.to_le_bytes();
-        let lane = (offset & 3) as usize;
+        let lanes = self.register.to_le_bytes();
+        // Lanes are independent bytes, so byte by byte is what QEMU's
+        // shift-and-mask per piece amounts to; the flush port and anything
+        // past the window leave their zeroes.
         for (i, byte) in data.iter_mut().enumerate() {
-            *byte = bytes.get(lane + i).copied().unwrap_or(0);
+            if let Some(lane) = offset.checked_add(i as u64).and_then(Self::lane) {
+                *byte = lanes[lane];
+            }
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Action {
-        if (FLUSH..BYTE_REGISTER).contains(&offset) {
-            // Only a 4-byte write at the port itself carries an address.
-            if offset == FLUSH && data.len() == 4 {
-                let mut address = [0u8; 4];
-                address.copy_from_slice(data);
-                self.pages
-                    .flush_page(u64::from(u32::from_le_bytes(address)));
+        let mut lanes = self.register.to_le_bytes();
+        for piece in pieces(offset, data.len(), 4) {
+            let bytes = &data[piece.range()];
+            if piece.offset == FLUSH_PAGE {
+                // Only an aligned 4-byte access is valid on the flush port.
+                if piece.len == 4 {
+                    let gpa = le_value(bytes) as u32 & !PAGE_MASK;
+                    self.pages.flush_page(u64::from(gpa));
+                }
+                continue;
             }
-            return Action::Continue;
-        }
-        let mut bytes = self.register.to_le_bytes();
-        let lane = (offset & 3) as usize;
-        for (i, &byte) in data.iter().enumerate() {
-            if let Some(slot) = bytes.get_mut(lane + i) {
-                *slot = byte;
+            for (i, &byte) in bytes.iter().enumerate() {
+                if let Some(lane) = piece.offset.checked_add(i as u64).and_then(Self::lane) {
+                    lanes[lane] = byte;
+                }
             }
         }
-        self.register = u32::from_le_bytes(bytes);
+        self.register = u32::from_le_bytes(lanes);
         Action::Continue
     }
 }
 
-/// Ports 0x2000-0x2017: a write to port `0x2000 + n` drives ISA IRQ `n` to
-/// (value != 0).
+/// Ports 0x2000-0x2017: a write of `v` to port 0x2000 + n sets ISA IRQ n to
+/// `v != 0`.
+///
+/// QEMU's region only takes 1-byte accesses, and its memory core splits a
+/// wider write into bytes, so a word written at 0x2000 sets IRQ 0 from its
+/// low byte and IRQ 1 from its high byte; we do the same. Reads return 0.
+/// QEMU declares 24 ports but asserts on IRQs above 15 (`isa_bus_get_irq`),
+/// killing the VM; ktvmm drives IRQs 16-23 like the others.
 pub struct PcTestdevIrqs {
     lines: Vec<Box<dyn InterruptLine>>,
 }
 
 impl PcTestdevIrqs {
-    /// The ports; `lines[n]` is ISA IRQ `n`.
+    /// The IRQ ports; `lines[n]` is ISA IRQ n (on a PC with KVM's irqchip,
+    /// GSI n, which QEMU's routing sends to IOAPIC input n, except IRQ 0 to
+    /// input 2). Ports without a line, up to [`IRQS_LEN`], are ignored.
     pub fn new(lines: Vec<Box<dyn InterruptLine>>) -> Self {
         Self { lines }
     }
@@ -79,51 +124,63 @@ impl PcTestdevIrqs {
 
 impl BusDevice for PcTestdevIrqs {
     fn write(&mut self, offset: u64, data: &[u8]) -> Action {
-        // Byte-wide ports: a wider access drives only the line it starts at,
-        // with level = (value != 0).
-        if let Some(line) = usize::try_from(offset).ok().and_then(|n| self.lines.get(n)) {
-            line.set_level(data.iter().any(|&b| b != 0));
+        for (i, &value) in data.iter().enumerate() {
+            let Some(irq) = offset.checked_add(i as u64).filter(|&n| n < IRQS_LEN) else {
+                break;
+            };
+            if let Some(line) = self.lines.get(irq as usize) {
+                line.set_level(value != 0);
+            }
         }
         Action::Continue
     }
 }
 
-/// The 64 KiB buffer at 0xff000000: plain little-endian copies, so the
-/// instruction emulator has real memory semantics to be tested against.
+/// MMIO 0xff000000-0xff00ffff: 64 KiB of plain memory behind an exit, for the
+/// emulator tests (every access goes through KVM's instruction emulator).
+/// Reads and writes are little-endian byte copies; bytes past the buffer
+/// read as 0 and are not written.
 pub struct PcTestdevIomem {
-    buffer: Vec<u8>,
+    buffer: Box<[u8]>,
 }
 
 impl Default for PcTestdevIomem {
     fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PcTestdevIomem {
+    /// A zeroed buffer.
+    pub fn new() -> Self {
         Self {
-            buffer: vec![0; IOMEM_LEN as usize],
+            buffer: vec![0; IOMEM_LEN as usize].into_boxed_slice(),
         }
+    }
+
+    fn index(&self, offset: u64, i: usize) -> Option<usize> {
+        let at = usize::try_from(offset.checked_add(i as u64)?).ok()?;
+        (at < self.buffer.len()).then_some(at)
     }
 }
 
 impl BusDevice for PcTestdevIomem {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if let Some(bytes) = window(&self.buffer, offset, data.len()) {
-            data.copy_from_slice(bytes);
+        for (i, byte) in data.iter_mut().enumerate() {
+            if let Some(at) = self.index(offset, i) {
+                *byte = self.buffer[at];
+            }
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Action {
-        let len = self.buffer.len();
-        if let Some(start) = usize::try_from(offset)
-            .ok()
-            .filter(|&o| o.checked_add(data.len()).is_some_and(|end| end <= len))
-        {
-            self.buffer[start..start + data.len()].copy_from_slice(data);
+        for (i, &byte) in data.iter().enumerate() {
+            if let Some(at) = self.index(offset, i) {
+                self.buffer[at] = byte;
+            }
         }
         Action::Continue
     }
-}
-
-fn window(buffer: &[u8], offset: u64, len: usize) -> Option<&[u8]> {
-    let start = usize::try_from(offset).ok()?;
-    buffer.get(start..start.checked_add(len)?)
 }
 
 #[cfg(test)]
@@ -140,91 +197,196 @@ mod tests {
         }
     }
 
-    struct Line(Arc<Mutex<Vec<bool>>>);
+    /// ISA IRQ `n`, recording into a log shared by all lines.
+    struct Line(u32, IrqLog);
 
     impl InterruptLine for Line {
         fn set_level(&self, high: bool) {
-            self.0.lock().unwrap().push(high);
+            self.1.lock().unwrap().push((self.0, high));
         }
     }
 
-    fn read(dev: &mut dyn BusDevice, offset: u64, len: usize) -> Vec<u8> {
+    type IrqLog = Arc<Mutex<Vec<(u32, bool)>>>;
+
+    fn irq_ports(count: u32) -> (PcTestdevIrqs, IrqLog) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = (0..count)
+            .map(|n| Box::new(Line(n, log.clone())) as Box<dyn InterruptLine>)
+            .collect();
+        (PcTestdevIrqs::new(lines), log)
+    }
+
+    fn ports() -> (PcTestdevPorts, Arc<Flushes>) {
+        let flushes = Arc::new(Flushes::default());
+        (PcTestdevPorts::new(flushes.clone()), flushes)
+    }
+
+    fn read(dev: &mut impl BusDevice, offset: u64, len: usize) -> Vec<u8> {
         let mut data = vec![0; len];
         dev.read(offset, &mut data);
         data
     }
 
+    fn read32(dev: &mut impl BusDevice, offset: u64) -> u32 {
+        le_value(&read(dev, offset, 4)) as u32
+    }
+
+    fn write(dev: &mut impl BusDevice, offset: u64, data: &[u8]) {
+        assert_eq!(dev.write(offset, data), Action::Continue);
+    }
+
     #[test]
-    fn the_register_has_byte_lanes_in_both_windows() {
-        let mut dev = PcTestdevPorts::new(Arc::new(Flushes::default()));
-        let _ = dev.write(0, &0x1234_5678u32.to_le_bytes());
-        assert_eq!(read(&mut dev, 0, 4), [0x78, 0x56, 0x34, 0x12]);
+    fn the_register_has_byte_lanes() {
+        let (mut dev, _) = ports();
+        write(&mut dev, REGISTER, &0x1234_5678u32.to_le_bytes());
+        assert_eq!(read32(&mut dev, REGISTER), 0x1234_5678);
+        let lanes: Vec<u8> = (0..4).map(|p| read(&mut dev, p, 1)[0]).collect();
+        assert_eq!(lanes, [0x78, 0x56, 0x34, 0x12]);
         assert_eq!(read(&mut dev, 2, 2), [0x34, 0x12]);
-        assert_eq!(
-            read(&mut dev, 1, 4),
-            [0x56, 0x34, 0x12, 0],
-            "bytes past lane 3 read 0"
-        );
-        assert_eq!(read(&mut dev, BYTE_REGISTER + 3, 1), [0x12]);
-        let _ = dev.write(BYTE_REGISTER + 1, &[0xab]);
-        assert_eq!(read(&mut dev, 0, 4), [0x78, 0xab, 0x34, 0x12]);
-        let _ = dev.write(3, &[1, 2, 3, 4]);
-        assert_eq!(
-            read(&mut dev, 0, 4),
-            [0x78, 0xab, 0x34, 1],
-            "bytes past lane 3 are dropped"
-        );
-        // A string of byte writes (rep outsb arrives as one write per element).
-        for b in [9, 8, 7] {
-            let _ = dev.write(0, &[b]);
+        write(&mut dev, 1, &[0xab]);
+        assert_eq!(read32(&mut dev, REGISTER), 0x1234_ab78);
+        write(&mut dev, 2, &[0xef, 0xcd]);
+        assert_eq!(read32(&mut dev, REGISTER), 0xcdef_ab78);
+    }
+
+    #[test]
+    fn the_byte_window_is_the_same_register() {
+        let (mut dev, _) = ports();
+        write(&mut dev, REGISTER, &0xcdef_ab78u32.to_le_bytes());
+        assert_eq!(read(&mut dev, REGISTER_BYTES + 1, 1), [0xab]);
+        write(&mut dev, REGISTER_BYTES + 3, &[0x01]);
+        assert_eq!(read32(&mut dev, REGISTER), 0x01ef_ab78);
+        assert_eq!(read32(&mut dev, REGISTER_BYTES), 0x01ef_ab78);
+        write(&mut dev, REGISTER_BYTES, &0x5566_7788u32.to_le_bytes());
+        assert_eq!(read32(&mut dev, REGISTER), 0x5566_7788);
+    }
+
+    #[test]
+    fn string_io_elements_land_in_lane_0() {
+        let (mut dev, _) = ports();
+        write(&mut dev, REGISTER, &0x1122_3344u32.to_le_bytes());
+        // `rep outsb` of "WXYZ": four 1-byte writes at the same port.
+        for &b in b"WXYZ" {
+            write(&mut dev, REGISTER, &[b]);
         }
-        assert_eq!(read(&mut dev, 0, 1), [7]);
+        assert_eq!(read32(&mut dev, REGISTER), 0x1122_3300 | u32::from(b'Z'));
+        // `rep insb` of 3 bytes from 0xe2: three 1-byte reads of lane 2.
+        let got: Vec<u8> = (0..3).map(|_| read(&mut dev, 2, 1)[0]).collect();
+        assert_eq!(got, [0x22; 3]);
     }
 
     #[test]
-    fn the_flush_port_takes_4_byte_addresses_and_reads_zero() {
-        let flushes = Arc::new(Flushes::default());
-        let mut dev = PcTestdevPorts::new(flushes.clone());
-        let _ = dev.write(FLUSH, &0x0040_1234u32.to_le_bytes());
-        let _ = dev.write(FLUSH, &[1, 2]);
-        let _ = dev.write(FLUSH + 1, &[1, 2, 3, 4]);
-        assert_eq!(*flushes.0.lock().unwrap(), vec![0x0040_1234]);
-        let _ = dev.write(0, &[0xff; 4]);
-        assert_eq!(read(&mut dev, FLUSH, 4), [0; 4]);
+    fn accesses_running_into_the_flush_port_keep_their_register_lanes() {
+        let (mut dev, flushes) = ports();
+        write(&mut dev, REGISTER, &0x1122_3344u32.to_le_bytes());
+        assert_eq!(read(&mut dev, 2, 4), [0x22, 0x11, 0, 0]);
+        write(&mut dev, 2, &[0xaa, 0xbb, 0xcc, 0xdd]);
+        assert_eq!(read32(&mut dev, REGISTER), 0xbbaa_3344);
+        assert!(flushes.0.lock().unwrap().is_empty(), "2 bytes at 0xe4");
     }
 
     #[test]
-    fn irq_ports_drive_their_line() {
-        let levels: Vec<Arc<Mutex<Vec<bool>>>> = (0..24).map(|_| Arc::default()).collect();
-        let lines = levels
-            .iter()
-            .map(|l| Box::new(Line(l.clone())) as Box<dyn InterruptLine>)
-            .collect();
-        let mut dev = PcTestdevIrqs::new(lines);
-        let _ = dev.write(14, &[1]);
-        let _ = dev.write(14, &[0]);
-        let _ = dev.write(23, &[0x80]);
-        let _ = dev.write(24, &[1]);
-        let _ = dev.write(u64::MAX, &[1]);
-        assert_eq!(*levels[14].lock().unwrap(), vec![true, false]);
-        assert_eq!(*levels[23].lock().unwrap(), vec![true]);
-        assert!(levels[0].lock().unwrap().is_empty());
+    fn a_dword_write_to_the_flush_port_flushes_its_page() {
+        let (mut dev, flushes) = ports();
+        write(&mut dev, FLUSH_PAGE, &0x0012_3abcu32.to_le_bytes());
+        write(&mut dev, FLUSH_PAGE, &0xffff_f001u32.to_le_bytes());
+        assert_eq!(*flushes.0.lock().unwrap(), [0x0012_3000, 0xffff_f000]);
+        // Narrow or misaligned accesses are not valid there.
+        write(&mut dev, FLUSH_PAGE, &[0x00, 0x10]);
+        write(&mut dev, FLUSH_PAGE, &[0x00]);
+        write(&mut dev, FLUSH_PAGE + 1, &[0, 0x10, 0, 0]);
+        assert_eq!(flushes.0.lock().unwrap().len(), 2);
+        assert_eq!(read32(&mut dev, FLUSH_PAGE), 0, "the flush port reads 0");
+        assert_eq!(read32(&mut dev, REGISTER), 0, "the register is untouched");
     }
 
     #[test]
-    fn iomem_is_a_plain_buffer_with_bounds() {
-        let mut dev = PcTestdevIomem::default();
-        let _ = dev.write(0x10, &0x1122_3344_5566_7788u64.to_le_bytes());
-        assert_eq!(read(&mut dev, 0x12, 2), [0x66, 0x55]);
-        let _ = dev.write(IOMEM_LEN - 2, &[1, 2, 3, 4]);
+    fn eight_byte_writes_are_cut_in_dwords() {
+        // Port I/O is at most 4 bytes, but the model must cope with anything.
+        let (mut dev, flushes) = ports();
+        write(&mut dev, REGISTER, &0x0000_5000_8765_4321u64.to_le_bytes());
+        assert_eq!(read32(&mut dev, REGISTER), 0x8765_4321);
+        assert_eq!(*flushes.0.lock().unwrap(), [0x5000]);
+    }
+
+    #[test]
+    fn offsets_outside_the_window_are_harmless() {
+        let (mut dev, flushes) = ports();
+        write(&mut dev, PORTS_LEN, &[1, 2, 3, 4]);
+        write(&mut dev, u64::MAX, &[1; 8]);
+        write(&mut dev, u64::MAX - 3, &[1; 8]);
+        assert_eq!(read(&mut dev, u64::MAX - 1, 8), [0; 8]);
+        assert_eq!(read(&mut dev, 10, 8), [0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(read32(&mut dev, REGISTER), 0);
+        assert!(flushes.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn irq_ports_set_levels_byte_by_byte() {
+        let (mut dev, log) = irq_ports(IRQS_LEN as u32);
+        write(&mut dev, 14, &[1]);
+        write(&mut dev, 14, &[0]);
+        write(&mut dev, 0, &[0x80]);
+        write(&mut dev, 23, &[2]);
+        // A word at port 0x2000 is two byte writes (QEMU's 1-byte region).
+        write(&mut dev, 0, &[0, 7]);
+        // Nothing past IRQ 23, nothing that wraps.
+        write(&mut dev, 22, &[1, 1, 1, 1]);
+        write(&mut dev, IRQS_LEN, &[1]);
+        write(&mut dev, u64::MAX, &[1, 1]);
         assert_eq!(
-            read(&mut dev, IOMEM_LEN - 2, 2),
-            [0, 0],
-            "a write past the end is dropped"
+            *log.lock().unwrap(),
+            [
+                (14, true),
+                (14, false),
+                (0, true),
+                (23, true),
+                (0, false),
+                (1, true),
+                (22, true),
+                (23, true)
+            ]
         );
-        assert_eq!(read(&mut dev, IOMEM_LEN - 1, 4), [0; 4]);
-        let _ = dev.write(u64::MAX, &[1]);
-        let _ = dev.write(IOMEM_LEN - 1, &[0xee]);
-        assert_eq!(read(&mut dev, IOMEM_LEN - 1, 1), [0xee]);
+        assert_eq!(read(&mut dev, 14, 1), [0], "IRQ ports read 0");
+    }
+
+    #[test]
+    fn ports_without_a_line_are_ignored() {
+        let (mut dev, log) = irq_ports(16);
+        write(&mut dev, 15, &[1, 1]);
+        assert_eq!(*log.lock().unwrap(), [(15, true)]);
+        let (mut dev, log) = irq_ports(0);
+        write(&mut dev, 0, &[1; 8]);
+        assert!(log.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn iomem_is_little_endian_memory() {
+        let mut dev = PcTestdevIomem::new();
+        write(&mut dev, 0x100, &0x1122_3344u32.to_le_bytes());
+        assert_eq!(read(&mut dev, 0x100, 1), [0x44]);
+        assert_eq!(read(&mut dev, 0x102, 2), [0x22, 0x11]);
+        write(&mut dev, 0x101, &[0xaa]);
+        write(&mut dev, 0x102, &[0xcc, 0xbb]);
+        assert_eq!(read32(&mut dev, 0x100), 0xbbcc_aa44);
+        write(&mut dev, 0x200, &0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(le_value(&read(&mut dev, 0x200, 8)), 0x0102_0304_0506_0708);
+        // Across a page boundary inside the buffer.
+        write(&mut dev, 4095, &[0xaa, 0x88]);
+        assert_eq!(read(&mut dev, 4095, 2), [0xaa, 0x88]);
+    }
+
+    #[test]
+    fn iomem_bounds() {
+        let mut dev = PcTestdevIomem::default();
+        write(&mut dev, IOMEM_LEN - 4, &0xdead_beefu32.to_le_bytes());
+        assert_eq!(read32(&mut dev, IOMEM_LEN - 4), 0xdead_beef);
+        // Straddling the end: the part inside is written, the rest dropped.
+        write(&mut dev, IOMEM_LEN - 2, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(read(&mut dev, IOMEM_LEN - 2, 4), [1, 2, 0, 0]);
+        assert_eq!(read(&mut dev, IOMEM_LEN, 8), [0; 8]);
+        write(&mut dev, u64::MAX, &[9; 8]);
+        assert_eq!(read(&mut dev, u64::MAX - 3, 8), [0; 8]);
+        assert_eq!(read(&mut dev, 0, 4), [0; 4]);
     }
 }

@@ -55,6 +55,7 @@ const STATUS_CAPABILITIES: u16 = 1 << 4;
 const CAP_ID_MSI: u8 = 0x05;
 const MSI_CONTROL_ENABLE: u16 = 1 << 0;
 const MSI_CONTROL_64BIT: u16 = 1 << 7;
+const MSI_CONTROL_MME: u16 = 0x7 << 4;
 const MSI_CAP_SIZE: usize = 14;
 
 /// What a BAR decodes.
@@ -220,10 +221,22 @@ impl PciConfig {
     pub fn write(&mut self, offset: usize, data: &[u8]) {
         for (i, &value) in data.iter().enumerate() {
             let Some(at) = offset.checked_add(i).filter(|&at| at < CONFIG_SIZE) else {
-                return;
+                break;
             };
             let mask = self.writable[at];
             self.bytes[at] = (self.bytes[at] & !mask) | (value & mask);
+        }
+        self.clamp_msi_vectors();
+    }
+
+    /// With MSI enabled, Multiple Message Enable cannot ask for more vectors
+    /// than the one we have: QEMU's `msi_write_config` clamps it back to 0,
+    /// so the message data is always used as programmed.
+    fn clamp_msi_vectors(&mut self) {
+        let Some(at) = self.msi else { return };
+        let control = self.get16(at + 2);
+        if control & MSI_CONTROL_ENABLE != 0 && control & MSI_CONTROL_MME != 0 {
+            self.set16(at + 2, control & !MSI_CONTROL_MME);
         }
     }
 
@@ -296,6 +309,21 @@ pub trait PciDevice: Send {
 
     /// A guest write at `offset` into BAR `bar`.
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) -> Action;
+
+    /// A guest read of configuration space. The VMM calls this rather than
+    /// `config().read()`: a device may report live state there (edu's
+    /// Interrupt Status bit).
+    fn config_read(&self, offset: usize, data: &mut [u8]) {
+        self.config().read(offset, data);
+    }
+
+    /// A guest write to configuration space. The VMM calls this rather than
+    /// `config_mut().write()`: a device may have to react at once (edu
+    /// drops its INTx line when the guest sets Interrupt Disable or enables
+    /// MSI, and tells its background work where MSIs go now).
+    fn config_write(&mut self, offset: usize, data: &[u8]) {
+        self.config_mut().write(offset, data);
+    }
 
     /// Writes the device wants KVM to absorb with ioeventfds (never reaching
     /// `bar_write`), as they are now. The VMM re-reads this after every
@@ -431,6 +459,19 @@ mod tests {
         );
         assert_eq!(config.get16(at + 2) & MSI_CONTROL_64BIT, MSI_CONTROL_64BIT);
         assert_eq!(config.get16(at + 2) & 0xe, 0, "one vector capable");
+    }
+
+    #[test]
+    fn enabled_msi_keeps_one_vector() {
+        let mut config = edu_like();
+        let at = config.msi.unwrap();
+        // Multiple Message Enable sticks while MSI is off (as in QEMU)...
+        config.write(at + 2, &[0x30]);
+        assert_eq!(config.get16(at + 2) & MSI_CONTROL_MME, 0x30);
+        // ...and is clamped to the one vector once MSI is on.
+        config.write(at + 2, &[0x31]);
+        assert_eq!(config.get16(at + 2) & MSI_CONTROL_MME, 0);
+        assert!(config.msi().unwrap().enabled);
     }
 
     #[test]

@@ -8,9 +8,14 @@
 //!
 //! Where ktvmm differs from QEMU: QEMU exits with `(arg << 1) | 1`, ktvmm
 //! with `arg` itself; and a full buffer that holds no complete packet (32
-//! digits or blanks in a row) makes QEMU's write loop spin forever, whereas
-//! ktvmm drops the buffered bytes and goes on. Arguments wrap modulo 2^32
-//! (QEMU's `int` overflows).
+//! digits or blanks in a row) makes QEMU's write loop spin forever (it copies
+//! 0 bytes into the full buffer and retries), whereas ktvmm drops the
+//! buffered bytes and goes on. A packet of exactly 32 bytes, command included,
+//! still works, as in QEMU. Arguments wrap modulo 2^32: QEMU's `int` does the
+//! same (QEMU builds with `-fwrapv`), so the bits of the argument agree.
+//! "Whitespace" is C's `isspace` in the C locale, vertical tab included, and
+//! the command is whatever byte follows the blanks, a digit too: `"1 2q"` is
+//! command `2` with argument 1, then `q` with argument 0.
 
 /// Bytes buffered at most.
 pub const BUFFER_SIZE: usize = 32;
@@ -55,20 +60,26 @@ fn parse(bytes: &[u8]) -> Option<Packet> {
         .iter()
         .copied()
         .enumerate()
-        .skip_while(|(_, b)| b.is_ascii_whitespace());
+        .skip_while(|&(_, b)| is_space(b));
     let mut arg: u32 = 0;
     let (mut at, mut c) = rest.next()?;
     while c.is_ascii_digit() {
         arg = arg.wrapping_mul(10).wrapping_add(u32::from(c - b'0'));
         (at, c) = rest.next()?;
     }
-    while c.is_ascii_whitespace() {
+    while is_space(c) {
         (at, c) = rest.next()?;
     }
     Some(Packet {
         len: at + 1,
         exit: (c == b'q').then_some(arg),
     })
+}
+
+/// C's `isspace` in the C locale (Rust's `is_ascii_whitespace` leaves out
+/// the vertical tab).
+fn is_space(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
 }
 
 #[cfg(test)]
@@ -135,5 +146,56 @@ mod tests {
         assert!(feed(&mut parser, &[b' '; 100]).is_empty());
         // The stream recovers.
         assert_eq!(feed(&mut parser, b"9q"), vec![9]);
+    }
+
+    #[test]
+    fn whitespace_is_c_isspace() {
+        assert_eq!(feed(&mut Postfix::new(), b"\x0b\x0c\r\t 8\x0b q"), vec![8]);
+        // A byte that is not C whitespace is a command, even a NUL.
+        let mut parser = Postfix::new();
+        assert!(feed(&mut parser, b"\x006").is_empty());
+        assert_eq!(feed(&mut parser, b"q"), vec![6]);
+    }
+
+    #[test]
+    fn a_digit_after_blanks_is_a_command() {
+        // QEMU reads "1 2" as command '2' with argument 1, then "q" alone.
+        assert_eq!(feed(&mut Postfix::new(), b"1 2q"), vec![0]);
+    }
+
+    #[test]
+    fn a_32_byte_packet_fits_and_a_33rd_byte_starts_afresh() {
+        let mut packet = vec![b' '; BUFFER_SIZE - 3];
+        packet.extend_from_slice(b"12q");
+        assert_eq!(packet.len(), BUFFER_SIZE);
+        assert_eq!(feed(&mut Postfix::new(), &packet), vec![12]);
+
+        let mut parser = Postfix::new();
+        let mut long = vec![b' '; BUFFER_SIZE - 2];
+        long.extend_from_slice(b"12");
+        assert!(feed(&mut parser, &long).is_empty(), "32 bytes, no command");
+        assert!(parser.buffer.is_empty());
+        // The command that would have been the 33rd byte of that packet now
+        // stands alone: argument 0.
+        assert_eq!(feed(&mut parser, b"q"), vec![0]);
+    }
+
+    #[test]
+    fn wrapping_matches_32_bit_arithmetic() {
+        assert_eq!(feed(&mut Postfix::new(), b"4294967296q"), vec![0]);
+        assert_eq!(feed(&mut Postfix::new(), b"4294967297q"), vec![1]);
+        assert_eq!(
+            feed(&mut Postfix::new(), b"4294967295q"),
+            vec![u32::MAX],
+            "all 32 bits survive"
+        );
+    }
+
+    #[test]
+    fn any_byte_stream_is_harmless() {
+        let mut parser = Postfix::new();
+        let noise: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+        feed(&mut parser, &noise);
+        assert!(parser.buffer.len() < BUFFER_SIZE);
     }
 }

@@ -103,7 +103,7 @@ impl PciRoot {
 
     fn config_read(&self, address: ConfigAddress, data: &mut [u8]) {
         match address.slot().and_then(|slot| self.slots.get(&slot)) {
-            Some(slot) => lock(&slot.device).config().read(address.offset(), data),
+            Some(slot) => lock(&slot.device).config_read(address.offset(), data),
             None => data.fill(0xff),
         }
     }
@@ -285,12 +285,15 @@ impl ConfigAddress {
         (self.0 & Self::ENABLE != 0 && bus == 0 && function == 0).then_some(device as u8)
     }
 
+    /// The register offset; the low two bits come from which of the data
+    /// ports 0xcfc-0xcff was accessed (see [`ConfigAddress::plus`]).
     fn offset(self) -> usize {
-        (self.0 & 0xfc) as usize
+        (self.0 & 0xff) as usize
     }
 
+    /// The address of byte `byte` (0-3) of the selected register.
     fn plus(self, byte: u64) -> Self {
-        Self(self.0 + byte as u32)
+        Self((self.0 & !0x3) + byte as u32)
     }
 }
 
@@ -388,7 +391,8 @@ mod tests {
             ConfigAddress(1 << 31 | bus << 16 | dev << 11 | func << 8 | reg)
         };
         assert_eq!(addr(0, 3, 0, 0x10).slot(), Some(3));
-        assert_eq!(addr(0, 3, 0, 0x13).offset(), 0x10);
+        assert_eq!(addr(0, 3, 0, 0x13).plus(0).offset(), 0x10, "bits 1:0 are ignored");
+        assert_eq!(addr(0, 3, 0, 0x10).plus(2).offset(), 0x12, "byte lane of 0xcfe");
         assert_eq!(addr(1, 3, 0, 0).slot(), None);
         assert_eq!(addr(0, 3, 1, 0).slot(), None);
         assert_eq!(ConfigAddress(3 << 11).slot(), None, "enable bit clear");

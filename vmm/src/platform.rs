@@ -6,14 +6,17 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use ktvmm_abi::{layout, pci as slots, ports};
-use ktvmm_testdevs::InterruptLine;
 use ktvmm_testdevs::debug_exit::{self, DebugExit};
+use ktvmm_testdevs::edu::{Edu, EduLinks};
 use ktvmm_testdevs::pc_testdev::{self, PcTestdevIomem, PcTestdevIrqs, PcTestdevPorts};
+use ktvmm_testdevs::pci::reg::INTERRUPT_LINE;
+use ktvmm_testdevs::pci_testdev::PciTestdev;
+use ktvmm_testdevs::{InterruptLine, PciDevice};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::SharedDevice;
-use crate::devices::links::{DeviceThread, GuestPages, KvmIrqLine};
+use crate::devices::links::{DeviceThread, GuestDma, GuestPages, KvmIrqLine, KvmMsi};
 use crate::devices::serial::{Console, IrqLine, PostfixOutput, SerialDevice, UART_PORTS};
 use crate::memory::GuestMemory;
 use crate::pci::{self, HostBridge, PciConfigIo, PciRoot};
@@ -127,6 +130,25 @@ impl Platform {
                 layout::PC_TESTDEV_IOMEM,
                 layout::PC_TESTDEV_IOMEM_SIZE,
             )?;
+
+            let edu_gsi = slots::intx_gsi(slots::EDU_SLOT, 1);
+            let mut edu = Edu::new(EduLinks {
+                intx: Arc::new(KvmIrqLine::new(vm.clone(), edu_gsi)),
+                msi: Arc::new(KvmMsi::new(vm.clone())),
+                dma: Arc::new(GuestDma::new(memory.clone())),
+                deferred: device_thread.clone(),
+            });
+            edu.config_mut().write(INTERRUPT_LINE, &[edu_gsi as u8]);
+            let mut pci_testdev = PciTestdev::new();
+            let (mmio, io) = pci::assign_bars(
+                pci_testdev.config_mut(),
+                slots::MMIO_WINDOW_START,
+                u64::from(slots::IO_WINDOW_START),
+            );
+            pci::assign_bars(edu.config_mut(), mmio, io);
+            let mut root = crate::bus::lock(&pci);
+            root.add(slots::PCI_TESTDEV_SLOT, Arc::new(Mutex::new(pci_testdev)));
+            root.add(slots::EDU_SLOT, Arc::new(Mutex::new(edu)));
         }
         Ok(Self {
             buses,
