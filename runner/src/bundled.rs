@@ -48,4 +48,11 @@ pub const SUITE: &[BundledTest] = &[
     test("exceptions", "exceptions", 1, ""),
     test("lapic-timer", "lapic-timer", 1, ""),
     test("exitcode-pass", "exitcode", 1, "pass"),
+    test("isa-debug-exit", "debug-exit", 1, "code=0 width=1"),
+    test("serial-testdev", "serial-testdev", 1, "code=0"),
+    test("pci-enum", "pci-enum", 1, ""),
+    test("pci-testdev", "pci-testdev", 1, ""),
+    test("pc-testdev", "pc-testdev", 2, ""),
+    test("edu", "edu", 2, ""),
+    test("edu-driver", "edu-driver", 2, ""),
 ];

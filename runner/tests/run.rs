@@ -313,3 +313,17 @@ fn the_serial_testdev_on_com2_ends_the_vm_with_its_argument() {
     let (output, _) = run(&["run", &guest, "--no-testdevs"]);
     assert_eq!(parts(&output).0, 1);
 }
+
+#[test]
+fn the_exit_devices_pass_codes_0_1_and_77_through() {
+    for guest in ["bundled:serial-testdev", "bundled:debug-exit"] {
+        for code in [0, 1, 77] {
+            let append = format!("code={code}");
+            let (output, _) = run(&["run", guest, "-append", &append]);
+            let (got, stdout, _) = parts(&output);
+            assert_eq!(got, code, "{guest} {append}: {stdout}");
+            // The guest prints FAIL and exits 1 itself when the device did not end the VM.
+            assert!(!stdout.contains("FAIL"), "{guest} {append}: {stdout}");
+        }
+    }
+}

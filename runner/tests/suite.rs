@@ -18,6 +18,13 @@ fn the_bundled_suite_passes() {
         "exceptions",
         "lapic-timer",
         "exitcode-pass",
+        "isa-debug-exit",
+        "serial-testdev",
+        "pci-enum",
+        "pci-testdev",
+        "pc-testdev",
+        "edu",
+        "edu-driver",
     ] {
         assert!(
             stdout

@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use ktvmm_abi::{BOOT_INFO_MAGIC, BOOT_INFO_VERSION, BootInfo, ports};
 
-use crate::idt::{self, SPURIOUS_VECTOR, WAKE_VECTOR};
+use crate::idt::{self, PROBE_VECTOR, SPURIOUS_VECTOR, TICK_VECTOR, WAKE_VECTOR};
 use crate::percpu::{self, MAX_CPUS};
 use crate::{console, env, lapic, smp, x86};
 
@@ -83,6 +83,8 @@ fn boot_cpu(boot: *const BootInfo, entry_rsp: u64, entry_rflags: u64) -> ! {
     // SAFETY: first thing on this CPU, with the VMM's boot information.
     unsafe { percpu::init(0, info, entry_rsp, entry_rflags) };
     idt::set_internal_handler(WAKE_VECTOR, smp::wake_handler);
+    idt::set_internal_handler(TICK_VECTOR, smp::tick_handler);
+    idt::set_internal_handler(PROBE_VECTOR, lapic::probe_handler);
     idt::init();
     idt::load();
     lapic::enable(SPURIOUS_VECTOR);

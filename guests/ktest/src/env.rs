@@ -1,7 +1,7 @@
 //! What the VMM told the guest: the boot information, the command line and
 //! the initrd.
 
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use ktvmm_abi::BootInfo;
 use ktvmm_abi::layout::CMDLINE_MAX;
@@ -87,4 +87,31 @@ pub fn initrd() -> &'static [u8] {
     // SAFETY: the VMM loaded `initrd_len` bytes at `initrd_addr` in RAM
     // covered by the identity map, and ktest never writes there.
     unsafe { core::slice::from_raw_parts(boot.initrd_addr as *const u8, boot.initrd_len as usize) }
+}
+
+/// Page size of [`alloc_pages`].
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Pages handed out so far by [`alloc_pages`].
+static PAGES_ALLOCATED: AtomicU64 = AtomicU64::new(0);
+
+/// Takes `count` pages of the free RAM the VMM reported
+/// (`BootInfo::free_start..free_end`) and returns their address, which is
+/// both the physical address (for DMA) and the pointer (identity map).
+/// Pages come from the bottom of free RAM upwards and are never given back;
+/// their contents are whatever the RAM held (not zeroed: clearing costs
+/// emulated instructions that a test may not need).
+///
+/// # Panics
+///
+/// When free RAM runs out.
+pub fn alloc_pages(count: u64) -> u64 {
+    let boot = boot_info();
+    let first = PAGES_ALLOCATED.fetch_add(count, Ordering::Relaxed);
+    let start = boot.free_start.next_multiple_of(PAGE_SIZE) + first * PAGE_SIZE;
+    assert!(
+        start + count * PAGE_SIZE <= boot.free_end,
+        "out of free RAM for {count} pages"
+    );
+    start
 }

@@ -25,6 +25,10 @@ use crate::{exceptions, lapic, x86};
 pub const FIRST_RESERVED_VECTOR: u8 = 0xf0;
 /// Wakes a CPU waiting in [`crate::smp::wait_until`] or idling.
 pub const WAKE_VECTOR: u8 = 0xf0;
+/// The LAPIC timer tick of [`crate::smp::wait_until_timeout`].
+pub const TICK_VECTOR: u8 = 0xf1;
+/// The self-IPI of [`crate::lapic::eoi_at_delivery`].
+pub const PROBE_VECTOR: u8 = 0xf2;
 /// The LAPIC's spurious-interrupt vector (never acknowledged with EOI).
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
@@ -249,6 +253,8 @@ pub(crate) fn init() {
         install_gate(vector);
     }
     install_gate(WAKE_VECTOR);
+    install_gate(TICK_VECTOR);
+    install_gate(PROBE_VECTOR);
     install_gate(SPURIOUS_VECTOR);
 }
 

@@ -4,8 +4,11 @@
 //! helpers touch as few registers as they can (no delivery-status polling:
 //! KVM delivers an IPI during the ICR write).
 
+use core::sync::atomic::{AtomicU8, Ordering};
+
 use ktvmm_abi::layout::LAPIC_ADDR;
 
+use crate::idt::PROBE_VECTOR;
 use crate::x86;
 
 /// Register offsets from the LAPIC base.
@@ -245,4 +248,33 @@ pub fn timer_initial_count() -> u32 {
 /// The timer's divide-configuration register.
 pub fn timer_divide() -> u32 {
     read(reg::TIMER_DIVIDE)
+}
+
+/// What the probe of [`eoi_at_delivery`] saw: 0 not probed yet, 1 its
+/// vector was in service inside the handler, 2 it was not.
+static PROBE: AtomicU8 = AtomicU8::new(0);
+
+/// Records whether the probe interrupt is in service in its own handler.
+pub(crate) fn probe_handler(_frame: &crate::InterruptFrame) {
+    let seen = if in_service(PROBE_VECTOR) { 1 } else { 2 };
+    PROBE.store(seen, Ordering::Release);
+}
+
+/// Whether this CPU's local APIC ends an interrupt's in-service state as it
+/// delivers it: inside the handler the vector's ISR bit is already clear,
+/// as if the EOI had come at delivery. KVM's PVM backend (`kvm_pvm`)
+/// behaves like this; hardware and other KVM backends keep the vector in
+/// service until the handler's EOI.
+///
+/// What it changes for tests: the EOI that a level-triggered IOAPIC entry
+/// waits for arrives while the line is still asserted, so the IOAPIC
+/// delivers the interrupt once more even though the handler quiets the
+/// device before its own EOI. Probed once with a self-IPI (on the calling
+/// CPU; every CPU of a VM behaves alike), then cached.
+pub fn eoi_at_delivery() -> bool {
+    if PROBE.load(Ordering::Acquire) == 0 {
+        x86::without_interrupts(|| send_ipi(Destination::ToSelf, PROBE_VECTOR));
+        crate::smp::wait_until(|| PROBE.load(Ordering::Acquire) != 0);
+    }
+    PROBE.load(Ordering::Acquire) == 2
 }

@@ -29,11 +29,15 @@
 
 pub mod boot;
 pub mod console;
+pub mod driver;
 pub mod env;
 pub mod exceptions;
 pub mod idt;
+pub mod ioapic;
 pub mod lapic;
 pub mod mem;
+pub mod mmio;
+pub mod pci;
 mod percpu;
 pub mod report;
 pub mod smp;
@@ -42,12 +46,15 @@ pub mod user;
 pub mod x86;
 
 pub use boot::{exit, halt_forever};
-pub use env::{arg_value, args, boot_info, cmdline, has_arg, initrd, mem_size};
+pub use env::{alloc_pages, arg_value, args, boot_info, cmdline, has_arg, initrd, mem_size};
 pub use exceptions::{Fault, Vector, catch_exception, rdmsr_safe, wrmsr_safe};
 pub use idt::{InterruptFrame, IrqHandler, set_irq_handler};
 pub use ktvmm_abi as abi;
 pub use report::{report_prefix_pop, report_prefix_push, report_summary};
-pub use smp::{cpu_count, cpu_id, on_cpu, on_cpu_async, on_cpus, wait_idle, wait_until, wake};
+pub use smp::{
+    cpu_count, cpu_id, delay_ms, on_cpu, on_cpu_async, on_cpus, wait_idle, wait_until,
+    wait_until_timeout, wake,
+};
 pub use spinlock::{Spinlock, SpinlockGuard};
 pub use user::run_user;
 

@@ -48,6 +48,8 @@ pub(crate) struct PerCpu {
     pub(crate) entry_rflags: AtomicU64,
     pub(crate) recovery: RecoveryPtr,
     pub(crate) mailbox: Mailbox,
+    /// Ticks of this CPU's timeout timer (see `smp::wait_until_timeout`).
+    pub(crate) ticks: AtomicU32,
 }
 
 impl PerCpu {
@@ -65,6 +67,7 @@ impl PerCpu {
                 data: AtomicUsize::new(0),
                 pending: AtomicPtr::new(core::ptr::null_mut()),
             },
+            ticks: AtomicU32::new(0),
         }
     }
 }

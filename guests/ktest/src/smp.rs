@@ -8,8 +8,8 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use crate::idt::WAKE_VECTOR;
-use crate::lapic::{self, Destination};
+use crate::idt::{TICK_VECTOR, WAKE_VECTOR};
+use crate::lapic::{self, Destination, Divide};
 use crate::percpu::{self, Mailbox};
 use crate::{env, x86};
 
@@ -47,6 +47,45 @@ pub fn wait_until(mut condition: impl FnMut() -> bool) {
     if interrupts_were_enabled {
         x86::enable_interrupts();
     }
+}
+
+/// LAPIC timer count for a 1 ms tick with a divisor of 16, at KVM's
+/// default 1 GHz APIC bus clock.
+const TICK_COUNT: u32 = 62_500;
+
+/// Like [`wait_until`], but gives up after about `timeout_ms` milliseconds;
+/// returns whether `condition` held.
+///
+/// While waiting, this CPU's LAPIC timer ticks every millisecond, so the
+/// condition is checked at least that often: it may poll a device register
+/// that no interrupt announces. The timer is stopped (and masked) on
+/// return, so do not use this while a test runs its own LAPIC timer on the
+/// same CPU.
+pub fn wait_until_timeout(timeout_ms: u32, mut condition: impl FnMut() -> bool) -> bool {
+    if condition() {
+        return true;
+    }
+    let ticks = &percpu::this().ticks;
+    let start = ticks.load(Ordering::Relaxed);
+    let mut met = false;
+    lapic::timer_periodic(TICK_VECTOR, TICK_COUNT, Divide::By16);
+    wait_until(|| {
+        met = condition();
+        met || ticks.load(Ordering::Relaxed).wrapping_sub(start) >= timeout_ms
+    });
+    lapic::timer_stop();
+    met
+}
+
+/// Halts for about `ms` milliseconds (this CPU keeps taking interrupts and
+/// posted work). Uses the LAPIC timer, as [`wait_until_timeout`] does.
+pub fn delay_ms(ms: u32) {
+    wait_until_timeout(ms, || false);
+}
+
+/// Counts timeout ticks on the CPU that took one.
+pub(crate) fn tick_handler(_frame: &crate::InterruptFrame) {
+    percpu::this().ticks.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Wakes `cpu` if it is halted in [`wait_until`] or idle.

@@ -140,6 +140,18 @@ pub unsafe fn outb(port: u16, value: u8) {
     }
 }
 
+/// Writes a 16-bit value to an I/O port.
+///
+/// # Safety
+///
+/// As for [`outb`].
+pub unsafe fn outw(port: u16, value: u16) {
+    // SAFETY: the caller vouches for the device side effect.
+    unsafe {
+        asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
 /// Writes a 32-bit value to an I/O port.
 ///
 /// # Safety
@@ -162,6 +174,20 @@ pub unsafe fn inb(port: u16) -> u8 {
     // SAFETY: the caller vouches for the device side effect.
     unsafe {
         asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags))
+    }
+    value
+}
+
+/// Reads a 16-bit value from an I/O port.
+///
+/// # Safety
+///
+/// As for [`inb`].
+pub unsafe fn inw(port: u16) -> u16 {
+    let value: u16;
+    // SAFETY: the caller vouches for the device side effect.
+    unsafe {
+        asm!("in ax, dx", in("dx") port, out("ax") value, options(nomem, nostack, preserves_flags))
     }
     value
 }
@@ -196,6 +222,25 @@ pub unsafe fn outsb(port: u16, bytes: &[u8]) {
             inout("rsi") bytes.as_ptr() => _,
             inout("rcx") bytes.len() => _,
             options(readonly, nostack, preserves_flags),
+        );
+    }
+}
+
+/// Fills `bytes` from an I/O port with a single `rep insb`.
+///
+/// # Safety
+///
+/// As for [`inb`].
+pub unsafe fn insb(port: u16, bytes: &mut [u8]) {
+    // SAFETY: rep insb writes exactly `bytes.len()` bytes into `bytes` (DF
+    // is clear); the caller vouches for the device side effect.
+    unsafe {
+        asm!(
+            "rep insb",
+            in("dx") port,
+            inout("rdi") bytes.as_mut_ptr() => _,
+            inout("rcx") bytes.len() => _,
+            options(nostack, preserves_flags),
         );
     }
 }
