@@ -391,8 +391,16 @@ mod tests {
             ConfigAddress(1 << 31 | bus << 16 | dev << 11 | func << 8 | reg)
         };
         assert_eq!(addr(0, 3, 0, 0x10).slot(), Some(3));
-        assert_eq!(addr(0, 3, 0, 0x13).plus(0).offset(), 0x10, "bits 1:0 are ignored");
-        assert_eq!(addr(0, 3, 0, 0x10).plus(2).offset(), 0x12, "byte lane of 0xcfe");
+        assert_eq!(
+            addr(0, 3, 0, 0x13).plus(0).offset(),
+            0x10,
+            "bits 1:0 are ignored"
+        );
+        assert_eq!(
+            addr(0, 3, 0, 0x10).plus(2).offset(),
+            0x12,
+            "byte lane of 0xcfe"
+        );
         assert_eq!(addr(1, 3, 0, 0).slot(), None);
         assert_eq!(addr(0, 3, 1, 0).slot(), None);
         assert_eq!(ConfigAddress(3 << 11).slot(), None, "enable bit clear");
