@@ -125,16 +125,12 @@ impl PciRoot {
             return;
         };
         let this = self.this.clone();
-        let vm = self.vm.clone();
         let Some(slot) = self.slots.get_mut(&number) else {
             return;
         };
-        let (wanted, ioevents) = {
+        let wanted: [Option<Mapping>; 6] = {
             let device = lock(&slot.device);
-            let config = device.config();
-            let wanted: [Option<Mapping>; 6] =
-                std::array::from_fn(|bar| wanted_mapping(config, bar));
-            (wanted, device.ioeventfds())
+            std::array::from_fn(|bar| wanted_mapping(device.config(), bar))
         };
         for (bar, wanted) in wanted.into_iter().enumerate() {
             if slot.mapped[bar] == wanted {
@@ -156,7 +152,16 @@ impl PciRoot {
                 }
             }
         }
-        sync_ioeventfds(&vm, slot, &ioevents);
+        self.sync_ioeventfds(number);
+    }
+
+    /// Makes the slot's ioeventfds match what its device wants now.
+    fn sync_ioeventfds(&mut self, number: u8) {
+        let Some(slot) = self.slots.get_mut(&number) else {
+            return;
+        };
+        let wanted = lock(&slot.device).ioeventfds();
+        sync_ioeventfds(&self.vm, slot, &wanted);
     }
 }
 
@@ -262,9 +267,9 @@ impl BusDevice for BarWindow {
     fn write(&mut self, offset: u64, data: &[u8]) -> Action {
         let action = lock(&self.device).bar_write(self.bar, offset, data);
         // A write can change what the device wants absorbed by ioeventfds
-        // (pci-testdev selecting a test).
+        // (pci-testdev selecting a test), never where its BARs are.
         if let Some(root) = self.root.upgrade() {
-            lock(&root).sync(self.slot);
+            lock(&root).sync_ioeventfds(self.slot);
         }
         action
     }
