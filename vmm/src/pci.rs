@@ -64,7 +64,9 @@ struct Mapping {
 struct Slot {
     device: SharedPciDevice,
     mapped: [Option<Mapping>; 6],
-    ioeventfds: HashMap<(IoEventFd, u64), EventFd>,
+    /// Registered ioeventfds by (request, absolute address), with whether
+    /// the address is a port: needed to unregister after the BAR is gone.
+    ioeventfds: HashMap<(IoEventFd, u64), (EventFd, bool)>,
 }
 
 /// Bus 0 and its devices.
@@ -191,13 +193,10 @@ fn sync_ioeventfds(vm: &VmFd, slot: &mut Slot, wanted: &[IoEventFd]) {
         .map(|(ev, m)| (ev, m.base + ev.offset))
         .collect();
     let mapped = slot.mapped;
-    slot.ioeventfds.retain(|(ev, addr), fd| {
+    slot.ioeventfds.retain(|(ev, addr), (fd, io)| {
         let keep = wanted.contains(&(*ev, *addr));
-        if !keep {
-            let io = mapped.get(ev.bar).copied().flatten().is_some_and(|m| m.io);
-            if let Err(e) = ioeventfd(vm, fd, ev, *addr, io, false) {
-                log::warn!("unregistering ioeventfd at {addr:#x}: {e}");
-            }
+        if !keep && let Err(e) = ioeventfd(vm, fd, ev, *addr, *io, false) {
+            log::warn!("unregistering ioeventfd at {addr:#x}: {e}");
         }
         keep
     });
@@ -211,7 +210,7 @@ fn sync_ioeventfds(vm: &VmFd, slot: &mut Slot, wanted: &[IoEventFd]) {
             .and_then(|fd| ioeventfd(vm, &fd, &ev, addr, io, true).map(|()| fd));
         match registered {
             Ok(fd) => {
-                slot.ioeventfds.insert((ev, addr), fd);
+                slot.ioeventfds.insert((ev, addr), (fd, io));
             }
             Err(e) => log::warn!("registering ioeventfd at {addr:#x}: {e}"),
         }
@@ -427,6 +426,52 @@ mod tests {
         assert_eq!(config.bar_address(1), Some(0xc000));
         assert_eq!((mmio, io), (0xc020_0000, 0xc100));
         assert!(config.bar_enabled(0) && config.bar_enabled(1) && config.bar_enabled(2));
+    }
+
+    #[test]
+    fn ioeventfds_of_a_disabled_io_bar_are_removed_and_come_back() {
+        use ktvmm_testdevs::pci::{command, reg};
+        use ktvmm_testdevs::pci_testdev::PciTestdev;
+
+        assert!(
+            std::path::Path::new("/dev/kvm").exists(),
+            "/dev/kvm is missing: this test needs KVM"
+        );
+        let vm = Arc::new(kvm_ioctls::Kvm::new().unwrap().create_vm().unwrap());
+        let buses = Arc::new(Buses::default());
+        let root = PciRoot::new(Arc::downgrade(&buses), vm);
+        let mut device = PciTestdev::new();
+        assign_bars(device.config_mut(), 0xc000_0000, 0xc000);
+        let io_base = device.config().bar_address(1).unwrap();
+        lock(&root).add(1, Arc::new(Mutex::new(device)));
+        let registered = |root: &Arc<Mutex<PciRoot>>| {
+            let root = lock(root);
+            let slot = &root.slots[&1];
+            slot.ioeventfds.values().filter(|(_, io)| *io).count()
+        };
+        // Select portio-wildcard-eventfd (index 1 of the I/O BAR's tests).
+        let _ = buses.pio.write(io_base, &[1]);
+        assert_eq!(registered(&root), 1);
+
+        let config_write = |value: u16| {
+            lock(&root).config_write(
+                ConfigAddress(1 << 31 | 1 << 11 | reg::COMMAND as u32),
+                &value.to_le_bytes(),
+            );
+        };
+        config_write(command::MEMORY);
+        assert_eq!(
+            registered(&root),
+            0,
+            "I/O decoding off drops the port ioeventfd"
+        );
+        // Registering again only works if the old one really left KVM.
+        config_write(command::MEMORY | command::IO);
+        assert_eq!(
+            registered(&root),
+            1,
+            "the port ioeventfd is registered again"
+        );
     }
 
     #[test]
