@@ -39,6 +39,15 @@ fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
     move |source| VmError::Host { what, source }
 }
 
+/// A UART's interrupt: an eventfd KVM turns into an edge on ISA IRQ `irq`.
+fn uart_irq(vm: &VmFd, irq: u32) -> Result<IrqLine, VmError> {
+    let fd =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("creating a UART interrupt eventfd"))?;
+    vm.register_irqfd(&fd, irq)
+        .map_err(kvm_err("KVM_IRQFD for a UART"))?;
+    Ok(IrqLine(fd))
+}
+
 impl Platform {
     /// Creates the devices and places them.
     pub fn attach(
@@ -53,12 +62,8 @@ impl Platform {
                 .map_err(|source| VmError::Bus { what, source })
         };
 
-        let irq = EventFd::new(libc::EFD_NONBLOCK)
-            .map_err(host_err("creating the COM1 interrupt eventfd"))?;
-        vm.register_irqfd(&irq, ports::COM1_IRQ)
-            .map_err(kvm_err("KVM_IRQFD for COM1"))?;
         let serial = Arc::new(Mutex::new(SerialDevice::new(
-            IrqLine(irq),
+            uart_irq(vm, ports::COM1_IRQ)?,
             Console::new(console),
         )));
         place(
@@ -92,11 +97,8 @@ impl Platform {
             DeviceThread::start().map_err(host_err("starting the device thread"))?;
 
         if testdevs {
-            let irq = EventFd::new(libc::EFD_NONBLOCK)
-                .map_err(host_err("creating the COM2 interrupt eventfd"))?;
-            vm.register_irqfd(&irq, ports::COM2_IRQ)
-                .map_err(kvm_err("KVM_IRQFD for COM2"))?;
-            let testdev = SerialDevice::new(IrqLine(irq), PostfixOutput::default());
+            let testdev =
+                SerialDevice::new(uart_irq(vm, ports::COM2_IRQ)?, PostfixOutput::default());
             place(
                 &buses.pio,
                 "COM2 (serial testdev)",
