@@ -29,10 +29,6 @@ pub struct Platform {
     pub buses: Arc<Buses>,
     /// COM1, whose buffered output is written out when the VM ends.
     pub console: Arc<Mutex<SerialDevice>>,
-    /// PCI bus 0.
-    pub pci: Arc<Mutex<PciRoot>>,
-    /// Runs device work off the vCPU threads.
-    pub device_thread: Arc<DeviceThread>,
 }
 
 fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
@@ -93,10 +89,11 @@ impl Platform {
             u64::from(ports::PCI_CONFIG_ADDRESS),
             pci::CONFIG_IO_PORTS,
         )?;
-        let device_thread =
-            DeviceThread::start().map_err(host_err("starting the device thread"))?;
 
         if testdevs {
+            // Only edu defers work; a bare platform has no use for the thread.
+            let device_thread =
+                DeviceThread::start().map_err(host_err("starting the device thread"))?;
             let testdev =
                 SerialDevice::new(uart_irq(vm, ports::COM2_IRQ)?, PostfixOutput::default());
             place(
@@ -138,7 +135,7 @@ impl Platform {
                 intx: Arc::new(KvmIrqLine::new(vm.clone(), edu_gsi)),
                 msi: Arc::new(KvmMsi::new(vm.clone())),
                 dma: Arc::new(GuestDma::new(memory.clone())),
-                deferred: device_thread.clone(),
+                deferred: device_thread,
             });
             edu.config_mut().write(INTERRUPT_LINE, &[edu_gsi as u8]);
             let mut pci_testdev = PciTestdev::new();
@@ -155,8 +152,6 @@ impl Platform {
         Ok(Self {
             buses,
             console: serial,
-            pci,
-            device_thread,
         })
     }
 }
