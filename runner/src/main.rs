@@ -5,7 +5,12 @@ mod bundled;
 mod cli;
 mod detach;
 mod run_cmd;
+// Being built up for `ktvmm test` (issue 4); used as the pieces land.
+#[allow(dead_code)]
+mod suite;
 mod test_cmd;
+#[allow(dead_code)]
+mod verdict;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,70 @@
+//! What a suite is once discovered: a flat list of tests, each a guest to
+//! boot or a host executable to run, with where it came from.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One test, ready to schedule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TestSpec {
+    /// Unique within a run; what filters, `--rerun-failed` and reports use.
+    pub name: String,
+    /// What to run.
+    pub kind: TestKind,
+    /// This test's own limit; `None`: the run's `--timeout`.
+    pub timeout: Option<Duration>,
+    /// Groups for `-g`.
+    pub groups: Vec<String>,
+    /// The suite file (or path on the command line) that defined it.
+    pub source: PathBuf,
+}
+
+/// How a test runs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TestKind {
+    /// A guest booted by `ktvmm run`.
+    Guest(GuestTest),
+    /// A host executable (kselftest convention: 0 pass, 4 skip).
+    Exec(ExecTest),
+}
+
+/// A guest and the VM it needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GuestTest {
+    /// An ELF path, or `bundled:NAME`.
+    pub guest: String,
+    /// vCPUs.
+    pub smp: u32,
+    /// RAM in MiB.
+    pub mem_mib: u64,
+    /// The guest's command line.
+    pub append: String,
+    /// A file passed as the initrd.
+    pub initrd: Option<PathBuf>,
+}
+
+/// A host program with its arguments and environment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecTest {
+    /// The program.
+    pub path: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Variables added to the runner's environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory; `None`: the runner's.
+    pub cwd: Option<PathBuf>,
+}
+
+impl GuestTest {
+    /// A guest with ktvmm's defaults (1 vCPU, 128 MiB, no arguments).
+    pub fn new(guest: impl Into<String>) -> Self {
+        GuestTest {
+            guest: guest.into(),
+            smp: 1,
+            mem_mib: 128,
+            append: String::new(),
+            initrd: None,
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! What became of a test: its status, and the record every reporter
+//! (console, results.json, JUnit, TAP) is written from.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A finished test's status, as `results.json` spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// It passed.
+    Pass,
+    /// It ran and failed (non-zero exit, guest crash, killed by a signal).
+    Fail,
+    /// It said it cannot run here (guest exit 77, kselftest exit 4).
+    Skip,
+    /// It ran past its time limit and was stopped.
+    Timeout,
+    /// It could not be run as asked (cannot start, VMM error, interrupted).
+    Error,
+}
+
+impl Status {
+    /// Every status, in the order summaries list them.
+    pub const ALL: [Status; 5] = [
+        Status::Pass,
+        Status::Fail,
+        Status::Skip,
+        Status::Timeout,
+        Status::Error,
+    ];
+
+    /// The console's label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Skip => "SKIP",
+            Status::Timeout => "TIMEOUT",
+            Status::Error => "ERROR",
+        }
+    }
+
+    /// Whether this status makes the run fail.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Status::Fail | Status::Timeout | Status::Error)
+    }
+}
+
+/// Subtest counts a test printed (TAP `ok`/`not ok`, kvm-unit-tests
+/// `PASS:`/`FAIL:`/`SKIP:` lines).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subtests {
+    /// Passed subtests.
+    pub pass: u32,
+    /// Failed subtests.
+    pub fail: u32,
+    /// Skipped subtests.
+    pub skip: u32,
+}
+
+/// One finished test.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TestResult {
+    /// The test's name.
+    pub name: String,
+    /// Its status.
+    pub status: Status,
+    /// Wall time from start to reaping.
+    #[serde(rename = "duration_s", with = "seconds")]
+    pub duration: Duration,
+    /// Exit code, when the process exited (not killed by a signal).
+    pub exit_code: Option<i32>,
+    /// One line saying why, for anything but a pass (`exit code 1`,
+    /// `killed by SIGSEGV`, `timed out after 120 s`, `KVM internal error`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    /// Its log file (guest serial output, or stdout and stderr).
+    pub log: PathBuf,
+    /// Subtest counts, when it printed any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub subtests: Option<Subtests>,
+    /// Which repetition this was (1-based), with `--repeat`/`--until-fail`.
+    #[serde(skip_serializing_if = "is_first", default = "first")]
+    pub iteration: u32,
+}
+
+fn is_first(n: &u32) -> bool {
+    *n == 1
+}
+
+fn first() -> u32 {
+    1
+}
+
+/// The run as a whole, for the report headers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunMeta {
+    /// `ktvmm` version.
+    pub ktvmm_version: String,
+    /// The command line, one word per element.
+    pub command_line: Vec<String>,
+    /// Host kernel release (`uname -r`).
+    pub host_kernel: String,
+    /// The KVM module serving /dev/kvm (`kvm_intel`, `kvm_amd`, `kvm_pvm`...).
+    pub kvm_module: String,
+    /// CPU model name.
+    pub cpu: String,
+    /// Start time, seconds since the Unix epoch.
+    pub started_unix: u64,
+    /// Wall time of the whole run.
+    #[serde(rename = "duration_s", with = "seconds")]
+    pub duration: Duration,
+    /// Whether Ctrl-C cut the run short.
+    pub interrupted: bool,
+}
+
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
