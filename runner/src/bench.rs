@@ -54,6 +54,9 @@ fn ms(d: Duration) -> String {
 /// Runs the benchmark and prints its figures.
 pub fn bench(args: BenchArgs) -> Result<u8> {
     let exe = std::env::current_exe().context("cannot find the ktvmm executable")?;
+    if args.runner {
+        return runner_overhead(&exe, args.tests, args.runs.min(RUNNER_ROUNDS));
+    }
     let mut floor = Vec::new();
     let mut ktvmm = Vec::new();
     // One untimed round first: page cache, binary mapping, KVM module state.
@@ -82,6 +85,56 @@ pub fn bench(args: BenchArgs) -> Result<u8> {
     println!(
         "ratio: {:.2}",
         run_median.as_secs_f64() / floor_median.as_secs_f64()
+    );
+    Ok(0)
+}
+
+/// Rounds of the runner benchmark at most (each is 2 x `--tests` boots).
+const RUNNER_ROUNDS: u32 = 5;
+
+/// `ktvmm test`'s cost per test: `tests` trivial guests through the whole
+/// runner at -j 1 (spawn, log file, bookkeeping, console, results files),
+/// against the same number of bare `ktvmm run`s, rounds interleaved.
+fn runner_overhead(exe: &Path, tests: u32, rounds: u32) -> Result<u8> {
+    let dir = std::env::temp_dir().join(format!("ktvmm-bench-runner-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let suite = dir.join("bench.ktvmm.toml");
+    let text: String = (0..tests)
+        .map(|i| format!("[[test]]\nname = \"t{i}\"\nguest = \"{SMALLEST_GUEST}\"\n"))
+        .collect();
+    std::fs::write(&suite, text).with_context(|| format!("{}: cannot write", suite.display()))?;
+    let out = dir.join("out");
+    let (suite, out) = (suite.display().to_string(), out.display().to_string());
+    let runner_args = ["test", "-j", "1", "-q", "-o", &out, &suite];
+
+    time_process(exe, &["run", SMALLEST_GUEST])?;
+    let mut bare = Vec::new();
+    let mut runner = Vec::new();
+    for _ in 0..rounds {
+        let mut total = Duration::ZERO;
+        for _ in 0..tests {
+            total += time_process(exe, &["run", SMALLEST_GUEST])?;
+        }
+        bare.push(total / tests);
+        runner.push(time_process(exe, &runner_args)? / tests);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_, bare) = min_median(&mut bare);
+    let (_, runner) = min_median(&mut runner);
+    println!(
+        "runner overhead: {tests} trivial tests ({SMALLEST_GUEST}) per round, -j 1, {rounds} rounds, medians"
+    );
+    println!(
+        "(a) ktvmm run, one after another:      {} per test",
+        ms(bare)
+    );
+    println!(
+        "(b) ktvmm test -j 1 over the same tests: {} per test (startup, results files included)",
+        ms(runner)
+    );
+    println!(
+        "overhead: {} per test (target: at most 5 ms)",
+        ms(runner.saturating_sub(bare))
     );
     Ok(0)
 }

@@ -1,5 +1,7 @@
 //! The guests built into the binary, and the bundled suite that runs them.
 
+use crate::suite::{GuestTest, TestKind, TestSpec};
+
 include!(concat!(env!("OUT_DIR"), "/bundled_guests.rs"));
 
 /// How `ktvmm run` names a bundled guest instead of a file.
@@ -23,6 +25,8 @@ pub struct BundledTest {
     pub mem_mib: u64,
     /// The guest's command line.
     pub args: &'static str,
+    /// Its group (`-g`).
+    pub group: &'static str,
 }
 
 const fn test(
@@ -30,6 +34,7 @@ const fn test(
     guest: &'static str,
     smp: u32,
     args: &'static str,
+    group: &'static str,
 ) -> BundledTest {
     BundledTest {
         name,
@@ -37,22 +42,55 @@ const fn test(
         smp,
         mem_mib: 128,
         args,
+        group,
     }
 }
 
 /// What `ktvmm test` runs with no arguments.
 pub const SUITE: &[BundledTest] = &[
-    test("selftest", "selftest", 2, "smp=2 mem=128 alpha beta"),
-    test("selftest-smp1", "selftest", 1, "smp=1 mem=128"),
-    test("smp", "smp", 4, ""),
-    test("exceptions", "exceptions", 1, ""),
-    test("lapic-timer", "lapic-timer", 1, ""),
-    test("exitcode-pass", "exitcode", 1, "pass"),
-    test("isa-debug-exit", "debug-exit", 1, "code=0 width=1"),
-    test("serial-testdev", "serial-testdev", 1, "code=0"),
-    test("pci-enum", "pci-enum", 1, ""),
-    test("pci-testdev", "pci-testdev", 1, ""),
-    test("pc-testdev", "pc-testdev", 2, ""),
-    test("edu", "edu", 2, ""),
-    test("edu-driver", "edu-driver", 2, ""),
+    test(
+        "selftest",
+        "selftest",
+        2,
+        "smp=2 mem=128 alpha beta",
+        "core",
+    ),
+    test("selftest-smp1", "selftest", 1, "smp=1 mem=128", "core"),
+    test("smp", "smp", 4, "", "core"),
+    test("exceptions", "exceptions", 1, "", "core"),
+    test("lapic-timer", "lapic-timer", 1, "", "core"),
+    test("exitcode-pass", "exitcode", 1, "pass", "core"),
+    test(
+        "isa-debug-exit",
+        "debug-exit",
+        1,
+        "code=0 width=1",
+        "devices",
+    ),
+    test("serial-testdev", "serial-testdev", 1, "code=0", "devices"),
+    test("pci-enum", "pci-enum", 1, "", "devices"),
+    test("pci-testdev", "pci-testdev", 1, "", "devices"),
+    test("pc-testdev", "pc-testdev", 2, "", "devices"),
+    test("edu", "edu", 2, "", "devices"),
+    test("edu-driver", "edu-driver", 2, "", "devices"),
 ];
+
+/// The bundled suite as tests to schedule.
+pub fn suite() -> Vec<TestSpec> {
+    SUITE
+        .iter()
+        .map(|t| TestSpec {
+            name: t.name.to_string(),
+            kind: TestKind::Guest(GuestTest {
+                guest: format!("{PREFIX}{}", t.guest),
+                smp: t.smp,
+                mem_mib: t.mem_mib,
+                append: t.args.to_string(),
+                initrd: None,
+            }),
+            timeout: None,
+            groups: vec![t.group.to_string()],
+            source: "bundled".into(),
+        })
+        .collect()
+}

@@ -75,14 +75,55 @@ pub struct VmArgs {
 /// Options of `ktvmm test`.
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// Guest ELF files to run, one test each; none: the bundled suite.
+    /// Suite files (ktvmm.toml, *.ktvmm.toml), directories to search for
+    /// them (or holding guests and executables), guest ELF files, host
+    /// executables. None: the bundled suite.
     pub paths: Vec<PathBuf>,
-    /// List the tests instead of running them.
+    /// List the selected tests instead of running them.
     #[arg(long)]
     pub list: bool,
-    /// Per-test time limit in seconds.
+    /// Run only tests whose name matches (substring, or glob with * and ?).
+    #[arg(short = 'f', long = "filter", value_name = "PATTERN")]
+    pub filters: Vec<String>,
+    /// Leave out tests whose name matches (substring or glob).
+    #[arg(short = 'x', long = "exclude", value_name = "PATTERN")]
+    pub excludes: Vec<String>,
+    /// Run only tests in this group (repeatable: any of them).
+    #[arg(short = 'g', long = "group", value_name = "GROUP")]
+    pub groups: Vec<String>,
+    /// Run only the tests that did not pass in the last run.
+    #[arg(long)]
+    pub rerun_failed: bool,
+    /// Run the K-th of N interleaved parts of the selected tests (1-based).
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<crate::select::Shard>,
+    /// Tests to run at once (default: the number of CPUs).
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    /// Time limit of tests whose suite gives none, in seconds.
     #[arg(long, value_name = "SECS", default_value = "120", value_parser = parse_seconds)]
     pub timeout: Duration,
+    /// Run every selected test N times.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// Repeat the selected tests until one does not pass (at most --repeat
+    /// times when that is given).
+    #[arg(long)]
+    pub until_fail: bool,
+    /// Where logs and results go (default: a new ktvmm-results/<time>/,
+    /// linked from ktvmm-results/latest).
+    #[arg(short = 'o', long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Print only tests that did not pass, and the summary.
+    #[arg(short = 'q', long, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Also print each test as it starts.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// When not on a terminal, print what is running after this many
+    /// seconds without output.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
+    pub heartbeat: Duration,
 }
 
 /// Options of `ktvmm bench`.
@@ -94,6 +135,13 @@ pub struct BenchArgs {
     /// Also show where `ktvmm run`'s time goes.
     #[arg(long)]
     pub breakdown: bool,
+    /// Measure `ktvmm test`'s own cost per test instead: --tests trivial
+    /// tests at -j 1 against as many plain `ktvmm run`s.
+    #[arg(long)]
+    pub runner: bool,
+    /// Tests per round with --runner.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub tests: u32,
 }
 
 /// `128`, `128M`, `128MiB`, `1G`, `1GiB`: a size in MiB.

@@ -3,13 +3,16 @@
 mod bench;
 mod bundled;
 mod cli;
+mod console;
 mod detach;
+mod interrupt;
+mod results;
 mod run_cmd;
-// Being built up for `ktvmm test` (issue 4); used as the pieces land.
-#[allow(dead_code)]
+mod schedule;
+mod select;
+mod subtests;
 mod suite;
 mod test_cmd;
-#[allow(dead_code)]
 mod verdict;
 
 use std::process::ExitCode;

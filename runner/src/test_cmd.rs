@@ -1,144 +1,162 @@
-//! `ktvmm test` (minimal form): runs guests one after another, each in its
-//! own `ktvmm run` process, and prints a verdict per guest and a summary.
+//! `ktvmm test`: discover, select, run in parallel, report.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result};
-use ktvmm_vmm::outcome::EXIT_TIMEOUT;
+use anyhow::{Context, Result, bail};
 
-use crate::bundled::{self, SUITE};
 use crate::cli::TestArgs;
+use crate::console::{self, Console, Verbosity};
+use crate::results::{self, OutputDir};
+use crate::schedule::{self, Job};
+use crate::select::Selection;
+use crate::suite::{TestSpec, discover::discover};
+use crate::verdict::{RunMeta, TestResult};
+use crate::{bundled, interrupt};
 
-/// Exit code by which a guest says it skipped (the kvm-unit-tests convention).
-const EXIT_SKIP: i32 = 77;
-/// Lines of a failed test's output shown under its verdict.
-const TAIL_LINES: usize = 15;
+/// Exit code of a run cut short by Ctrl-C (as a shell reports SIGINT).
+const EXIT_INTERRUPTED: u8 = 130;
+/// Between SIGTERM and SIGKILL for a test being stopped.
+const KILL_GRACE: Duration = Duration::from_secs(2);
 
-struct TestSpec {
-    name: String,
-    guest: String,
-    smp: u32,
-    mem_mib: u64,
-    args: String,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Status {
-    Pass,
-    Fail,
-    Skip,
-    Timeout,
-}
-
-impl Status {
-    fn from_exit(code: Option<i32>) -> Self {
-        match code {
-            Some(0) => Status::Pass,
-            Some(EXIT_SKIP) => Status::Skip,
-            Some(c) if c == i32::from(EXIT_TIMEOUT) => Status::Timeout,
-            _ => Status::Fail,
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Status::Pass => "PASS",
-            Status::Fail => "FAIL",
-            Status::Skip => "SKIP",
-            Status::Timeout => "TIMEOUT",
-        }
-    }
-}
-
-fn specs(args: &TestArgs) -> Vec<TestSpec> {
-    if args.paths.is_empty() {
-        return SUITE
-            .iter()
-            .map(|t| TestSpec {
-                name: t.name.to_string(),
-                guest: format!("{}{}", bundled::PREFIX, t.guest),
-                smp: t.smp,
-                mem_mib: t.mem_mib,
-                args: t.args.to_string(),
-            })
-            .collect();
-    }
-    args.paths
-        .iter()
-        .map(|path: &PathBuf| TestSpec {
-            name: path.file_stem().map_or_else(
-                || path.display().to_string(),
-                |s| s.to_string_lossy().into_owned(),
-            ),
-            guest: path.display().to_string(),
-            smp: 1,
-            mem_mib: 128,
-            args: String::new(),
-        })
-        .collect()
-}
-
-/// Runs the tests; returns 0 when none failed.
+/// Runs the tests; returns 0 when every test passed or skipped.
 pub fn test(args: TestArgs) -> Result<u8> {
-    let specs = specs(&args);
+    interrupt::install();
+    let tests = if args.paths.is_empty() {
+        bundled::suite()
+    } else {
+        discover(&args.paths)?
+    };
+    let discovered = tests.len();
+    let selection = selection(&args)?;
+    let tests = selection.apply(tests);
+
     if args.list {
-        for spec in &specs {
-            println!("{}", spec.name);
+        for test in &tests {
+            if test.groups.is_empty() {
+                println!("{}", test.name);
+            } else {
+                println!("{}  [{}]", test.name, test.groups.join(", "));
+            }
         }
         return Ok(0);
     }
-    let exe = std::env::current_exe().context("cannot find the ktvmm executable")?;
-    let started = Instant::now();
-    let mut results = Vec::new();
-    for spec in &specs {
-        let t0 = Instant::now();
-        let output = Command::new(&exe)
-            .arg("run")
-            .arg(&spec.guest)
-            .args(["--smp", &spec.smp.to_string()])
-            .args(["--memory", &spec.mem_mib.to_string()])
-            .arg(format!("--append={}", spec.args))
-            .args(["--timeout", &args.timeout.as_secs_f64().to_string()])
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("{}: cannot start ktvmm run", spec.name))?;
-        let elapsed = t0.elapsed();
-        let status = Status::from_exit(output.status.code());
-        println!("{:<7} {} ({})", status.label(), spec.name, millis(elapsed));
-        if matches!(status, Status::Fail | Status::Timeout) {
-            let text = String::from_utf8_lossy(&output.stdout).into_owned()
-                + &String::from_utf8_lossy(&output.stderr);
-            let lines: Vec<&str> = text.lines().collect();
-            for line in &lines[lines.len().saturating_sub(TAIL_LINES)..] {
-                println!("        | {line}");
-            }
+    if tests.is_empty() {
+        if args.rerun_failed && selection.only.as_ref().is_some_and(HashSet::is_empty) {
+            println!("nothing to rerun: every test passed last time");
+            return Ok(0);
         }
-        results.push((spec.name.as_str(), status));
+        bail!("no tests selected ({discovered} found; check -f/-x/-g/--shard)");
     }
 
-    let count = |s: Status| results.iter().filter(|(_, r)| *r == s).count();
-    let failed: Vec<&str> = results
-        .iter()
-        .filter(|(_, s)| matches!(s, Status::Fail | Status::Timeout))
-        .map(|(n, _)| *n)
-        .collect();
-    println!();
-    println!(
-        "summary: {} passed, {} failed, {} skipped ({} timed out) in {}",
-        count(Status::Pass),
-        failed.len(),
-        count(Status::Skip),
-        count(Status::Timeout),
-        millis(started.elapsed())
-    );
-    if !failed.is_empty() {
-        println!("not passed: {}", failed.join(", "));
+    let output = OutputDir::create(args.output.as_deref())?;
+    let options = schedule::Options {
+        jobs: args
+            .jobs
+            .map_or_else(available_cpus, |j| j as usize)
+            .min(tests.len()),
+        grace: KILL_GRACE,
+        ktvmm: std::env::current_exe().context("cannot find the ktvmm executable")?,
+    };
+    let verbosity = match (args.quiet, args.verbose) {
+        (true, _) => Verbosity::Quiet,
+        (_, true) => Verbosity::Verbose,
+        _ => Verbosity::Normal,
+    };
+    let started_at = SystemTime::now();
+    let started = Instant::now();
+    let rounds = match (args.until_fail, args.repeat) {
+        (true, 1) => u32::MAX,
+        (_, n) => n,
+    };
+    let round_size = if args.until_fail {
+        tests.len()
+    } else {
+        tests.len() * rounds as usize
+    };
+    let mut console = Console::new(verbosity, round_size, args.heartbeat);
+    let mut results: Vec<TestResult> = Vec::new();
+    let mut interrupted = false;
+    let mut iteration = 1;
+    while iteration <= rounds && !interrupted {
+        // --until-fail runs a round at a time and stops after a bad one;
+        // --repeat alone queues every round at once to keep -j busy.
+        let batch = if args.until_fail { 1 } else { rounds };
+        let jobs = jobs(&tests, iteration, batch, &args, &output)?;
+        let finished = schedule::run(&jobs, &options, &mut console);
+        interrupted = finished.interrupted;
+        let failed = finished.results.iter().any(|r| r.status.is_failure());
+        results.extend(finished.results);
+        iteration += batch;
+        if args.until_fail {
+            if failed {
+                break;
+            }
+            console.next_round(tests.len());
+        }
     }
-    Ok(u8::from(!failed.is_empty()))
+    console.clear_status();
+
+    let meta = RunMeta::probe(
+        std::env::args().collect(),
+        started_at,
+        started.elapsed(),
+        interrupted,
+    );
+    let written = results::write_all(&output, &meta, &results);
+    let not_run = if interrupted {
+        round_size.saturating_sub(results.len())
+    } else {
+        0
+    };
+    console::summary(&results, started.elapsed(), not_run, output.path());
+    written.context("cannot write the results")?;
+    Ok(if interrupted {
+        EXIT_INTERRUPTED
+    } else {
+        u8::from(results.iter().any(|r| r.status.is_failure()))
+    })
 }
 
-fn millis(d: Duration) -> String {
-    format!("{} ms", d.as_millis())
+fn selection(args: &TestArgs) -> Result<Selection> {
+    let only = if args.rerun_failed {
+        let previous = OutputDir::previous_results(args.output.as_deref())
+            .context("--rerun-failed needs the results of an earlier run")?;
+        Some(results::json::failed_names(&previous)?)
+    } else {
+        None
+    };
+    Ok(Selection {
+        patterns: args.filters.clone(),
+        exclude: args.excludes.clone(),
+        groups: args.groups.clone(),
+        only,
+        shard: args.shard,
+    })
+}
+
+/// Rounds `first..first + count` of every test, round by round.
+fn jobs(
+    tests: &[TestSpec],
+    first: u32,
+    count: u32,
+    args: &TestArgs,
+    output: &OutputDir,
+) -> Result<Vec<Job>> {
+    let mut jobs = Vec::with_capacity(tests.len() * count as usize);
+    for iteration in first..first.saturating_add(count) {
+        for spec in tests {
+            jobs.push(Job {
+                spec: spec.clone(),
+                iteration,
+                log: output.log_path(&spec.name, iteration)?,
+                timeout: spec.timeout.unwrap_or(args.timeout),
+            });
+        }
+    }
+    Ok(jobs)
+}
+
+fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

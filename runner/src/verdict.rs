@@ -23,15 +23,6 @@ pub enum Status {
 }
 
 impl Status {
-    /// Every status, in the order summaries list them.
-    pub const ALL: [Status; 5] = [
-        Status::Pass,
-        Status::Fail,
-        Status::Skip,
-        Status::Timeout,
-        Status::Error,
-    ];
-
     /// The console's label.
     pub fn label(self) -> &'static str {
         match self {
@@ -129,5 +120,106 @@ mod seconds {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let secs = f64::deserialize(d)?;
         Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+/// How a test process ended, as the scheduler saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal killed it (not one the runner sent).
+    Signalled(i32),
+    /// The runner stopped it at its time limit.
+    TimedOut,
+    /// Ctrl-C stopped it.
+    Interrupted,
+}
+
+/// Exit code by which a guest says it skipped (the kvm-unit-tests convention).
+pub const GUEST_SKIP: i32 = 77;
+/// Exit code by which a kselftest says it skipped.
+pub const KSELFTEST_SKIP: i32 = 4;
+
+/// The status of a guest run by `ktvmm run`, and why when it did not pass.
+pub fn guest_status(ending: Ending) -> (Status, Option<String>) {
+    use ktvmm_vmm::outcome::{EXIT_KVM_ERROR, EXIT_SHUTDOWN, EXIT_TIMEOUT, EXIT_VMM_ERROR};
+    match ending {
+        Ending::Exited(0) => (Status::Pass, None),
+        Ending::Exited(GUEST_SKIP) => (Status::Skip, Some("the guest skipped".into())),
+        Ending::Exited(c) if c == i32::from(EXIT_TIMEOUT) => {
+            (Status::Timeout, Some("timed out".into()))
+        }
+        Ending::Exited(c) if c == i32::from(EXIT_VMM_ERROR) => {
+            (Status::Error, Some("ktvmm could not run the guest".into()))
+        }
+        Ending::Exited(c) if c == i32::from(EXIT_SHUTDOWN) => (
+            Status::Fail,
+            Some("the guest shut down (triple fault?)".into()),
+        ),
+        Ending::Exited(c) if c == i32::from(EXIT_KVM_ERROR) => {
+            (Status::Fail, Some("KVM could not run the guest".into()))
+        }
+        Ending::Exited(c) => (Status::Fail, Some(format!("exit code {c}"))),
+        Ending::Signalled(s) => (
+            Status::Error,
+            Some(format!("ktvmm died of {}", signal_name(s))),
+        ),
+        Ending::TimedOut => (Status::Timeout, Some("timed out".into())),
+        Ending::Interrupted => (Status::Error, Some("interrupted".into())),
+    }
+}
+
+/// The status of a host program (kselftest convention).
+pub fn exec_status(ending: Ending) -> (Status, Option<String>) {
+    match ending {
+        Ending::Exited(0) => (Status::Pass, None),
+        Ending::Exited(KSELFTEST_SKIP) => (Status::Skip, Some("the test skipped".into())),
+        Ending::Exited(c) => (Status::Fail, Some(format!("exit code {c}"))),
+        Ending::Signalled(s) => (Status::Fail, Some(format!("killed by {}", signal_name(s)))),
+        Ending::TimedOut => (Status::Timeout, Some("timed out".into())),
+        Ending::Interrupted => (Status::Error, Some("interrupted".into())),
+    }
+}
+
+/// `SIGSEGV` rather than `signal 11`.
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGILL => "SIGILL",
+        libc::SIGINT => "SIGINT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGSYS => "SIGSYS",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_string()
+}
+
+impl RunMeta {
+    /// TEMPORARY STUB.
+    pub fn probe(
+        command_line: Vec<String>,
+        started: std::time::SystemTime,
+        duration: Duration,
+        interrupted: bool,
+    ) -> Self {
+        RunMeta {
+            ktvmm_version: env!("CARGO_PKG_VERSION").into(),
+            command_line,
+            host_kernel: String::new(),
+            kvm_module: String::new(),
+            cpu: String::new(),
+            started_unix: started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            duration,
+            interrupted,
+        }
     }
 }

@@ -1,78 +1,403 @@
-//! `ktvmm test` (minimal form): the bundled suite, and verdicts for guest files.
+//! `ktvmm test`: real guests and real host programs, run through the whole
+//! runner (discovery, scheduler, console, results files).
 
 mod common;
 
-use common::{parts, run, scratch, write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ktvmm, parts, run, scratch, write};
 use ktvmm_vmm::test_images::{SPIN_WITH_INTERRUPTS_OFF, elf64, exit_with};
+use serde_json::Value;
 
 const LOAD_ADDR: u64 = 0x10_0000;
 
+/// Runs `ktvmm test` with `args`, results in `dir/out`; returns exit code,
+/// stdout, stderr.
+fn test_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = dir.join("out");
+    let mut all = vec!["test", "-o", out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    parts(&run(&all).0)
+}
+
+fn results(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("out/results.json")).expect("results.json");
+    serde_json::from_str(&text).expect("results.json is JSON")
+}
+
+fn status_of(results: &Value, name: &str) -> String {
+    results["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {results}"))["status"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A suite file with a guest and host program of every outcome.
+fn verdicts_suite(dir: &Path) -> String {
+    write(dir, "fail.elf", &elf64(LOAD_ADDR, &exit_with(1), 0));
+    write(dir, "skip.elf", &elf64(LOAD_ADDR, &exit_with(77), 0));
+    write(
+        dir,
+        "hang.elf",
+        &elf64(LOAD_ADDR, &SPIN_WITH_INTERRUPTS_OFF, 0),
+    );
+    write(
+        dir,
+        "verdicts.ktvmm.toml",
+        br#"
+[[test]]
+name = "guest-pass"
+guest = "bundled:exitcode"
+append = "pass"
+groups = ["guests"]
+
+[[test]]
+name = "guest-fail"
+guest = "fail.elf"
+groups = ["guests"]
+
+[[test]]
+name = "guest-skip"
+guest = "skip.elf"
+groups = ["guests"]
+
+[[test]]
+name = "guest-hang"
+guest = "hang.elf"
+timeout = 1
+groups = ["guests"]
+
+[[test]]
+name = "prog-tap"
+exec = "/bin/sh"
+args = ["-c", "echo 1..3; echo ok 1 a; echo not ok 2 b; echo 'ok 3 c # SKIP no'; exit 1"]
+
+[[test]]
+name = "prog-skip"
+exec = "/bin/sh"
+args = ["-c", "exit 4"]
+
+[[test]]
+name = "prog-crash"
+exec = "/bin/sh"
+args = ["-c", "kill -SEGV $$"]
+
+[[test]]
+name = "prog-pass"
+exec = "/bin/sh"
+args = ["-c", "echo hello from $NAME"]
+env = { NAME = "prog-pass" }
+"#,
+    )
+}
+
 #[test]
 fn the_bundled_suite_passes() {
-    let (output, _) = run(&["test"]);
-    let (code, stdout, stderr) = parts(&output);
+    let dir = scratch("bundled");
+    let (code, stdout, stderr) = test_in(&dir, &[]);
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    for name in [
-        "selftest",
-        "smp",
-        "exceptions",
-        "lapic-timer",
-        "exitcode-pass",
-        "isa-debug-exit",
-        "serial-testdev",
-        "pci-enum",
-        "pci-testdev",
-        "pc-testdev",
-        "edu",
-        "edu-driver",
-    ] {
-        assert!(
-            stdout
-                .lines()
-                .any(|l| l.starts_with("PASS") && l.contains(name)),
-            "{name} did not pass:\n{stdout}"
-        );
+    let results = results(&dir);
+    let tests = results["tests"].as_array().unwrap();
+    assert!(tests.len() >= 13, "{results}");
+    for test in tests {
+        assert_eq!(test["status"], "pass", "{test}");
     }
     assert!(stdout.contains(" 0 failed"), "{stdout}");
 }
 
 #[test]
-fn list_names_the_bundled_tests() {
-    let (output, _) = run(&["test", "--list"]);
-    let (code, stdout, _) = parts(&output);
-    assert_eq!(code, 0);
-    assert!(stdout.lines().any(|l| l == "smp"), "{stdout}");
+fn every_outcome_is_reported_and_summarised() {
+    let dir = scratch("outcomes");
+    let suite = verdicts_suite(&dir);
+    let (code, stdout, _) = test_in(&dir, &[&suite]);
+    assert_eq!(code, 1, "failures make the run fail:\n{stdout}");
+    let results = results(&dir);
+    for (name, status) in [
+        ("guest-pass", "pass"),
+        ("guest-fail", "fail"),
+        ("guest-skip", "skip"),
+        ("guest-hang", "timeout"),
+        ("prog-tap", "fail"),
+        ("prog-skip", "skip"),
+        ("prog-crash", "fail"),
+        ("prog-pass", "pass"),
+    ] {
+        assert_eq!(status_of(&results, name), status, "{name}:\n{stdout}");
+        let label = status.to_uppercase();
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&label) && l.contains(name)),
+            "no {label} line for {name}:\n{stdout}"
+        );
+    }
+    let tap = results["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "prog-tap")
+        .unwrap();
+    assert_eq!(tap["subtests"]["pass"], 1);
+    assert_eq!(tap["subtests"]["fail"], 1);
+    assert_eq!(tap["subtests"]["skip"], 1);
+    assert!(stdout.contains("killed by SIGSEGV"), "{stdout}");
+
+    let summary = &stdout[stdout.find("summary:").expect("a summary")..];
+    assert!(
+        summary.starts_with("summary: 2 passed, 3 failed, 2 skipped, 1 timed out, 0 errors"),
+        "{summary}"
+    );
+    for name in ["guest-fail", "guest-hang", "prog-tap", "prog-crash"] {
+        let line = summary
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{name} not named in the summary:\n{summary}"));
+        assert!(line.contains(".log"), "no log path: {line}");
+    }
+    let log = dir.join("out/logs");
+    let pass_log = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("prog-pass"))
+        .expect("a log for prog-pass");
+    assert_eq!(
+        std::fs::read_to_string(pass_log).unwrap(),
+        "hello from prog-pass\n"
+    );
 }
 
 #[test]
-fn pass_fail_skip_and_timeout_are_reported_as_such() {
-    let dir = scratch("verdicts");
-    let pass = write(&dir, "passing.elf", &elf64(LOAD_ADDR, &exit_with(0), 0));
-    let fail = write(&dir, "failing.elf", &elf64(LOAD_ADDR, &exit_with(1), 0));
-    let skip = write(&dir, "skipping.elf", &elf64(LOAD_ADDR, &exit_with(77), 0));
-    let hang = write(
+fn a_hung_program_is_killed_on_time_with_its_children() {
+    let dir = scratch("hung");
+    let pidfile = dir.join("pid");
+    let suite = write(
         &dir,
-        "hanging.elf",
-        &elf64(LOAD_ADDR, &SPIN_WITH_INTERRUPTS_OFF, 0),
+        "hung.ktvmm.toml",
+        format!(
+            "[[test]]\nname = \"hung\"\nexec = \"/bin/sh\"\ntimeout = 1\n\
+             args = [\"-c\", \"sleep 60 & echo $! > {}; trap '' TERM; sleep 60\"]\n",
+            pidfile.display()
+        )
+        .as_bytes(),
     );
-    let (output, _) = run(&["test", "--timeout", "1", &pass, &fail, &skip, &hang]);
-    let (code, stdout, _) = parts(&output);
-    assert_eq!(code, 1, "a failure makes the run fail:\n{stdout}");
-    let verdict = |name: &str| {
+    let started = Instant::now();
+    let (code, stdout, _) = test_in(&dir, &[&suite]);
+    let took = started.elapsed();
+    assert_eq!(code, 1, "{stdout}");
+    assert_eq!(status_of(&results(&dir), "hung"), "timeout");
+    // 1 s limit, SIGTERM ignored, SIGKILL after the 2 s grace period.
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        !alive(pid),
+        "the test's background child {pid} outlived the test"
+    );
+}
+
+fn alive(pid: i32) -> bool {
+    // A killed orphan may linger as a zombie for a moment until init reaps it.
+    for _ in 0..50 {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return false,
+            Ok(stat) if stat.contains(") Z ") => return false,
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    true
+}
+
+#[test]
+fn jobs_run_in_parallel() {
+    let dir = scratch("parallel");
+    let mut suite = String::new();
+    for i in 0..4 {
+        suite += &format!(
+            "[[test]]\nname = \"sleep{i}\"\nexec = \"/bin/sh\"\nargs = [\"-c\", \"sleep 1\"]\n"
+        );
+    }
+    let suite = write(&dir, "sleep.ktvmm.toml", suite.as_bytes());
+    let started = Instant::now();
+    let (code, stdout, _) = test_in(&dir, &["-j", "4", &suite]);
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "4 one-second tests at -j 4 took {took:?}"
+    );
+}
+
+#[test]
+fn shards_cover_every_test_exactly_once() {
+    let dir = scratch("shards");
+    let suite = verdicts_suite(&dir);
+    let list = |extra: &[&str]| {
+        let mut args = vec!["--list", suite.as_str()];
+        args.extend_from_slice(extra);
+        let (code, stdout, stderr) = test_in(&dir, &args);
+        assert_eq!(code, 0, "{stderr}");
         stdout
             .lines()
-            .find(|l| l.contains(name))
-            .and_then(|l| l.split_whitespace().next())
-            .unwrap_or_default()
-            .to_string()
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .collect::<Vec<_>>()
     };
-    assert_eq!(verdict("passing"), "PASS", "{stdout}");
-    assert_eq!(verdict("failing"), "FAIL", "{stdout}");
-    assert_eq!(verdict("skipping"), "SKIP", "{stdout}");
-    assert_eq!(verdict("hanging"), "TIMEOUT", "{stdout}");
-    assert!(
-        stdout.contains("summary: 1 passed, 2 failed, 1 skipped (1 timed out)"),
-        "{stdout}"
+    let mut all = list(&[]);
+    assert_eq!(all.len(), 8);
+    let mut union = Vec::new();
+    for k in 1..=3 {
+        let part = list(&["--shard", &format!("{k}/3")]);
+        assert!(!part.is_empty());
+        union.extend(part);
+    }
+    union.sort();
+    all.sort();
+    assert_eq!(union, all);
+    assert_eq!(list(&["-g", "guests", "-x", "*hang"]).len(), 3);
+    assert_eq!(list(&["-f", "prog-*", "-f", "guest-pass"]).len(), 5);
+}
+
+#[test]
+fn rerun_failed_picks_exactly_the_failures() {
+    let dir = scratch("rerun");
+    let suite = verdicts_suite(&dir);
+    let (code, _, _) = test_in(&dir, &[&suite]);
+    assert_eq!(code, 1);
+    let (code, stdout, stderr) = test_in(&dir, &["--rerun-failed", "--list", &suite]);
+    assert_eq!(code, 0, "{stderr}");
+    let mut names: Vec<&str> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["guest-fail", "guest-hang", "prog-crash", "prog-tap"]
     );
-    assert!(stdout.contains("not passed: failing, hanging"), "{stdout}");
+}
+
+#[test]
+fn bad_suite_files_stop_the_run_before_it_starts() {
+    let dir = scratch("bad-suite");
+    let good = verdicts_suite(&dir);
+    let bad = write(
+        &dir,
+        "bad.ktvmm.toml",
+        b"[[test]]\nname = \"x\"\nguest = \"bundled:exitcode\"\nsmpp = 2\n",
+    );
+    let (code, stdout, stderr) = test_in(&dir, &[&good, &bad]);
+    assert_eq!(code, 125, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("bad.ktvmm.toml:4:") && stderr.contains("smpp"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("PASS"), "tests ran: {stdout}");
+    assert!(!dir.join("out").exists(), "an output directory was made");
+}
+
+#[test]
+fn ctrl_c_stops_the_children_and_still_reports() {
+    let dir = scratch("ctrl-c");
+    let pidfile = dir.join("pid");
+    let suite = write(
+        &dir,
+        "slow.ktvmm.toml",
+        format!(
+            "[[test]]\nname = \"quick\"\nguest = \"bundled:exitcode\"\nappend = \"pass\"\n\n\
+             [[test]]\nname = \"slow-guest\"\nguest = \"bundled:hang\"\n\n\
+             [[test]]\nname = \"slow-prog\"\nexec = \"/bin/sh\"\n\
+             args = [\"-c\", \"sleep 60 & echo $! > {}; sleep 60\"]\n\n\
+             [[test]]\nname = \"never\"\nexec = \"/bin/true\"\n",
+            pidfile.display()
+        )
+        .as_bytes(),
+    );
+    let out = dir.join("out");
+    let child = ktvmm()
+        .args(["test", "-j", "2", "-o", out.to_str().unwrap(), &suite])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pidfile.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    let output = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let (code, stdout, _) = parts(&output);
+    assert_eq!(code, 130, "{stdout}");
+    assert!(stdout.contains("summary:"), "{stdout}");
+    assert!(stdout.contains("did not run"), "{stdout}");
+    let results = results(&dir);
+    assert_eq!(results["meta"]["interrupted"], true);
+    assert_eq!(status_of(&results, "quick"), "pass");
+    assert_eq!(status_of(&results, "slow-guest"), "error");
+    assert_eq!(status_of(&results, "slow-prog"), "error");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!alive(pid), "a test's child {pid} outlived Ctrl-C");
+}
+
+#[test]
+fn a_heartbeat_shows_what_is_running() {
+    let dir = scratch("heartbeat");
+    let suite = write(
+        &dir,
+        "slow.ktvmm.toml",
+        b"[[test]]\nname = \"slowpoke\"\nexec = \"/bin/sh\"\nargs = [\"-c\", \"sleep 1.2\"]\n",
+    );
+    let (code, stdout, _) = test_in(&dir, &["--heartbeat", "0.4", &suite]);
+    assert_eq!(code, 0, "{stdout}");
+    let beat = stdout
+        .lines()
+        .find(|l| l.contains("running:"))
+        .unwrap_or_else(|| panic!("no heartbeat:\n{stdout}"));
+    assert!(beat.starts_with("[0/1"), "{beat}");
+    assert!(beat.contains("slowpoke ("), "{beat}");
+}
+
+#[test]
+fn repeat_and_until_fail() {
+    let dir = scratch("repeat");
+    let counter = dir.join("count");
+    let suite = write(
+        &dir,
+        "flaky.ktvmm.toml",
+        format!(
+            "[[test]]\nname = \"third-time-fails\"\nexec = \"/bin/sh\"\n\
+             args = [\"-c\", \"echo x >> {0}; test $(wc -l < {0}) -lt 3\"]\n",
+            counter.display()
+        )
+        .as_bytes(),
+    );
+    let (code, stdout, _) = test_in(&dir, &["--repeat", "2", &suite]);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(results(&dir)["tests"].as_array().unwrap().len(), 2);
+    std::fs::remove_file(&counter).unwrap();
+    let (code, stdout, _) = test_in(&dir, &["--until-fail", &suite]);
+    assert_eq!(code, 1, "{stdout}");
+    let tests = results(&dir)["tests"].as_array().unwrap().clone();
+    assert_eq!(tests.len(), 3, "{stdout}");
+    assert_eq!(tests[2]["status"], "fail");
+    assert_eq!(tests[2]["iteration"], 3);
+    assert!(stdout.contains("third-time-fails#3"), "{stdout}");
 }

@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use goblin::container::{Container, Ctx};
 use goblin::elf::header;
-use goblin::elf::program_header::{PT_LOAD, ProgramHeader};
+use goblin::elf::program_header::{PT_GNU_STACK, PT_INTERP, PT_LOAD, PT_TLS, ProgramHeader};
 use linux_loader::loader::{Elf, KernelLoader};
 
 use crate::memory::GuestMemory;
@@ -120,6 +120,29 @@ pub struct ReservedRange {
     pub range: Range<u64>,
     /// What lives there, for the message.
     pub what: &'static str,
+}
+
+/// Whether `bytes` is an ELF program for the host (a kselftest binary, say)
+/// rather than a guest kernel: dynamically linked or position-independent,
+/// or carrying the stack and TLS headers that only user-space toolchains
+/// emit. Guest kernels, ktvmm's and kvm-unit-tests' alike, have none.
+pub fn is_host_program(bytes: &[u8]) -> bool {
+    let Ok(elf) = goblin::elf::Elf::parse(bytes) else {
+        return false;
+    };
+    elf.header.e_type == header::ET_DYN
+        || elf
+            .program_headers
+            .iter()
+            .any(|ph| matches!(ph.p_type, PT_INTERP | PT_GNU_STACK | PT_TLS))
+}
+
+/// Whether `bytes` looks like a kernel ktvmm can boot: an executable ELF
+/// file (any class; the loader has the final word) that is not a host
+/// program.
+pub fn is_guest_kernel(bytes: &[u8]) -> bool {
+    goblin::elf::Elf::parse_header(bytes).is_ok_and(|h| h.e_type == header::ET_EXEC)
+        && !is_host_program(bytes)
 }
 
 /// Reads the ELF headers and checks what can be checked without guest memory.
@@ -267,6 +290,17 @@ pub fn load_elf64(memory: &GuestMemory, bytes: &[u8]) -> Result<(), LoadError> {
 mod tests {
     use super::*;
     use crate::test_images::elf64;
+
+    #[test]
+    fn host_programs_are_told_from_guests() {
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(is_host_program(&exe), "this test binary is a host program");
+        assert!(!is_host_program(&elf64(0x10_0000, &[0xf4], 0)));
+        assert!(!is_host_program(b"#!/bin/sh\nexit 0\n"));
+        assert!(is_guest_kernel(&elf64(0x10_0000, &[0xf4], 0)));
+        assert!(!is_guest_kernel(&exe));
+        assert!(!is_guest_kernel(b"\x7fELF"));
+    }
 
     #[test]
     fn accepts_a_minimal_executable() {

@@ -1,6 +1,9 @@
 //! What a suite is once discovered: a flat list of tests, each a guest to
 //! boot or a host executable to run, with where it came from.
 
+pub mod discover;
+pub mod file;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -67,4 +70,49 @@ impl GuestTest {
             initrd: None,
         }
     }
+}
+
+/// A suite that cannot be read: the run does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SuiteError {
+    /// A path on the command line or in a suite is unusable.
+    #[error("{}: {message}", path.display())]
+    Path {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A suite file cannot be read.
+    #[error("{}: cannot read: {message}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A line of a suite file is wrong.
+    #[error("{}:{line}: {message}", path.display())]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// Two tests have one name.
+    #[error(
+        "two tests are named '{name}' (from {} and {}); give one a `name` in a suite file",
+        first.display(),
+        second.display()
+    )]
+    Duplicate {
+        /// The name.
+        name: String,
+        /// Where the first came from.
+        first: PathBuf,
+        /// Where the second came from.
+        second: PathBuf,
+    },
 }

@@ -1,0 +1,333 @@
+//! What `ktvmm test` prints: a line per finished test (with the end of the
+//! log for a failure), a heartbeat while tests run, and the summary.
+//!
+//! On a terminal the heartbeat is one status line redrawn in place; in a
+//! pipe or CI log it is a plain line whenever nothing was printed for a few
+//! seconds, so a long test never looks like a hang and a fast suite stays
+//! quiet.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::schedule::{Job, Observer};
+use crate::verdict::{Status, TestResult};
+
+/// Lines of a failed test's log shown under its verdict.
+const TAIL_LINES: usize = 15;
+/// How often the terminal status line is redrawn.
+const TTY_REDRAW: Duration = Duration::from_millis(250);
+
+/// How much to print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    /// Only tests that did not pass, and the summary.
+    Quiet,
+    /// Every finished test.
+    Normal,
+    /// Also each test as it starts, with its log path.
+    Verbose,
+}
+
+/// The console reporter.
+pub struct Console {
+    verbosity: Verbosity,
+    tty: bool,
+    heartbeat: Duration,
+    total: usize,
+    done: usize,
+    failed: usize,
+    started: Instant,
+    last_output: Instant,
+    status_shown: bool,
+    last_redraw: Option<Instant>,
+}
+
+impl Console {
+    /// A console for a run of `total` tests; off a terminal, a heartbeat
+    /// line follows `heartbeat` of silence.
+    pub fn new(verbosity: Verbosity, total: usize, heartbeat: Duration) -> Self {
+        let now = Instant::now();
+        Console {
+            verbosity,
+            tty: std::io::stdout().is_terminal(),
+            heartbeat,
+            total,
+            done: 0,
+            failed: 0,
+            started: now,
+            last_output: now,
+            status_shown: false,
+            last_redraw: None,
+        }
+    }
+
+    /// Another round of `tests` is about to run (`--until-fail`).
+    pub fn next_round(&mut self, tests: usize) {
+        self.total += tests;
+    }
+
+    /// Prints `text` (whole lines) above the status line.
+    fn print(&mut self, text: &str) {
+        let mut out = std::io::stdout().lock();
+        if self.status_shown {
+            let _ = out.write_all(b"\r\x1b[2K");
+            self.status_shown = false;
+        }
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+        self.last_output = Instant::now();
+        // Redraw the status line at the next tick.
+        self.last_redraw = None;
+    }
+
+    /// Removes the status line (before the summary).
+    pub fn clear_status(&mut self) {
+        if self.status_shown {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(b"\r\x1b[2K");
+            let _ = out.flush();
+            self.status_shown = false;
+        }
+    }
+
+    fn progress(&self) -> String {
+        let failed = if self.failed > 0 {
+            format!(", {} not passed", self.failed)
+        } else {
+            String::new()
+        };
+        format!(
+            "[{}/{}{failed}] {}",
+            self.done,
+            self.total,
+            clock(self.started.elapsed())
+        )
+    }
+}
+
+impl Observer for Console {
+    fn started(&mut self, job: &Job) {
+        if self.verbosity >= Verbosity::Verbose {
+            self.print(&format!(
+                "START   {}  (log {})\n",
+                display_name(&job.spec.name, job.iteration),
+                job.log.display()
+            ));
+        }
+    }
+
+    fn finished(&mut self, job: &Job, result: &TestResult) {
+        self.done += 1;
+        if result.status.is_failure() {
+            self.failed += 1;
+        }
+        let show = match self.verbosity {
+            Verbosity::Quiet => result.status.is_failure(),
+            _ => true,
+        };
+        if !show {
+            return;
+        }
+        let mut text = format!(
+            "{:<7} {} ({})",
+            result.status.label(),
+            display_name(&result.name, job.iteration),
+            seconds(result.duration)
+        );
+        if let Some(s) = result.subtests {
+            let parts: Vec<String> = [(s.pass, "pass"), (s.fail, "fail"), (s.skip, "skip")]
+                .iter()
+                .filter(|(n, _)| *n > 0)
+                .map(|(n, what)| format!("{n} {what}"))
+                .collect();
+            text += &format!(" [{}]", parts.join(", "));
+        }
+        if let Some(reason) = result
+            .reason
+            .as_ref()
+            .filter(|_| result.status != Status::Pass)
+        {
+            text += &format!(": {reason}");
+        }
+        text.push('\n');
+        if result.status.is_failure() {
+            for line in tail(&result.log, TAIL_LINES) {
+                text += &format!("        | {line}\n");
+            }
+            text += &format!("        log: {}\n", result.log.display());
+        }
+        self.print(&text);
+    }
+
+    fn tick(&mut self, running: &[(&Job, Duration)]) {
+        let now = Instant::now();
+        let list = running
+            .iter()
+            .map(|(job, t)| {
+                format!(
+                    "{} ({})",
+                    display_name(&job.spec.name, job.iteration),
+                    seconds(*t)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self.tty {
+            if self
+                .last_redraw
+                .is_some_and(|t| now.duration_since(t) < TTY_REDRAW)
+            {
+                return;
+            }
+            self.last_redraw = Some(now);
+            let mut line = format!("{} running: {list}", self.progress());
+            let width = terminal_width().saturating_sub(1);
+            if line.chars().count() > width {
+                line = line
+                    .chars()
+                    .take(width.saturating_sub(3))
+                    .collect::<String>()
+                    + "...";
+            }
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "\r\x1b[2K{line}");
+            let _ = out.flush();
+            self.status_shown = true;
+        } else if !running.is_empty() && now.duration_since(self.last_output) >= self.heartbeat {
+            let line = format!("{} running: {list}\n", self.progress());
+            self.print(&line);
+        }
+    }
+}
+
+/// The summary, printed at the end of every run, however it ended: counts
+/// by status, wall time, and each test that did not pass with its log.
+pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &Path) {
+    let count = |s: Status| results.iter().filter(|r| r.status == s).count();
+    let mut text = format!(
+        "\nsummary: {} passed, {} failed, {} skipped, {} timed out, {} errors ({} tests in {})\n",
+        count(Status::Pass),
+        count(Status::Fail),
+        count(Status::Skip),
+        count(Status::Timeout),
+        count(Status::Error),
+        results.len(),
+        seconds(wall)
+    );
+    if not_run > 0 {
+        text += &format!("interrupted: {not_run} tests did not run\n");
+    }
+    let bad: Vec<&TestResult> = results.iter().filter(|r| r.status.is_failure()).collect();
+    if !bad.is_empty() {
+        text += "not passed:\n";
+        let width = bad
+            .iter()
+            .map(|r| display_name(&r.name, r.iteration).chars().count())
+            .max()
+            .unwrap_or(0);
+        for r in bad {
+            text += &format!(
+                "  {:<7} {:<width$}  {}  ({})\n",
+                r.status.label(),
+                display_name(&r.name, r.iteration),
+                r.log.display(),
+                r.reason.as_deref().unwrap_or("failed"),
+            );
+        }
+    }
+    text += &format!(
+        "results: {} (results.json, junit.xml, results.tap)\n",
+        output.display()
+    );
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// The last `n` lines of a log file (lossy UTF-8; control characters but
+/// tab made visible, so a guest's escape sequences cannot garble the
+/// console).
+pub fn tail(log: &Path, n: usize) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(log) else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| {
+            l.chars()
+                .map(|c| {
+                    if c.is_control() && c != '\t' {
+                        char::REPLACEMENT_CHARACTER
+                    } else {
+                        c
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// `name`, or `name#3` for the third repetition.
+pub fn display_name(name: &str, iteration: u32) -> String {
+    if iteration > 1 {
+        format!("{name}#{iteration}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// `0.42 s`, `12.3 s`, `250 ms`.
+pub fn seconds(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else if d < Duration::from_secs(10) {
+        format!("{:.2} s", d.as_secs_f64())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+fn clock(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{}:{:02}", s / 60, s % 60)
+}
+
+fn terminal_width() -> usize {
+    // SAFETY: winsize is plain data; TIOCGWINSZ fills it or fails.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: a read-only query on our own stdout.
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    if ok && size.ws_col > 0 {
+        usize::from(size.ws_col)
+    } else {
+        100
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(seconds(Duration::from_millis(42)), "42 ms");
+        assert_eq!(seconds(Duration::from_millis(1234)), "1.23 s");
+        assert_eq!(seconds(Duration::from_secs(125)), "125.0 s");
+        assert_eq!(clock(Duration::from_secs(125)), "2:05");
+        assert_eq!(display_name("edu", 1), "edu");
+        assert_eq!(display_name("edu", 3), "edu#3");
+    }
+
+    #[test]
+    fn tails_are_safe_to_print() {
+        let path = std::env::temp_dir().join(format!("ktvmm-tail-{}", std::process::id()));
+        std::fs::write(&path, b"a\nb\x1b[2Jc\n\xff\nd\n").unwrap();
+        let lines = tail(&path, 3);
+        assert_eq!(lines, ["b\u{fffd}[2Jc", "\u{fffd}", "d"]);
+        assert!(tail(Path::new("/nonexistent"), 3).is_empty());
+        let _ = std::fs::remove_file(path);
+    }
+}

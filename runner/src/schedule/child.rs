@@ -1,0 +1,127 @@
+//! One test process: how it is started (its own process group, output to
+//! its log file), watched, stopped and reaped.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use crate::suite::{TestKind, TestSpec};
+use crate::verdict::Ending;
+
+/// The command that runs `spec`; `ktvmm` is this binary, which boots guests.
+pub fn command(spec: &TestSpec, ktvmm: &Path, timeout: Duration) -> Command {
+    match &spec.kind {
+        TestKind::Guest(g) => {
+            let mut cmd = Command::new(ktvmm);
+            cmd.arg("run")
+                .arg(&g.guest)
+                .arg(format!("--smp={}", g.smp))
+                .arg(format!("--memory={}", g.mem_mib))
+                .arg(format!("--append={}", g.append))
+                // The VMM stops the guest itself at the limit, which says
+                // so in the log; the runner's own deadline is the backstop.
+                .arg(format!("--timeout={}", timeout.as_secs_f64()));
+            if let Some(initrd) = &g.initrd {
+                cmd.arg("--initrd").arg(initrd);
+            }
+            cmd
+        }
+        TestKind::Exec(e) => {
+            let mut cmd = Command::new(&e.path);
+            cmd.args(&e.args);
+            cmd.envs(e.env.iter().map(|(k, v)| (k, v)));
+            if let Some(dir) = &e.cwd {
+                cmd.current_dir(dir);
+            }
+            cmd
+        }
+    }
+}
+
+/// A started test process.
+pub struct Running {
+    child: Child,
+    pgid: i32,
+}
+
+impl Running {
+    /// Starts `cmd` in a new process group with stdout and stderr going to
+    /// `log`; `done` receives `token` once the process has exited (it is
+    /// left for [`Running::reap`] to collect).
+    pub fn spawn(
+        mut cmd: Command,
+        log: &Path,
+        done: Sender<usize>,
+        token: usize,
+    ) -> io::Result<Running> {
+        let out = File::create(log)?;
+        let err = out.try_clone()?;
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        let running = Running { child, pgid: pid };
+        let watcher = std::thread::Builder::new()
+            .name(format!("wait-{pid}"))
+            .spawn(move || {
+                wait_exited(pid);
+                let _ = done.send(token);
+            });
+        match watcher {
+            Ok(_) => Ok(running),
+            Err(e) => {
+                // Unwatched, it would never be reaped: stop it now.
+                running.reap();
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends `signal` to the whole process group.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a negative pid signals the process group the
+        // child leads; its pid is not reused before `reap` collects it.
+        unsafe { libc::kill(-self.pgid, signal) };
+    }
+
+    /// Collects the exited process. Anything it left behind in its process
+    /// group is killed first, so no test leaves orphans.
+    pub fn reap(mut self) -> Ending {
+        self.signal(libc::SIGKILL);
+        match self.child.wait() {
+            Ok(status) => match (status.code(), status.signal()) {
+                (Some(code), _) => Ending::Exited(code),
+                (None, Some(signal)) => Ending::Signalled(signal),
+                (None, None) => Ending::Exited(-1),
+            },
+            Err(_) => Ending::Exited(-1),
+        }
+    }
+}
+
+/// Blocks until `pid` has exited, without reaping it: the zombie keeps the
+/// pid and so the process group id from being reused until `reap`.
+fn wait_exited(pid: i32) {
+    loop {
+        // SAFETY: siginfo_t is plain data; waitid writes it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waits on our own child; WNOWAIT leaves it unreaped.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Runs tests as child processes, up to `-j` at a time: each in its own
+//! process group, stopped at its time limit (SIGTERM, then SIGKILL after a
+//! grace period), all stopped on Ctrl-C. Reporters hear about it through
+//! [`Observer`].
+
+mod child;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use child::Running;
+
+use crate::interrupt;
+use crate::suite::{TestKind, TestSpec};
+use crate::verdict::{self, Ending, Status, TestResult};
+
+/// How often the observer is ticked while tests run.
+const TICK: Duration = Duration::from_millis(100);
+/// A guest's VMM stops it at its limit; the runner steps in only this much
+/// later, should the VMM itself be stuck.
+const GUEST_BACKSTOP: Duration = Duration::from_secs(2);
+
+/// One test to run.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// What to run.
+    pub spec: TestSpec,
+    /// Which repetition (1-based).
+    pub iteration: u32,
+    /// Where its output goes.
+    pub log: PathBuf,
+    /// Its time limit.
+    pub timeout: Duration,
+}
+
+/// How to run the jobs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Tests at a time.
+    pub jobs: usize,
+    /// Between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// The `ktvmm` binary, which boots guests.
+    pub ktvmm: PathBuf,
+}
+
+/// What the scheduler reports as it goes.
+pub trait Observer {
+    /// A test has started.
+    fn started(&mut self, job: &Job);
+    /// A test has finished.
+    fn finished(&mut self, job: &Job, result: &TestResult);
+    /// Time passes: `running` are the tests under way, with their elapsed
+    /// times. Called about every 100 ms.
+    fn tick(&mut self, running: &[(&Job, Duration)]);
+}
+
+/// The end of a scheduler run.
+pub struct Finished {
+    /// Results of the tests that ran, in job order.
+    pub results: Vec<TestResult>,
+    /// Whether Ctrl-C cut the run short.
+    pub interrupted: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    TimedOut,
+    Interrupted,
+}
+
+struct Slot {
+    running: Running,
+    started: Instant,
+    deadline: Instant,
+    stop: Option<Stop>,
+    kill_at: Option<Instant>,
+}
+
+/// Runs `jobs`; returns when all have finished or Ctrl-C stopped the run.
+pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Finished {
+    let (done_tx, done_rx) = mpsc::channel::<usize>();
+    let mut slots: HashMap<usize, Slot> = HashMap::new();
+    let mut results: Vec<Option<TestResult>> = vec![None; jobs.len()];
+    let mut next = 0;
+    let mut seen_requests = interrupt::requests();
+    let mut interrupted = false;
+
+    loop {
+        while !interrupted && slots.len() < options.jobs.max(1) && next < jobs.len() {
+            let job = &jobs[next];
+            observer.started(job);
+            let cmd = child::command(&job.spec, &options.ktvmm, job.timeout);
+            match Running::spawn(cmd, &job.log, done_tx.clone(), next) {
+                Ok(running) => {
+                    let started = Instant::now();
+                    let limit = match job.spec.kind {
+                        TestKind::Guest(_) => job.timeout + GUEST_BACKSTOP,
+                        TestKind::Exec(_) => job.timeout,
+                    };
+                    slots.insert(
+                        next,
+                        Slot {
+                            running,
+                            started,
+                            deadline: started + limit,
+                            stop: None,
+                            kill_at: None,
+                        },
+                    );
+                }
+                Err(e) => {
+                    let result = cannot_start(job, &e);
+                    observer.finished(job, &result);
+                    results[next] = Some(result);
+                }
+            }
+            next += 1;
+        }
+        if slots.is_empty() && (interrupted || next == jobs.len()) {
+            break;
+        }
+
+        let now = Instant::now();
+        let wake = slots
+            .values()
+            .map(|s| s.kill_at.unwrap_or(s.deadline))
+            .min()
+            .map_or(TICK, |t| t.saturating_duration_since(now).min(TICK));
+        // Collect every test that is done, then look at the clock: a
+        // stream of fast tests must not delay a slow one's time limit.
+        let mut done = match done_rx.recv_timeout(wake) {
+            Ok(index) => Some(index),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => unreachable!("we hold a sender"),
+        };
+        while let Some(index) = done {
+            if let Some(slot) = slots.remove(&index) {
+                let result = finish(&jobs[index], slot);
+                observer.finished(&jobs[index], &result);
+                results[index] = Some(result);
+            }
+            done = done_rx.try_recv().ok();
+        }
+
+        let now = Instant::now();
+        let requests = interrupt::requests();
+        if requests > seen_requests {
+            let urgent = interrupted || requests - seen_requests > 1;
+            seen_requests = requests;
+            interrupted = true;
+            for slot in slots.values_mut() {
+                slot.stop = Some(Stop::Interrupted);
+                slot.running.signal(libc::SIGTERM);
+                slot.kill_at = Some(if urgent { now } else { now + options.grace });
+            }
+        }
+        for slot in slots.values_mut() {
+            if slot.kill_at.is_some_and(|t| now >= t) {
+                slot.running.signal(libc::SIGKILL);
+            } else if slot.stop.is_none() && now >= slot.deadline {
+                slot.stop = Some(Stop::TimedOut);
+                slot.running.signal(libc::SIGTERM);
+                slot.kill_at = Some(now + options.grace);
+            }
+        }
+        let mut running: Vec<(usize, Duration)> = slots
+            .iter()
+            .map(|(&i, s)| (i, now.duration_since(s.started)))
+            .collect();
+        running.sort_unstable_by_key(|&(i, _)| i);
+        let running: Vec<(&Job, Duration)> =
+            running.into_iter().map(|(i, d)| (&jobs[i], d)).collect();
+        observer.tick(&running);
+    }
+
+    Finished {
+        results: results.into_iter().flatten().collect(),
+        interrupted,
+    }
+}
+
+fn finish(job: &Job, slot: Slot) -> TestResult {
+    let duration = slot.started.elapsed();
+    let exited = slot.running.reap();
+    let ending = match slot.stop {
+        Some(Stop::TimedOut) => Ending::TimedOut,
+        Some(Stop::Interrupted) => Ending::Interrupted,
+        None => exited,
+    };
+    let log_text = std::fs::read(&job.log)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let (status, mut reason) = match job.spec.kind {
+        TestKind::Guest(_) => verdict::guest_status(ending),
+        TestKind::Exec(_) => verdict::exec_status(ending),
+    };
+    if status == Status::Timeout {
+        reason = Some(format!("timed out after {} s", job.timeout.as_secs_f64()));
+    }
+    if let (TestKind::Guest(_), true) = (&job.spec.kind, status != Status::Pass) {
+        // `ktvmm run` says what went wrong on its last `ktvmm:` line.
+        if let Some(line) = log_text.lines().rev().find(|l| l.starts_with("ktvmm: ")) {
+            reason = Some(line["ktvmm: ".len()..].to_string());
+        }
+    }
+    TestResult {
+        name: job.spec.name.clone(),
+        status,
+        duration,
+        exit_code: match exited {
+            Ending::Exited(code) => Some(code),
+            _ => None,
+        },
+        reason,
+        log: job.log.clone(),
+        subtests: crate::subtests::count(&log_text),
+        iteration: job.iteration,
+    }
+}
+
+fn cannot_start(job: &Job, error: &std::io::Error) -> TestResult {
+    let what = match &job.spec.kind {
+        TestKind::Guest(_) => "ktvmm".to_string(),
+        TestKind::Exec(e) => e.path.display().to_string(),
+    };
+    let message = format!("cannot start {what}: {error}");
+    let _ = std::fs::write(&job.log, format!("ktvmm test: {message}\n"));
+    TestResult {
+        name: job.spec.name.clone(),
+        status: Status::Error,
+        duration: Duration::ZERO,
+        exit_code: None,
+        reason: Some(message),
+        log: job.log.clone(),
+        subtests: None,
+        iteration: job.iteration,
+    }
+}

@@ -1,0 +1,466 @@
+//! ktvmm suite files (`ktvmm.toml`, `*.ktvmm.toml`): the format is in
+//! `docs/suites.md`. Every problem is reported as `FILE:LINE: what`, and a
+//! file with any problem yields no tests at all.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{ExecTest, GuestTest, SuiteError, TestKind, TestSpec};
+use crate::bundled;
+use crate::cli::parse_mem_mib;
+
+/// Whether `path` has the suite-file name pattern.
+pub fn is_suite_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n == "ktvmm.toml" || n.ends_with(".ktvmm.toml"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    defaults: Option<Spanned<RawDefaults>>,
+    #[serde(default, rename = "test")]
+    tests: Vec<Spanned<RawTest>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    smp: Option<u32>,
+    memory: Option<RawMemory>,
+    timeout: Option<f64>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTest {
+    name: Option<String>,
+    guest: Option<String>,
+    exec: Option<String>,
+    smp: Option<u32>,
+    memory: Option<RawMemory>,
+    append: Option<String>,
+    initrd: Option<String>,
+    args: Option<Vec<String>>,
+    env: Option<BTreeMap<String, String>>,
+    cwd: Option<String>,
+    timeout: Option<f64>,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+/// `memory = 256` (MiB) or `memory = "1G"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawMemory {
+    Mib(u64),
+    Text(String),
+}
+
+/// Reads and checks one suite file.
+pub fn load(path: &Path) -> Result<Vec<TestSpec>, SuiteError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SuiteError::Read {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    parse(path, &text)
+}
+
+/// Parses suite-file `text`; `path` names it in errors and anchors
+/// relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<Vec<TestSpec>, SuiteError> {
+    let at = |span: Option<Range<usize>>, message: String| SuiteError::Line {
+        path: path.to_path_buf(),
+        line: span.map_or(1, |s| line_of(text, s.start)),
+        message,
+    };
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().to_string();
+        at(e.span(), message)
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let defaults = raw.defaults.map(|d| {
+        let span = d.span();
+        (d.into_inner(), span)
+    });
+    let (defaults, defaults_span) = match defaults {
+        Some((d, span)) => (d, Some(span)),
+        None => (RawDefaults::default(), None),
+    };
+    let default_mem = defaults
+        .memory
+        .as_ref()
+        .map(memory_mib)
+        .transpose()
+        .map_err(|m| at(defaults_span.clone(), format!("[defaults]: {m}")))?;
+    let default_timeout = defaults
+        .timeout
+        .map(timeout)
+        .transpose()
+        .map_err(|m| at(defaults_span.clone(), format!("[defaults]: {m}")))?;
+    if defaults.smp == Some(0) {
+        return Err(at(
+            defaults_span,
+            "[defaults]: smp must be at least 1".into(),
+        ));
+    }
+
+    let mut tests: Vec<TestSpec> = Vec::new();
+    let mut lines: Vec<usize> = Vec::new();
+    for spanned in raw.tests {
+        let span = spanned.span();
+        let line = line_of(text, span.start);
+        let raw = spanned.into_inner();
+        let spec = test(raw, base, path, &defaults, default_mem, default_timeout)
+            .map_err(|m| at(Some(span.clone()), m))?;
+        if let Some(i) = tests.iter().position(|t| t.name == spec.name) {
+            return Err(at(
+                Some(span),
+                format!(
+                    "test '{}' is already defined on line {}; names must be unique",
+                    spec.name, lines[i]
+                ),
+            ));
+        }
+        tests.push(spec);
+        lines.push(line);
+    }
+    if tests.is_empty() {
+        return Err(at(
+            None,
+            "no tests: add a [[test]] table with `guest` or `exec`".into(),
+        ));
+    }
+    Ok(tests)
+}
+
+fn test(
+    raw: RawTest,
+    base: &Path,
+    source: &Path,
+    defaults: &RawDefaults,
+    default_mem: Option<u64>,
+    default_timeout: Option<Duration>,
+) -> Result<TestSpec, String> {
+    let label = raw
+        .name
+        .clone()
+        .map_or_else(|| "[[test]]".to_string(), |n| format!("test '{n}'"));
+    let timeout = raw.timeout.map(timeout).transpose()?.or(default_timeout);
+    let groups = defaults
+        .groups
+        .iter()
+        .chain(&raw.groups)
+        .cloned()
+        .collect::<Vec<_>>();
+    let (kind, default_name) = match (raw.guest, raw.exec) {
+        (Some(_), Some(_)) => {
+            return Err(format!("{label}: give `guest` or `exec`, not both"));
+        }
+        (None, None) => {
+            return Err(format!(
+                "{label}: needs `guest` (a guest ELF) or `exec` (a host program)"
+            ));
+        }
+        (Some(guest), None) => {
+            for (set, key) in [
+                (raw.args.is_some(), "args"),
+                (raw.env.is_some(), "env"),
+                (raw.cwd.is_some(), "cwd"),
+            ] {
+                if set {
+                    return Err(format!(
+                        "{label}: `{key}` is for `exec` tests; a guest's command line is `append`"
+                    ));
+                }
+            }
+            let name = guest
+                .strip_prefix(bundled::PREFIX)
+                .map(str::to_string)
+                .unwrap_or_else(|| stem(Path::new(&guest)));
+            let guest = if let Some(bundled_name) = guest.strip_prefix(bundled::PREFIX) {
+                if bundled::guest(bundled_name).is_none() {
+                    return Err(format!("{label}: no bundled guest '{bundled_name}'"));
+                }
+                guest
+            } else {
+                existing_file(base, &guest, "guest")?.display().to_string()
+            };
+            let smp = raw.smp.or(defaults.smp).unwrap_or(1);
+            if smp == 0 {
+                return Err(format!("{label}: smp must be at least 1"));
+            }
+            let mem_mib = match raw.memory.as_ref().map(memory_mib).transpose()? {
+                Some(m) => m,
+                None => default_mem.unwrap_or(GuestTest::new("").mem_mib),
+            };
+            let initrd = raw
+                .initrd
+                .map(|i| existing_file(base, &i, "initrd"))
+                .transpose()?;
+            let kind = TestKind::Guest(GuestTest {
+                guest,
+                smp,
+                mem_mib,
+                append: raw.append.unwrap_or_default(),
+                initrd,
+            });
+            (kind, name)
+        }
+        (None, Some(exec)) => {
+            for (set, key) in [
+                (raw.smp.is_some(), "smp"),
+                (raw.memory.is_some(), "memory"),
+                (raw.append.is_some(), "append"),
+                (raw.initrd.is_some(), "initrd"),
+            ] {
+                if set {
+                    return Err(format!(
+                        "{label}: `{key}` is for `guest` tests; a program's arguments are `args`"
+                    ));
+                }
+            }
+            let path = existing_file(base, &exec, "exec")?;
+            let name = stem(&path);
+            let mut env: Vec<(String, String)> = defaults
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (k, v) in raw.env.unwrap_or_default() {
+                env.retain(|(key, _)| *key != k);
+                env.push((k, v));
+            }
+            let cwd = raw.cwd.map(|c| base.join(c));
+            if let Some(dir) = cwd.as_ref().filter(|d| !d.is_dir()) {
+                return Err(format!("{label}: cwd {} is not a directory", dir.display()));
+            }
+            let kind = TestKind::Exec(ExecTest {
+                path,
+                args: raw.args.unwrap_or_default(),
+                env,
+                cwd,
+            });
+            (kind, name)
+        }
+    };
+    let name = raw.name.unwrap_or(default_name);
+    check_name(&name)?;
+    Ok(TestSpec {
+        name,
+        kind,
+        timeout,
+        groups,
+        source: source.to_path_buf(),
+    })
+}
+
+/// Names end up in file names, terminals and XML: keep them printable.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("a test name cannot be empty".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("test name {name:?} contains control characters"));
+    }
+    Ok(())
+}
+
+/// A file's name without its last extension: how a test is named when its
+/// definition gives no name.
+pub fn stem(path: &Path) -> String {
+    path.file_stem().map_or_else(
+        || path.display().to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    )
+}
+
+fn existing_file(base: &Path, relative: &str, key: &str) -> Result<PathBuf, String> {
+    let path = base.join(relative);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("{key} {}: no such file", path.display()))
+    }
+}
+
+fn memory_mib(raw: &RawMemory) -> Result<u64, String> {
+    let mib = match raw {
+        RawMemory::Mib(n) => *n,
+        RawMemory::Text(t) => parse_mem_mib(t)?,
+    };
+    if mib == 0 {
+        return Err("memory must be more than 0".into());
+    }
+    Ok(mib)
+}
+
+fn timeout(secs: f64) -> Result<Duration, String> {
+    crate::cli::parse_seconds(&secs.to_string())
+        .map_err(|_| format!("timeout {secs} is not a positive number of seconds"))
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ktvmm-suite-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("guest.elf"), b"\x7fELF").unwrap();
+        std::fs::write(dir.join("tool"), b"#!/bin/sh\n").unwrap();
+        std::fs::write(dir.join("env.txt"), b"A=1\n").unwrap();
+        dir
+    }
+
+    fn parse_in(dir: &Path, text: &str) -> Result<Vec<TestSpec>, String> {
+        parse(&dir.join("t.ktvmm.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn guests_and_programs_with_defaults() {
+        let d = dir("full");
+        let tests = parse_in(
+            &d,
+            r#"
+[defaults]
+timeout = 30
+groups = ["all"]
+memory = "256M"
+env = { A = "1", B = "2" }
+
+[[test]]
+name = "edu-smp2"
+guest = "guest.elf"
+smp = 2
+append = "x y"
+initrd = "env.txt"
+groups = ["edu"]
+
+[[test]]
+guest = "bundled:edu"
+memory = 64
+timeout = 5
+
+[[test]]
+exec = "tool"
+args = ["-v"]
+env = { B = "3" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(tests.len(), 3);
+        assert_eq!(tests[0].name, "edu-smp2");
+        assert_eq!(tests[0].groups, ["all", "edu"]);
+        assert_eq!(tests[0].timeout, Some(Duration::from_secs(30)));
+        let TestKind::Guest(g) = &tests[0].kind else {
+            panic!("not a guest")
+        };
+        assert_eq!((g.smp, g.mem_mib, g.append.as_str()), (2, 256, "x y"));
+        assert_eq!(g.initrd.as_deref(), Some(d.join("env.txt").as_path()));
+        assert_eq!(g.guest, d.join("guest.elf").display().to_string());
+
+        assert_eq!(tests[1].name, "edu");
+        assert_eq!(tests[1].timeout, Some(Duration::from_secs(5)));
+        let TestKind::Guest(g) = &tests[1].kind else {
+            panic!("not a guest")
+        };
+        assert_eq!((g.guest.as_str(), g.smp, g.mem_mib), ("bundled:edu", 1, 64));
+
+        assert_eq!(tests[2].name, "tool");
+        let TestKind::Exec(e) = &tests[2].kind else {
+            panic!("not exec")
+        };
+        assert_eq!(e.args, ["-v"]);
+        assert_eq!(e.env, [("A".into(), "1".into()), ("B".into(), "3".into())]);
+    }
+
+    #[test]
+    fn problems_name_the_file_and_line() {
+        let d = dir("bad");
+        let cases = [
+            ("[[test]]\nguest = \"guest.elf\"\nsmpp = 2\n", ":3:", "smpp"),
+            ("[[test]]\nname = \"a\"\n", ":1:", "needs `guest`"),
+            (
+                "[[test]]\nguest = \"guest.elf\"\nexec = \"tool\"\n",
+                ":1:",
+                "not both",
+            ),
+            (
+                "\n[[test]]\nguest = \"missing.elf\"\n",
+                ":2:",
+                "no such file",
+            ),
+            (
+                "[[test]]\nguest = \"bundled:nope\"\n",
+                ":1:",
+                "no bundled guest",
+            ),
+            ("[[test]]\nguest = \"guest.elf\"\nsmp = 0\n", ":1:", "smp"),
+            (
+                "[[test]]\nguest = \"guest.elf\"\nmemory = \"lots\"\n",
+                ":1:",
+                "lots",
+            ),
+            (
+                "[[test]]\nguest = \"guest.elf\"\ntimeout = -1\n",
+                ":1:",
+                "timeout",
+            ),
+            (
+                "[[test]]\nguest = \"guest.elf\"\nargs = [\"x\"]\n",
+                ":1:",
+                "append",
+            ),
+            ("[[test]]\nexec = \"tool\"\nappend = \"x\"\n", ":1:", "args"),
+            ("[[test]]\nexec = \"tool\"\ncwd = \"nope\"\n", ":1:", "cwd"),
+            (
+                "[[test]]\nguest = \"guest.elf\"\nname = \"\"\n",
+                ":1:",
+                "empty",
+            ),
+            (
+                "[[test]]\nguest = \"guest.elf\"\n\n[[test]]\nguest = \"guest.elf\"\n",
+                ":4:",
+                "line 1",
+            ),
+            ("[defaults]\nsmp = 2\n", ":1:", "no tests"),
+            ("[[test]\n", ":1:", ""),
+            ("[[test]]\nguest = 3\n", ":2:", ""),
+        ];
+        for (text, line, needle) in cases {
+            let err = parse_in(&d, text).expect_err(text);
+            assert!(err.contains("t.ktvmm.toml"), "{err}");
+            assert!(err.contains(line), "{text:?}: wanted {line} in {err}");
+            assert!(err.contains(needle), "{text:?}: wanted {needle} in {err}");
+        }
+    }
+
+    #[test]
+    fn the_name_pattern() {
+        assert!(is_suite_file(Path::new("a/ktvmm.toml")));
+        assert!(is_suite_file(Path::new("edu.ktvmm.toml")));
+        assert!(!is_suite_file(Path::new("Cargo.toml")));
+        assert!(!is_suite_file(Path::new("ktvmm.toml.bak")));
+    }
+}
