@@ -216,7 +216,7 @@ mod tests {
     fn boot_info_describes_the_plan() {
         let plan = BootPlan::new(RamLayout::new(32).unwrap(), 2, 100).unwrap();
         let image = inspect_elf64(&elf64(0x10_0000, &[0; 16], 0x2000)).unwrap();
-        check_placement(&image, plan.ram.low_end, &plan.reserved()).unwrap();
+        check_placement(&image.segments, plan.ram.low_end, &plan.reserved()).unwrap();
         let info = plan.boot_info(&image, 11);
         assert_eq!(info.cpu_count, 2);
         assert_eq!(info.mem_size, 32 * MIB);

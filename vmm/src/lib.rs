@@ -2,6 +2,7 @@
 //! [`Outcome`]. It knows nothing about test suites.
 #![warn(missing_docs)]
 
+pub mod boot;
 pub mod boot_plan;
 pub mod bus;
 pub mod cpuid;
@@ -12,6 +13,7 @@ pub mod kick;
 pub mod loader;
 pub mod long_mode;
 pub mod memory;
+pub mod multiboot;
 pub mod outcome;
 pub mod pci;
 pub mod platform;

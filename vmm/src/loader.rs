@@ -45,8 +45,10 @@ pub enum LoadError {
         /// Raw `e_machine`.
         code: u16,
     },
-    /// A 32-bit x86 image: the multiboot path is not there yet.
-    #[error("32-bit ELF (multiboot .flat) images are not supported yet; build the guest as ELF64")]
+    /// A 32-bit x86 image without a multiboot header.
+    #[error(
+        "32-bit ELF image without a multiboot header: ktvmm boots ELF64 guests and multiboot kernels"
+    )]
     Elf32Unsupported,
     /// Not an executable (a relocatable object or shared library).
     #[error("ELF type {0} is not an executable (ET_EXEC)")]
@@ -243,7 +245,7 @@ pub fn inspect_elf64(bytes: &[u8]) -> Result<Elf64Image, LoadError> {
 
 /// Checks the segments against RAM `[0, ram_end)` and the reserved ranges.
 pub fn check_placement(
-    image: &Elf64Image,
+    segments: &[Range<u64>],
     ram_end: u64,
     reserved: &[ReservedRange],
 ) -> Result<(), LoadError> {
@@ -253,7 +255,7 @@ pub fn check_placement(
         .map(|r| r.range.end)
         .max()
         .unwrap_or(0);
-    for segment in &image.segments {
+    for segment in segments {
         if let Some(r) = reserved
             .iter()
             .find(|r| segment.start < r.range.end && r.range.start < segment.end)
@@ -363,10 +365,10 @@ mod tests {
             },
         ];
         let ok = inspect_elf64(&elf64(0x10_0000, &[0; 4], 0x1000)).unwrap();
-        check_placement(&ok, 0x800_0000, &reserved).unwrap();
+        check_placement(&ok.segments, 0x800_0000, &reserved).unwrap();
 
         let low = inspect_elf64(&elf64(0x8000, &[0; 4], 0)).unwrap();
-        let err = check_placement(&low, 0x800_0000, &reserved).unwrap_err();
+        let err = check_placement(&low.segments, 0x800_0000, &reserved).unwrap_err();
         assert!(
             err.to_string()
                 .contains("link the guest at or above 0x100000"),
@@ -375,7 +377,7 @@ mod tests {
 
         let stacks = inspect_elf64(&elf64(0x7f0_0000, &[0; 4], 0)).unwrap();
         assert!(matches!(
-            check_placement(&stacks, 0x800_0000, &reserved),
+            check_placement(&stacks.segments, 0x800_0000, &reserved),
             Err(LoadError::Reserved {
                 what: "boot stacks",
                 ..
@@ -384,7 +386,7 @@ mod tests {
 
         let high = inspect_elf64(&elf64(0x4000_0000, &[0; 4], 0)).unwrap();
         assert!(matches!(
-            check_placement(&high, 0x800_0000, &reserved),
+            check_placement(&high.segments, 0x800_0000, &reserved),
             Err(LoadError::OutsideRam { .. })
         ));
     }

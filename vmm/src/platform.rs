@@ -16,6 +16,7 @@ use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::SharedDevice;
+use crate::devices::fw_cfg::{self, FwCfg};
 use crate::devices::links::{DeviceThread, GuestDma, GuestPages, KvmIrqLine, KvmMsi};
 use crate::devices::serial::{Console, IrqLine, PostfixOutput, SerialDevice, UART_PORTS};
 use crate::memory::GuestMemory;
@@ -44,6 +45,15 @@ fn uart_irq(vm: &VmFd, irq: u32) -> Result<IrqLine, VmError> {
     Ok(IrqLine(fd))
 }
 
+/// What the firmware interfaces (fw_cfg) describe.
+#[derive(Clone, Copy, Debug)]
+pub struct Machine {
+    /// RAM in bytes.
+    pub ram_bytes: u64,
+    /// vCPUs.
+    pub cpus: u16,
+}
+
 impl Platform {
     /// Creates the devices and places them.
     pub fn attach(
@@ -51,6 +61,7 @@ impl Platform {
         memory: &GuestMemory,
         console: Box<dyn Write + Send>,
         testdevs: bool,
+        machine: Machine,
     ) -> Result<Self, VmError> {
         let buses = Arc::new(Buses::default());
         let place = |bus: &crate::bus::Bus, what, device: SharedDevice, base: u64, len| {
@@ -75,6 +86,13 @@ impl Platform {
             Arc::new(Mutex::new(DebugExit)),
             u64::from(ports::DEBUG_EXIT),
             debug_exit::LEN,
+        )?;
+        place(
+            &buses.pio,
+            "fw_cfg",
+            Arc::new(Mutex::new(FwCfg::new(machine.ram_bytes, machine.cpus))),
+            u64::from(ports::FW_CFG),
+            fw_cfg::LEN,
         )?;
 
         let pci = PciRoot::new(Arc::downgrade(&buses), vm.clone());

@@ -32,6 +32,44 @@ pub fn elf64(addr: u64, code: &[u8], bss: u64) -> Vec<u8> {
     f
 }
 
+/// An ELF32 i386 multiboot kernel: one RWX `PT_LOAD` segment holding the
+/// multiboot header (flags 0) followed by `code`, which starts at `addr`
+/// (the entry point), plus `bss` zero bytes.
+pub fn elf32_multiboot(addr: u32, code: &[u8], bss: u32) -> Vec<u8> {
+    const EHDR: usize = 52;
+    const PHDR: usize = 32;
+    const MB: u32 = 12;
+    let magic: u32 = 0x1bad_b002;
+    let mut f = vec![0u8; EHDR + PHDR];
+    f[..4].copy_from_slice(b"\x7fELF");
+    f[4] = 1; // ELFCLASS32
+    f[5] = 1; // little-endian
+    f[6] = 1; // EV_CURRENT
+    f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f[18..20].copy_from_slice(&3u16.to_le_bytes()); // EM_386
+    f[20..24].copy_from_slice(&1u32.to_le_bytes());
+    f[24..28].copy_from_slice(&addr.to_le_bytes()); // e_entry
+    f[28..32].copy_from_slice(&(EHDR as u32).to_le_bytes()); // e_phoff
+    f[40..42].copy_from_slice(&(EHDR as u16).to_le_bytes());
+    f[42..44].copy_from_slice(&(PHDR as u16).to_le_bytes());
+    f[44..46].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+    let size = MB + code.len() as u32;
+    let ph = &mut f[EHDR..];
+    ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    ph[4..8].copy_from_slice(&((EHDR + PHDR) as u32).to_le_bytes()); // p_offset
+    ph[8..12].copy_from_slice(&(addr - MB).to_le_bytes()); // p_vaddr
+    ph[12..16].copy_from_slice(&(addr - MB).to_le_bytes()); // p_paddr
+    ph[16..20].copy_from_slice(&size.to_le_bytes());
+    ph[20..24].copy_from_slice(&(size + bss).to_le_bytes());
+    ph[24..28].copy_from_slice(&7u32.to_le_bytes()); // RWX
+    ph[28..32].copy_from_slice(&0x1000u32.to_le_bytes());
+    for word in [magic, 0, 0u32.wrapping_sub(magic)] {
+        f.extend_from_slice(&word.to_le_bytes());
+    }
+    f.extend_from_slice(code);
+    f
+}
+
 /// Machine code that writes `code` to isa-debug-exit and halts:
 /// `mov $code, %eax; out %eax, $0xf4; 1: hlt; jmp 1b`.
 pub fn exit_with(code: u32) -> Vec<u8> {

@@ -13,20 +13,21 @@ use std::time::{Duration, Instant};
 
 use ktvmm_abi::layout;
 use kvm_bindings::{
-    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_PIT_SPEAKER_DUMMY, kvm_fpu,
-    kvm_mp_state, kvm_pit_config, kvm_userspace_memory_region,
+    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
+    kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::boot_plan::{self, BootPlan, PlanError};
+use crate::boot::{self, Kernel};
+use crate::boot_plan::PlanError;
 use crate::bus::BusError;
-use crate::loader::{self, KernelImage, LoadError};
+use crate::loader::{KernelImage, LoadError};
 use crate::memory::{GuestMemory, MemoryError, RamLayout};
 use crate::outcome::Outcome;
-use crate::platform::Platform;
+use crate::platform::{Machine, Platform};
 use crate::vcpu::Vcpu;
-use crate::{cpuid, irq_routing, kick, long_mode};
+use crate::{cpuid, irq_routing, kick};
 
 /// Everything that describes one VM.
 pub struct VmConfig {
@@ -120,7 +121,7 @@ pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> V
     move |source| VmError::Kvm { what, source }
 }
 
-fn mem_err(what: &'static str) -> impl FnOnce(vm_memory::GuestMemoryError) -> VmError {
+pub(crate) fn mem_err(what: &'static str) -> impl FnOnce(vm_memory::GuestMemoryError) -> VmError {
     move |source| VmError::GuestMemory { what, source }
 }
 
@@ -183,7 +184,7 @@ impl Vm {
             name: config.kernel.name.clone(),
             source,
         };
-        let image = loader::inspect_elf64(&config.kernel.bytes).map_err(image_err)?;
+        let kernel = Kernel::inspect(&config.kernel.bytes).map_err(image_err)?;
         if config.cpus == 0 {
             return Err(VmError::NoCpus);
         }
@@ -194,11 +195,16 @@ impl Vm {
                 why: "ktvmm's boot layout",
             });
         }
-        boot_plan::check_cmdline(&config.cmdline)?;
         let ram = RamLayout::new(config.mem_mib)?;
         let initrd_len = config.initrd.as_ref().map_or(0, |i| i.bytes.len() as u64);
-        let plan = BootPlan::new(ram, config.cpus, initrd_len)?;
-        loader::check_placement(&image, ram.low_end, &plan.reserved()).map_err(image_err)?;
+        let placement = boot::place(
+            kernel,
+            ram,
+            config.cpus,
+            initrd_len,
+            &config.kernel.name,
+            &config.cmdline,
+        )?;
         timings.step("check input");
 
         let kvm = Kvm::new().map_err(VmError::NoKvm)?;
@@ -241,26 +247,19 @@ impl Vm {
         vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
         timings.step("irqchip and PIT");
 
-        loader::load_elf64(&memory, &config.kernel.bytes).map_err(image_err)?;
-        if let (Some(initrd), Some(range)) = (&config.initrd, &plan.initrd) {
-            memory
-                .write_slice(&initrd.bytes, GuestAddress(range.start))
-                .map_err(mem_err("the initrd"))?;
-        }
-        timings.step("load kernel");
+        let initrd = config
+            .initrd
+            .as_ref()
+            .map(|i| (i.bytes.as_slice(), i.name.as_str()));
+        let entry = placement.write(&memory, &config.kernel.bytes, initrd, config.cpus)?;
+        timings.step("load kernel, boot data");
 
-        long_mode::write_page_tables(&memory, ram.identity_map_end())
-            .map_err(mem_err("page tables"))?;
-        timings.step("page tables");
-        let gdt_limit =
-            long_mode::write_gdt_and_tss(&memory, config.cpus, |cpu| plan.stack_top(cpu))
-                .map_err(mem_err("the GDT"))?;
-        let info = plan.boot_info(&image, config.cmdline.len());
-        boot_plan::write_boot_info(&memory, &info, &config.cmdline)
-            .map_err(mem_err("boot info"))?;
-        timings.step("GDT, TSSs, boot info");
-
-        let platform = Platform::attach(&vm, &memory, config.console, config.testdevs)?;
+        let machine = Machine {
+            ram_bytes: ram.size,
+            // At most MAX_CPUS (1024), checked above.
+            cpus: config.cpus as u16,
+        };
+        let platform = Platform::attach(&vm, &memory, config.console, config.testdevs, machine)?;
         timings.step("devices");
 
         let supported = supported_cpuid
@@ -274,25 +273,7 @@ impl Vm {
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
             fd.set_cpuid2(&cpuid::for_vcpu(&supported, cpu))
                 .map_err(kvm_err("KVM_SET_CPUID2"))?;
-            let sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-            fd.set_sregs(&long_mode::sregs(sregs, cpu, gdt_limit))
-                .map_err(kvm_err("KVM_SET_SREGS"))?;
-            fd.set_regs(&long_mode::regs(image.entry, cpu, plan.stack_top(cpu)))
-                .map_err(kvm_err("KVM_SET_REGS"))?;
-            fd.set_fpu(&kvm_fpu {
-                fcw: 0x37f,
-                mxcsr: 0x1f80,
-                ..Default::default()
-            })
-            .map_err(kvm_err("KVM_SET_FPU"))?;
-            if cpu != 0 {
-                // With an in-kernel LAPIC, APs wait for INIT/SIPI; in this
-                // protocol every CPU starts at the entry point.
-                fd.set_mp_state(kvm_mp_state {
-                    mp_state: KVM_MP_STATE_RUNNABLE,
-                })
-                .map_err(kvm_err("KVM_SET_MP_STATE"))?;
-            }
+            placement.set_up_vcpu(&fd, cpu, entry)?;
             vcpus.push(fd);
         }
         timings.step("vCPUs");

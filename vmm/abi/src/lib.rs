@@ -100,6 +100,8 @@ pub mod ports {
     pub const PC_TESTDEV_IRQS: u16 = 24;
     /// PCI configuration mechanism #1: address register.
     pub const PCI_CONFIG_ADDRESS: u16 = 0xcf8;
+    /// fw_cfg selector (16-bit); the data port follows at +1.
+    pub const FW_CFG: u16 = 0x510;
     /// PCI configuration mechanism #1: data window (0xcfc-0xcff).
     pub const PCI_CONFIG_DATA: u16 = 0xcfc;
 }

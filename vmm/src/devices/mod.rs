@@ -1,4 +1,5 @@
 //! Platform devices: what the VMM itself provides besides the test devices.
 
+pub mod fw_cfg;
 pub mod links;
 pub mod serial;

@@ -1,0 +1,224 @@
+//! The two boot protocols, chosen from the kernel file itself: ELF64 guests
+//! start every vCPU in long mode (ktvmm's protocol, `docs/boot-protocol.md`);
+//! ELF32 kernels with a multiboot header start the BSP in 32-bit protected
+//! mode and leave the APs waiting for INIT/SIPI, as kvm-unit-tests expects.
+
+use std::ops::Range;
+
+use ktvmm_abi::layout;
+use kvm_bindings::{KVM_MP_STATE_RUNNABLE, kvm_fpu, kvm_mp_state};
+use kvm_ioctls::VcpuFd;
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::boot_plan::{self, BootPlan, PlanError};
+use crate::loader::{self, Elf64Image, LoadError, ReservedRange};
+use crate::long_mode;
+use crate::memory::{GuestMemory, RamLayout};
+use crate::multiboot::{self, MultibootImage};
+use crate::vm::{VmError, kvm_err, mem_err};
+
+/// A kernel that passed inspection, by protocol.
+#[derive(Debug)]
+pub enum Kernel {
+    /// ktvmm's long-mode protocol.
+    Elf64(Elf64Image),
+    /// Multiboot v1.
+    Multiboot(MultibootImage),
+}
+
+impl Kernel {
+    /// Recognises the protocol and checks the image.
+    pub fn inspect(bytes: &[u8]) -> Result<Self, LoadError> {
+        let elf32 = bytes.starts_with(b"\x7fELF") && bytes.get(4) == Some(&1);
+        if elf32 && multiboot::header_flags(bytes).is_some() {
+            return multiboot::inspect(bytes).map(Kernel::Multiboot);
+        }
+        loader::inspect_elf64(bytes).map(Kernel::Elf64)
+    }
+}
+
+/// Where everything goes, decided before KVM is touched.
+#[derive(Debug)]
+pub enum Placement {
+    /// ELF64: stacks, initrd and boot info per [`BootPlan`].
+    Elf64 {
+        /// The image.
+        image: Elf64Image,
+        /// The plan.
+        plan: BootPlan,
+        /// The command line.
+        cmdline: String,
+    },
+    /// Multiboot: the image, module 0 after it.
+    Multiboot {
+        /// The image.
+        image: MultibootImage,
+        /// Where the initrd goes, if there is one.
+        module: Option<Range<u64>>,
+        /// The command line the kernel gets (its name first).
+        cmdline: String,
+        /// The RAM layout, for the memory map.
+        ram: RamLayout,
+    },
+}
+
+/// What the vCPUs' entry state refers to.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    gdt_limit: u16,
+    info: u64,
+}
+
+/// Checks that the kernel, initrd and boot data fit in `ram`.
+pub fn place(
+    kernel: Kernel,
+    ram: RamLayout,
+    cpus: u32,
+    initrd_len: u64,
+    kernel_name: &str,
+    append: &str,
+) -> Result<Placement, VmError> {
+    let image_err = |source| VmError::Image {
+        name: kernel_name.to_string(),
+        source,
+    };
+    match kernel {
+        Kernel::Elf64(image) => {
+            boot_plan::check_cmdline(append)?;
+            let plan = BootPlan::new(ram, cpus, initrd_len)?;
+            loader::check_placement(&image.segments, ram.low_end, &plan.reserved())
+                .map_err(image_err)?;
+            Ok(Placement::Elf64 {
+                image,
+                plan,
+                cmdline: append.to_string(),
+            })
+        }
+        Kernel::Multiboot(image) => {
+            let cmdline = multiboot::command_line(kernel_name, append);
+            boot_plan::check_cmdline(&cmdline)?;
+            let reserved = [ReservedRange {
+                range: 0..layout::RESERVED_END,
+                what: "multiboot information and real-mode area",
+            }];
+            loader::check_placement(&image.segments, ram.low_end, &reserved).map_err(image_err)?;
+            let module = (initrd_len > 0).then(|| multiboot::module_range(&image, initrd_len));
+            if module.as_ref().is_some_and(|m| m.end > ram.low_end) {
+                return Err(PlanError::TooSmall {
+                    mib: ram.size >> 20,
+                    cpus,
+                    initrd_len,
+                }
+                .into());
+            }
+            Ok(Placement::Multiboot {
+                image,
+                module,
+                cmdline,
+                ram,
+            })
+        }
+    }
+}
+
+impl Placement {
+    /// Loads the kernel and initrd and writes the boot structures.
+    pub fn write(
+        &self,
+        memory: &GuestMemory,
+        kernel: &[u8],
+        initrd: Option<(&[u8], &str)>,
+        cpus: u32,
+    ) -> Result<Entry, VmError> {
+        let image_err = |source| VmError::Image {
+            name: "the kernel".into(),
+            source,
+        };
+        let initrd_at = match self {
+            Placement::Elf64 { plan, .. } => plan.initrd.as_ref().map(|r| r.start),
+            Placement::Multiboot { module, .. } => module.as_ref().map(|r| r.start),
+        };
+        match self {
+            Placement::Elf64 { .. } => loader::load_elf64(memory, kernel).map_err(image_err)?,
+            Placement::Multiboot { image, .. } => {
+                multiboot::load(memory, kernel, image).map_err(mem_err("the kernel"))?
+            }
+        }
+        if let (Some((bytes, _)), Some(at)) = (initrd, initrd_at) {
+            memory
+                .write_slice(bytes, GuestAddress(at))
+                .map_err(mem_err("the initrd"))?;
+        }
+        match self {
+            Placement::Elf64 {
+                image,
+                plan,
+                cmdline,
+            } => {
+                long_mode::write_page_tables(memory, plan.ram.identity_map_end())
+                    .map_err(mem_err("page tables"))?;
+                let gdt_limit =
+                    long_mode::write_gdt_and_tss(memory, cpus, |cpu| plan.stack_top(cpu))
+                        .map_err(mem_err("the GDT"))?;
+                let info = plan.boot_info(image, cmdline.len());
+                boot_plan::write_boot_info(memory, &info, cmdline).map_err(mem_err("boot info"))?;
+                Ok(Entry {
+                    gdt_limit,
+                    info: layout::BOOT_INFO_ADDR,
+                })
+            }
+            Placement::Multiboot {
+                module,
+                cmdline,
+                ram,
+                ..
+            } => {
+                let module = module
+                    .clone()
+                    .map(|range| (range, initrd.map_or("", |(_, name)| name)));
+                let info = multiboot::write_info(memory, ram, cmdline, module)
+                    .map_err(mem_err("multiboot information"))?;
+                let gdt_limit = multiboot::write_gdt(memory).map_err(mem_err("the GDT"))?;
+                Ok(Entry { gdt_limit, info })
+            }
+        }
+    }
+
+    /// Puts vCPU `cpu` in its entry state.
+    pub fn set_up_vcpu(&self, fd: &VcpuFd, cpu: u32, entry: Entry) -> Result<(), VmError> {
+        fd.set_fpu(&kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        })
+        .map_err(kvm_err("KVM_SET_FPU"))?;
+        match self {
+            Placement::Elf64 { image, plan, .. } => {
+                let sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+                fd.set_sregs(&long_mode::sregs(sregs, cpu, entry.gdt_limit))
+                    .map_err(kvm_err("KVM_SET_SREGS"))?;
+                fd.set_regs(&long_mode::regs(image.entry, cpu, plan.stack_top(cpu)))
+                    .map_err(kvm_err("KVM_SET_REGS"))?;
+                if cpu != 0 {
+                    // With an in-kernel LAPIC, APs wait for INIT/SIPI; in
+                    // this protocol every CPU starts at the entry point.
+                    fd.set_mp_state(kvm_mp_state {
+                        mp_state: KVM_MP_STATE_RUNNABLE,
+                    })
+                    .map_err(kvm_err("KVM_SET_MP_STATE"))?;
+                }
+            }
+            Placement::Multiboot { image, .. } => {
+                // APs keep KVM's reset state and wait for INIT/SIPI.
+                if cpu == 0 {
+                    let sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+                    fd.set_sregs(&multiboot::sregs(sregs, entry.gdt_limit))
+                        .map_err(kvm_err("KVM_SET_SREGS"))?;
+                    fd.set_regs(&multiboot::regs(image.entry, entry.info))
+                        .map_err(kvm_err("KVM_SET_REGS"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
