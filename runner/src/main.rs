@@ -4,6 +4,8 @@ mod bench;
 mod bundled;
 mod cli;
 mod detach;
+#[allow(dead_code)]
+mod results;
 mod run_cmd;
 // Being built up for `ktvmm test` (issue 4); used as the pieces land.
 #[allow(dead_code)]
