@@ -1,6 +1,6 @@
 //! The guests built into the binary, and the bundled suite that runs them.
 
-use crate::suite::{GuestTest, TestKind, TestSpec};
+use crate::suite::{ExitCodes, GuestTest, TestKind, TestSpec};
 
 include!(concat!(env!("OUT_DIR"), "/bundled_guests.rs"));
 
@@ -87,6 +87,7 @@ pub fn suite() -> Vec<TestSpec> {
                 mem_mib: t.mem_mib,
                 append: t.args.to_string(),
                 initrd: None,
+                exit_codes: ExitCodes::Ktvmm,
             }),
             timeout: None,
             groups: vec![t.group.to_string()],

@@ -10,7 +10,7 @@ use crate::console::{self, Console, Verbosity};
 use crate::results::{self, OutputDir};
 use crate::schedule::{self, Job};
 use crate::select::Selection;
-use crate::suite::{TestSpec, discover::discover};
+use crate::suite::{TestSpec, discover::discover, kut};
 use crate::verdict::{RunMeta, TestResult};
 use crate::{bundled, interrupt};
 
@@ -25,7 +25,11 @@ pub fn test(args: TestArgs) -> Result<u8> {
     let tests = if args.paths.is_empty() {
         bundled::suite()
     } else {
-        discover(&args.paths)?
+        let host = kut::Host {
+            cpus: available_cpus() as u32,
+            run_nodefault: !args.groups.is_empty(),
+        };
+        discover(&args.paths, &host)?
     };
     let discovered = tests.len();
     let selection = selection(&args)?;
@@ -82,7 +86,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
         // --until-fail runs a round at a time and stops after a bad one;
         // --repeat alone queues every round at once to keep -j busy.
         let batch = if args.until_fail { 1 } else { rounds };
-        let jobs = jobs(&tests, iteration, batch, &args, &output)?;
+        let jobs = jobs(&tests, iteration, batch, &args, &output);
         let finished = schedule::run(&jobs, &options, &mut console);
         interrupted = finished.interrupted;
         let failed = finished.results.iter().any(|r| r.status.is_failure());
@@ -97,12 +101,9 @@ pub fn test(args: TestArgs) -> Result<u8> {
     }
     console.clear_status();
 
-    let meta = RunMeta::probe(
-        std::env::args().collect(),
-        started_at,
-        started.elapsed(),
-        interrupted,
-    );
+    let mut meta = RunMeta::probe(std::env::args().collect(), started_at);
+    meta.duration = started.elapsed();
+    meta.interrupted = interrupted;
     let written = results::write_all(&output, &meta, &results);
     let not_run = if interrupted {
         round_size.saturating_sub(results.len())
@@ -120,9 +121,9 @@ pub fn test(args: TestArgs) -> Result<u8> {
 
 fn selection(args: &TestArgs) -> Result<Selection> {
     let only = if args.rerun_failed {
-        let previous = OutputDir::previous_results(args.output.as_deref())
+        let failed = results::previous_failures(args.output.as_deref())
             .context("--rerun-failed needs the results of an earlier run")?;
-        Some(results::json::failed_names(&previous)?)
+        Some(failed.into_iter().collect())
     } else {
         None
     };
@@ -142,19 +143,19 @@ fn jobs(
     count: u32,
     args: &TestArgs,
     output: &OutputDir,
-) -> Result<Vec<Job>> {
+) -> Vec<Job> {
     let mut jobs = Vec::with_capacity(tests.len() * count as usize);
     for iteration in first..first.saturating_add(count) {
         for spec in tests {
             jobs.push(Job {
                 spec: spec.clone(),
                 iteration,
-                log: output.log_path(&spec.name, iteration)?,
+                log: output.log_path(&spec.name, iteration),
                 timeout: spec.timeout.unwrap_or(args.timeout),
             });
         }
     }
-    Ok(jobs)
+    jobs
 }
 
 fn available_cpus() -> usize {

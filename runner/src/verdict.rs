@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::suite::ExitCodes;
+
 /// A finished test's status, as `results.json` spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -23,6 +25,16 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the order summaries list them.
+    #[cfg(test)]
+    pub const ALL: [Status; 5] = [
+        Status::Pass,
+        Status::Fail,
+        Status::Skip,
+        Status::Timeout,
+        Status::Error,
+    ];
+
     /// The console's label.
     pub fn label(self) -> &'static str {
         match self {
@@ -141,12 +153,24 @@ pub const GUEST_SKIP: i32 = 77;
 /// Exit code by which a kselftest says it skipped.
 pub const KSELFTEST_SKIP: i32 = 4;
 
+/// kvm-unit-tests' skip code on x86 (77 after QEMU's `(code << 1) | 1`).
+pub const KUT_SKIP: i32 = 77 >> 1;
+/// kvm-unit-tests' `abort()` code on x86.
+pub const KUT_ABORT: i32 = 63;
+
 /// The status of a guest run by `ktvmm run`, and why when it did not pass.
-pub fn guest_status(ending: Ending) -> (Status, Option<String>) {
+pub fn guest_status(ending: Ending, codes: ExitCodes) -> (Status, Option<String>) {
     use ktvmm_vmm::outcome::{EXIT_KVM_ERROR, EXIT_SHUTDOWN, EXIT_TIMEOUT, EXIT_VMM_ERROR};
+    let skip = match codes {
+        ExitCodes::Ktvmm => GUEST_SKIP,
+        ExitCodes::KvmUnitTests => KUT_SKIP,
+    };
     match ending {
         Ending::Exited(0) => (Status::Pass, None),
-        Ending::Exited(GUEST_SKIP) => (Status::Skip, Some("the guest skipped".into())),
+        Ending::Exited(c) if c == skip => (Status::Skip, Some("the guest skipped".into())),
+        Ending::Exited(KUT_ABORT) if codes == ExitCodes::KvmUnitTests => {
+            (Status::Fail, Some("the test called abort()".into()))
+        }
         Ending::Exited(c) if c == i32::from(EXIT_TIMEOUT) => {
             (Status::Timeout, Some("timed out".into()))
         }
@@ -199,27 +223,4 @@ pub fn signal_name(signal: i32) -> String {
         _ => return format!("signal {signal}"),
     };
     name.to_string()
-}
-
-impl RunMeta {
-    /// TEMPORARY STUB.
-    pub fn probe(
-        command_line: Vec<String>,
-        started: std::time::SystemTime,
-        duration: Duration,
-        interrupted: bool,
-    ) -> Self {
-        RunMeta {
-            ktvmm_version: env!("CARGO_PKG_VERSION").into(),
-            command_line,
-            host_kernel: String::new(),
-            kvm_module: String::new(),
-            cpu: String::new(),
-            started_unix: started
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            duration,
-            interrupted,
-        }
-    }
 }

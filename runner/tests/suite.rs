@@ -161,6 +161,26 @@ fn every_outcome_is_reported_and_summarised() {
             .unwrap_or_else(|| panic!("{name} not named in the summary:\n{summary}"));
         assert!(line.contains(".log"), "no log path: {line}");
     }
+    // The machine-readable reports agree with the console.
+    let junit = std::fs::read_to_string(dir.join("out/junit.xml")).unwrap();
+    let doc = roxmltree::Document::parse(&junit).expect("junit.xml is well-formed XML");
+    let cases: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    assert_eq!(cases.len(), 8);
+    let with = |tag: &str| {
+        cases
+            .iter()
+            .filter(|c| c.children().any(|n| n.has_tag_name(tag)))
+            .count()
+    };
+    assert_eq!((with("failure"), with("skipped"), with("error")), (4, 2, 0));
+    let tap = std::fs::read_to_string(dir.join("out/results.tap")).unwrap();
+    assert!(tap.starts_with("TAP version 13\n1..8\n"), "{tap}");
+    assert_eq!(tap.lines().filter(|l| l.starts_with("not ok ")).count(), 4);
+    assert_eq!(tap.lines().filter(|l| l.contains("# SKIP")).count(), 2);
+
     let log = dir.join("out/logs");
     let pass_log = std::fs::read_dir(&log)
         .unwrap()

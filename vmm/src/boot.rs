@@ -98,8 +98,8 @@ pub fn place(
             let cmdline = multiboot::command_line(kernel_name, append);
             boot_plan::check_cmdline(&cmdline)?;
             let reserved = [ReservedRange {
-                range: 0..layout::RESERVED_END,
-                what: "multiboot information and real-mode area",
+                range: multiboot::RESERVED,
+                what: "multiboot information",
             }];
             loader::check_placement(&image.segments, ram.low_end, &reserved).map_err(image_err)?;
             let module = (initrd_len > 0).then(|| multiboot::module_range(&image, initrd_len));

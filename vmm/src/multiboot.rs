@@ -3,9 +3,9 @@
 //! mode with paging off, EAX = 0x2BADB002 and EBX = the multiboot
 //! information (memory sizes and map, command line, the initrd as module 0).
 //!
-//! The information goes where the ELF64 protocol keeps its boot info (the
-//! reserved first MiB, above page 0, which kvm-unit-tests overwrites with its
-//! AP trampoline); the sizes follow QEMU's multiboot loader, which is what
+//! The information goes where the ELF64 protocol keeps its boot info (two
+//! pages above page 0, which kvm-unit-tests overwrites with its AP
+//! trampoline); the sizes follow QEMU's multiboot loader, which is what
 //! kvm-unit-tests was written against (`mem_upper` counts RAM above 1 MiB).
 
 use std::ops::Range;
@@ -48,7 +48,13 @@ const MMAP_ADDR: u64 = INFO_ADDR + 0x100;
 const MODULE_ADDR: u64 = INFO_ADDR + 0x200;
 const LOADER_NAME_ADDR: u64 = INFO_ADDR + 0x280;
 const MODULE_NAME_ADDR: u64 = INFO_ADDR + 0x300;
-const MODULE_NAME_MAX: usize = 0xd00;
+const MODULE_NAME_MAX: usize = 0xc00;
+const GDT_ADDR: u64 = INFO_ADDR + 0xf00;
+
+/// What the VMM writes for a multiboot kernel: the information page and
+/// the command line page. The rest of low memory is the kernel's, so that
+/// real-mode tests can be linked at 0x8000.
+pub const RESERVED: Range<u64> = INFO_ADDR..layout::CMDLINE_ADDR + layout::CMDLINE_MAX as u64;
 const LOADER_NAME: &[u8] = b"ktvmm\0";
 
 /// Start of the EBDA-like hole below 640 KiB that QEMU's map reports.
@@ -297,7 +303,7 @@ pub fn write_gdt(memory: &GuestMemory) -> Result<u16, vm_memory::GuestMemoryErro
     .iter()
     .flat_map(|d: &u64| d.to_le_bytes())
     .collect();
-    memory.write_slice(&gdt, GuestAddress(layout::GDT_ADDR))?;
+    memory.write_slice(&gdt, GuestAddress(GDT_ADDR))?;
     Ok(gdt.len() as u16 - 1)
 }
 
@@ -319,7 +325,7 @@ pub fn sregs(mut sregs: kvm_sregs, gdt_limit: u16) -> kvm_sregs {
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    sregs.gdt.base = layout::GDT_ADDR;
+    sregs.gdt.base = GDT_ADDR;
     sregs.gdt.limit = gdt_limit;
     sregs.idt.base = 0;
     sregs.idt.limit = 0;

@@ -12,9 +12,10 @@ use std::time::Duration;
 use crate::suite::{TestKind, TestSpec};
 use crate::verdict::Ending;
 
-/// The command that runs `spec`; `ktvmm` is this binary, which boots guests.
-pub fn command(spec: &TestSpec, ktvmm: &Path, timeout: Duration) -> Command {
-    match &spec.kind {
+/// The command that runs `spec` (none for a test the suite skips); `ktvmm`
+/// is this binary, which boots guests.
+pub fn command(spec: &TestSpec, ktvmm: &Path, timeout: Duration) -> Option<Command> {
+    Some(match &spec.kind {
         TestKind::Guest(g) => {
             let mut cmd = Command::new(ktvmm);
             cmd.arg("run")
@@ -30,6 +31,7 @@ pub fn command(spec: &TestSpec, ktvmm: &Path, timeout: Duration) -> Command {
             }
             cmd
         }
+        TestKind::Skip(_) => return None,
         TestKind::Exec(e) => {
             let mut cmd = Command::new(&e.path);
             cmd.args(&e.args);
@@ -39,7 +41,7 @@ pub fn command(spec: &TestSpec, ktvmm: &Path, timeout: Duration) -> Command {
             }
             cmd
         }
-    }
+    })
 }
 
 /// A started test process.

@@ -92,13 +92,19 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
         while !interrupted && slots.len() < options.jobs.max(1) && next < jobs.len() {
             let job = &jobs[next];
             observer.started(job);
-            let cmd = child::command(&job.spec, &options.ktvmm, job.timeout);
+            let Some(cmd) = child::command(&job.spec, &options.ktvmm, job.timeout) else {
+                let result = skipped(job);
+                observer.finished(job, &result);
+                results[next] = Some(result);
+                next += 1;
+                continue;
+            };
             match Running::spawn(cmd, &job.log, done_tx.clone(), next) {
                 Ok(running) => {
                     let started = Instant::now();
                     let limit = match job.spec.kind {
                         TestKind::Guest(_) => job.timeout + GUEST_BACKSTOP,
-                        TestKind::Exec(_) => job.timeout,
+                        TestKind::Exec(_) | TestKind::Skip(_) => job.timeout,
                     };
                     slots.insert(
                         next,
@@ -193,9 +199,9 @@ fn finish(job: &Job, slot: Slot) -> TestResult {
     let log_text = std::fs::read(&job.log)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
-    let (status, mut reason) = match job.spec.kind {
-        TestKind::Guest(_) => verdict::guest_status(ending),
-        TestKind::Exec(_) => verdict::exec_status(ending),
+    let (status, mut reason) = match &job.spec.kind {
+        TestKind::Guest(g) => verdict::guest_status(ending, g.exit_codes),
+        TestKind::Exec(_) | TestKind::Skip(_) => verdict::exec_status(ending),
     };
     if status == Status::Timeout {
         reason = Some(format!("timed out after {} s", job.timeout.as_secs_f64()));
@@ -223,7 +229,7 @@ fn finish(job: &Job, slot: Slot) -> TestResult {
 
 fn cannot_start(job: &Job, error: &std::io::Error) -> TestResult {
     let what = match &job.spec.kind {
-        TestKind::Guest(_) => "ktvmm".to_string(),
+        TestKind::Guest(_) | TestKind::Skip(_) => "ktvmm".to_string(),
         TestKind::Exec(e) => e.path.display().to_string(),
     };
     let message = format!("cannot start {what}: {error}");
@@ -234,6 +240,24 @@ fn cannot_start(job: &Job, error: &std::io::Error) -> TestResult {
         duration: Duration::ZERO,
         exit_code: None,
         reason: Some(message),
+        log: job.log.clone(),
+        subtests: None,
+        iteration: job.iteration,
+    }
+}
+
+fn skipped(job: &Job) -> TestResult {
+    let reason = match &job.spec.kind {
+        TestKind::Skip(reason) => reason.as_str(),
+        _ => "skipped",
+    };
+    let _ = std::fs::write(&job.log, format!("SKIP: {reason}\n"));
+    TestResult {
+        name: job.spec.name.clone(),
+        status: Status::Skip,
+        duration: Duration::ZERO,
+        exit_code: None,
+        reason: Some(reason.to_string()),
         log: job.log.clone(),
         subtests: None,
         iteration: job.iteration,

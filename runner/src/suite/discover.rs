@@ -9,31 +9,29 @@ use std::path::{Path, PathBuf};
 use ktvmm_vmm::loader::is_guest_kernel;
 
 use super::file::{self, is_suite_file, stem};
+use super::kut;
 use super::{ExecTest, GuestTest, SuiteError, TestKind, TestSpec};
 
 /// Every test the paths define, in command-line order; names unique.
-pub fn discover(paths: &[PathBuf]) -> Result<Vec<TestSpec>, SuiteError> {
+pub fn discover(paths: &[PathBuf], host: &kut::Host) -> Result<Vec<TestSpec>, SuiteError> {
     let mut tests = Vec::new();
     for path in paths {
-        tests.extend(from_path(path)?);
+        tests.extend(from_path(path, host)?);
     }
     check_unique(&tests)?;
     Ok(tests)
 }
 
-fn from_path(path: &Path) -> Result<Vec<TestSpec>, SuiteError> {
+fn from_path(path: &Path, host: &kut::Host) -> Result<Vec<TestSpec>, SuiteError> {
     let meta = fs::metadata(path).map_err(|e| path_error(path, e.to_string()))?;
     if meta.is_dir() {
-        return from_dir(path);
+        return from_dir(path, host);
     }
     if is_suite_file(path) || path.extension().is_some_and(|e| e == "toml") {
         return file::load(path);
     }
-    if path.file_name().is_some_and(|n| n == "unittests.cfg") {
-        return Err(path_error(
-            path,
-            "kvm-unit-tests' unittests.cfg is not supported yet".into(),
-        ));
+    if kut::is_unittests_cfg(path) {
+        return kut::load(path, host);
     }
     match classify(path)? {
         Some(kind) => Ok(vec![plain(path, stem(path), kind)]),
@@ -44,17 +42,25 @@ fn from_path(path: &Path) -> Result<Vec<TestSpec>, SuiteError> {
     }
 }
 
-/// A directory is searched for suite files; without any, every guest and
-/// executable in it is a test named by its path in the directory.
-fn from_dir(dir: &Path) -> Result<Vec<TestSpec>, SuiteError> {
+/// A directory is searched for suite files and kvm-unit-tests'
+/// `unittests.cfg`; without any, every guest and executable in it is a test
+/// named by its path in the directory.
+fn from_dir(dir: &Path, host: &kut::Host) -> Result<Vec<TestSpec>, SuiteError> {
     let mut files = Vec::new();
     walk(dir, &mut files)?;
     files.sort();
-    let suites: Vec<&PathBuf> = files.iter().filter(|f| is_suite_file(f)).collect();
+    let suites: Vec<&PathBuf> = files
+        .iter()
+        .filter(|f| is_suite_file(f) || kut::is_unittests_cfg(f))
+        .collect();
     if !suites.is_empty() {
         let mut tests = Vec::new();
         for suite in suites {
-            tests.extend(file::load(suite)?);
+            if kut::is_unittests_cfg(suite) {
+                tests.extend(kut::load(suite, host)?);
+            } else {
+                tests.extend(file::load(suite)?);
+            }
         }
         return Ok(tests);
     }
@@ -159,6 +165,11 @@ mod tests {
     use super::*;
     use ktvmm_vmm::test_images::{elf64, exit_with};
 
+    const HOST: kut::Host = kut::Host {
+        cpus: 2,
+        run_nodefault: false,
+    };
+
     fn scratch(name: &str) -> PathBuf {
         let dir =
             std::env::temp_dir().join(format!("ktvmm-discover-{}-{name}", std::process::id()));
@@ -185,7 +196,7 @@ mod tests {
         executable(&d.join("x86/tool"), "#!/bin/sh\nexit 0\n");
         executable(&d.join(".git/hook"), "#!/bin/sh\n");
         fs::write(d.join("notes.txt"), "not a test").unwrap();
-        let tests = discover(std::slice::from_ref(&d)).unwrap();
+        let tests = discover(std::slice::from_ref(&d), &HOST).unwrap();
         assert_eq!(names(&tests), ["a", "x86/tool"]);
         assert!(matches!(tests[0].kind, TestKind::Guest(_)));
         assert!(matches!(tests[1].kind, TestKind::Exec(_)));
@@ -206,24 +217,30 @@ mod tests {
             "[[test]]\nname = \"two\"\nguest = \"g.elf\"\n",
         )
         .unwrap();
-        assert_eq!(names(&discover(&[d]).unwrap()), ["two", "one"]);
+        assert_eq!(names(&discover(&[d], &HOST).unwrap()), ["two", "one"]);
     }
 
     #[test]
     fn bad_paths_are_named() {
         let d = scratch("bad");
-        let err = discover(&[d.join("missing")]).unwrap_err().to_string();
-        assert!(err.contains("missing"), "{err}");
-        fs::write(d.join("notes.txt"), "x").unwrap();
-        let err = discover(&[d.join("notes.txt")]).unwrap_err().to_string();
-        assert!(err.contains("notes.txt: neither"), "{err}");
-        let err = discover(std::slice::from_ref(&d)).unwrap_err().to_string();
-        assert!(err.contains("no suite files"), "{err}");
-        fs::write(d.join("unittests.cfg"), "[x]\n").unwrap();
-        let err = discover(&[d.join("unittests.cfg")])
+        let err = discover(&[d.join("missing")], &HOST)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("not supported yet"), "{err}");
+        assert!(err.contains("missing"), "{err}");
+        fs::write(d.join("notes.txt"), "x").unwrap();
+        let err = discover(&[d.join("notes.txt")], &HOST)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("notes.txt: neither"), "{err}");
+        let err = discover(std::slice::from_ref(&d), &HOST)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no suite files"), "{err}");
+        fs::write(d.join("unittests.cfg"), "[x]\n").unwrap();
+        let err = discover(&[d.join("unittests.cfg")], &HOST)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unittests.cfg:1: [x] has no `file`"), "{err}");
     }
 
     #[test]
@@ -232,7 +249,7 @@ mod tests {
         fs::create_dir_all(d.join("b")).unwrap();
         fs::write(d.join("t.elf"), elf64(0x10_0000, &exit_with(0), 0)).unwrap();
         fs::write(d.join("b/t.elf"), elf64(0x10_0000, &exit_with(0), 0)).unwrap();
-        let err = discover(&[d.join("t.elf"), d.join("b/t.elf")])
+        let err = discover(&[d.join("t.elf"), d.join("b/t.elf")], &HOST)
             .unwrap_err()
             .to_string();
         assert!(err.contains("two tests are named 't'"), "{err}");

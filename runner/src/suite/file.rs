@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ExecTest, GuestTest, SuiteError, TestKind, TestSpec};
+use super::{ExecTest, ExitCodes, GuestTest, SuiteError, TestKind, TestSpec};
 use crate::bundled;
 use crate::cli::parse_mem_mib;
 
@@ -210,6 +210,7 @@ fn test(
                 .map(|i| existing_file(base, &i, "initrd"))
                 .transpose()?;
             let kind = TestKind::Guest(GuestTest {
+                exit_codes: ExitCodes::for_guest(&guest),
                 guest,
                 smp,
                 mem_mib,

@@ -3,6 +3,7 @@
 
 pub mod discover;
 pub mod file;
+pub mod kut;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,6 +30,9 @@ pub enum TestKind {
     Guest(GuestTest),
     /// A host executable (kselftest convention: 0 pass, 4 skip).
     Exec(ExecTest),
+    /// Not run: the suite says why (wrong arch, a check that fails, an
+    /// option ktvmm cannot honour). Reported as a skip with the reason.
+    Skip(String),
 }
 
 /// A guest and the VM it needs.
@@ -44,6 +48,19 @@ pub struct GuestTest {
     pub append: String,
     /// A file passed as the initrd.
     pub initrd: Option<PathBuf>,
+    /// How its exit code reads.
+    pub exit_codes: ExitCodes,
+}
+
+/// Guests' exit-code conventions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitCodes {
+    /// ktvmm's (and the kvm-unit-tests report convention): 0 pass, 77 skip.
+    Ktvmm,
+    /// kvm-unit-tests x86 binaries, written for QEMU's isa-debug-exit,
+    /// which reports `(code << 1) | 1`: they write 0 to pass, 1 to fail,
+    /// 77 >> 1 = 38 to skip, and 63 from `abort()`.
+    KvmUnitTests,
 }
 
 /// A host program with its arguments and environment.
@@ -59,11 +76,25 @@ pub struct ExecTest {
     pub cwd: Option<PathBuf>,
 }
 
+impl ExitCodes {
+    /// kvm-unit-tests' `.flat` files speak its convention; other guests
+    /// ktvmm's.
+    pub fn for_guest(guest: &str) -> Self {
+        if guest.ends_with(".flat") {
+            ExitCodes::KvmUnitTests
+        } else {
+            ExitCodes::Ktvmm
+        }
+    }
+}
+
 impl GuestTest {
     /// A guest with ktvmm's defaults (1 vCPU, 128 MiB, no arguments).
     pub fn new(guest: impl Into<String>) -> Self {
+        let guest = guest.into();
         GuestTest {
-            guest: guest.into(),
+            exit_codes: ExitCodes::for_guest(&guest),
+            guest,
             smp: 1,
             mem_mib: 128,
             append: String::new(),

@@ -1,0 +1,563 @@
+//! kvm-unit-tests' `unittests.cfg`, read the way KUT's `run_tests.sh`
+//! reads it (`scripts/common.bash`, `scripts/runtime.bash`): one section per
+//! test, the `.flat` files next to the cfg file, default timeout 90 s.
+//!
+//! What KUT's scripts skip, ktvmm skips with the same reason (another arch,
+//! a `check` that does not hold, `nodefault` groups, a missing `.flat`), and
+//! so it does for QEMU options it cannot honour: never a silent pass.
+
+use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{ExitCodes, GuestTest, SuiteError, TestKind, TestSpec};
+use crate::cli::{parse_mem_mib, parse_seconds};
+
+/// KUT's default per-test limit.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
+/// The architecture ktvmm runs (KUT's `$ARCH`).
+const ARCH: &str = "x86_64";
+/// Devices every ktvmm VM has, so `-device` asking for them is honoured.
+const BUILT_IN_DEVICES: [&str; 4] = ["pci-testdev", "pc-testdev", "isa-debug-exit", "edu"];
+/// CPU models ktvmm can give (the CPUID KVM supports is what QEMU's `max`
+/// and `host` give under KVM).
+const CPU_MODELS: [&str; 2] = ["host", "max"];
+
+/// Whether `path` is a kvm-unit-tests test list.
+pub fn is_unittests_cfg(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n == "unittests.cfg")
+}
+
+/// One section of the file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// The section name: the test's name.
+    pub name: String,
+    /// Line of the `[name]` header.
+    pub line: usize,
+    /// `file`.
+    pub file: String,
+    /// `smp`.
+    pub smp: Option<String>,
+    /// `test_args`, as written (shell quoting included).
+    pub test_args: String,
+    /// `qemu_params` / `extra_params`.
+    pub qemu_params: String,
+    /// `groups`, split.
+    pub groups: Vec<String>,
+    /// `arch`.
+    pub arch: String,
+    /// `accel`.
+    pub accel: String,
+    /// `timeout`, as written.
+    pub timeout: String,
+    /// `check`, as written.
+    pub check: String,
+    /// `disabled_if`, a bash condition.
+    pub disabled_if: String,
+}
+
+/// Reads the cfg file's sections.
+pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, SuiteError> {
+    let err = |line: usize, message: String| SuiteError::Line {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
+    while let Some((number, raw)) = lines.next() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            if let Some(first) = entries.iter().find(|e| e.name == name) {
+                return Err(err(
+                    number,
+                    format!("[{name}] is already defined on line {}", first.line),
+                ));
+            }
+            entries.push(Entry {
+                name: name.to_string(),
+                line: number,
+                ..Entry::default()
+            });
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(err(
+                number,
+                format!("expected `key = value` or `[name]`, found {line:?}"),
+            ));
+        };
+        let (key, mut value) = (key.trim(), value.trim().to_string());
+        let Some(entry) = entries.last_mut() else {
+            return Err(err(
+                number,
+                format!("`{key}` comes before any [test] section"),
+            ));
+        };
+        if let Some(first) = value.strip_prefix("\"\"\"") {
+            // A multi-line value, up to the closing triple quote.
+            let mut joined = first.to_string();
+            loop {
+                if let Some(done) = joined.trim_end().strip_suffix("\"\"\"") {
+                    value = done.to_string();
+                    break;
+                }
+                let Some((_, next)) = lines.next() else {
+                    return Err(err(number, format!("`{key}`: no closing \"\"\"")));
+                };
+                joined = match joined.strip_suffix('\\') {
+                    Some(continued) => continued.to_string() + next,
+                    None => joined + "\n" + next,
+                };
+            }
+        }
+        match key {
+            "file" => entry.file = value,
+            "smp" => entry.smp = Some(value),
+            "test_args" => entry.test_args = value,
+            "qemu_params" | "extra_params" => entry.qemu_params = value,
+            "groups" => entry.groups = value.split_whitespace().map(str::to_string).collect(),
+            "arch" => entry.arch = value,
+            "accel" => entry.accel = value,
+            "timeout" => entry.timeout = value,
+            "check" => entry.check = value,
+            "disabled_if" => entry.disabled_if = value,
+            // Keys for other VMMs and machines KUT supports.
+            "machine" | "kvmtool_params" => {}
+            other => return Err(err(number, format!("unknown key `{other}`"))),
+        }
+    }
+    for entry in &entries {
+        if entry.file.is_empty() {
+            return Err(err(entry.line, format!("[{}] has no `file`", entry.name)));
+        }
+    }
+    Ok(entries)
+}
+
+/// How a cfg entry becomes a test: the host facts it depends on.
+pub struct Host {
+    /// `$MAX_SMP`: the host's CPU count.
+    pub cpus: u32,
+    /// Run `nodefault` tests (a group was selected with `-g`).
+    pub run_nodefault: bool,
+}
+
+/// Reads `path` and turns its entries into tests.
+pub fn load(path: &Path, host: &Host) -> Result<Vec<TestSpec>, SuiteError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SuiteError::Read {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    parse(path, &text)?
+        .into_iter()
+        .map(|entry| {
+            spec(&entry, dir, path, host).map_err(|message| SuiteError::Line {
+                path: path.to_path_buf(),
+                line: entry.line,
+                message: format!("[{}]: {message}", entry.name),
+            })
+        })
+        .collect()
+}
+
+fn spec(entry: &Entry, dir: &Path, source: &Path, host: &Host) -> Result<TestSpec, String> {
+    let timeout = if entry.timeout.is_empty() {
+        DEFAULT_TIMEOUT
+    } else {
+        kut_duration(&entry.timeout)?
+    };
+    let kind = match skip_reason(entry, dir, host)? {
+        Some(reason) => TestKind::Skip(reason),
+        None => guest(entry, dir, host)?,
+    };
+    Ok(TestSpec {
+        name: entry.name.clone(),
+        kind,
+        timeout: Some(timeout),
+        groups: entry.groups.clone(),
+        source: source.to_path_buf(),
+    })
+}
+
+/// KUT's reasons to skip, in its order, then ktvmm's own.
+fn skip_reason(entry: &Entry, dir: &Path, host: &Host) -> Result<Option<String>, String> {
+    let has_group = |g: &str| entry.groups.iter().any(|x| x == g);
+    if has_group("nodefault") && !host.run_nodefault {
+        return Ok(Some(
+            "test marked as manual run only (group nodefault; select it with -g)".into(),
+        ));
+    }
+    if !entry.arch.is_empty() && entry.arch != ARCH {
+        return Ok(Some(format!("{} only", entry.arch)));
+    }
+    if !entry.accel.is_empty() && entry.accel != "kvm" {
+        return Ok(Some(format!("{} only, but ktvmm is KVM", entry.accel)));
+    }
+    if !entry.disabled_if.is_empty() && bash_true(&entry.disabled_if) {
+        return Ok(Some(format!("disabled because: {}", entry.disabled_if)));
+    }
+    for check in entry.check.split_whitespace() {
+        let (path, value) = check.split_once('=').unwrap_or((check, ""));
+        let actual = std::fs::read_to_string(path).ok();
+        if actual.as_deref().map(str::trim_end) != Some(value) {
+            return Ok(Some(format!("{path} not equal to {value}")));
+        }
+    }
+    if !dir.join(&entry.file).is_file() {
+        return Ok(Some(format!(
+            "Test file '{}' not found",
+            dir.join(&entry.file).display()
+        )));
+    }
+    if has_group("migration") {
+        return Ok(Some("migration is not supported by ktvmm".into()));
+    }
+    if has_group("panic") {
+        return Ok(Some("the pvpanic device is not supported by ktvmm".into()));
+    }
+    let qemu = QemuParams::parse(&entry.qemu_params)?;
+    if let Some(option) = qemu.unsupported.first() {
+        return Ok(Some(format!(
+            "QEMU option {option} is not supported by ktvmm"
+        )));
+    }
+    Ok(None)
+}
+
+fn guest(entry: &Entry, dir: &Path, host: &Host) -> Result<TestKind, String> {
+    let qemu = QemuParams::parse(&entry.qemu_params)?;
+    let smp = match (&qemu.smp, &entry.smp) {
+        (Some(n), _) => *n,
+        (None, Some(text)) => parse_smp(text, host.cpus)?,
+        (None, None) => 1,
+    };
+    let args = shell_words(&entry.test_args)?.join(" ");
+    Ok(TestKind::Guest(GuestTest {
+        guest: dir.join(&entry.file).display().to_string(),
+        smp,
+        mem_mib: qemu.mem_mib.unwrap_or(GuestTest::new("").mem_mib),
+        append: args,
+        initrd: None,
+        exit_codes: ExitCodes::KvmUnitTests,
+    }))
+}
+
+fn parse_smp(text: &str, max: u32) -> Result<u32, String> {
+    match text.trim() {
+        "$MAX_SMP" => Ok(max.max(1)),
+        t => t
+            .parse::<u32>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("smp = {t} is not a CPU count")),
+    }
+}
+
+/// `90`, `90s`, `2m`, `1h` (the `timeout` command's spelling).
+fn kut_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, scale) = match text.chars().last() {
+        Some('m') => (&text[..text.len() - 1], 60.0),
+        Some('h') => (&text[..text.len() - 1], 3600.0),
+        Some('d') => (&text[..text.len() - 1], 86400.0),
+        _ => (text, 1.0),
+    };
+    let seconds =
+        parse_seconds(number).map_err(|_| format!("timeout = {text} is not a duration"))?;
+    Ok(seconds.mul_f64(scale))
+}
+
+/// What ktvmm makes of a test's QEMU options.
+#[derive(Debug, Default, PartialEq)]
+struct QemuParams {
+    smp: Option<u32>,
+    mem_mib: Option<u64>,
+    unsupported: Vec<String>,
+}
+
+impl QemuParams {
+    fn parse(text: &str) -> Result<Self, String> {
+        let words = shell_words(text)?;
+        let mut params = QemuParams::default();
+        let mut words = words.iter().map(String::as_str).peekable();
+        while let Some(word) = words.next() {
+            let option = word.trim_start_matches('-');
+            let mut value = || {
+                words
+                    .next()
+                    .ok_or_else(|| format!("QEMU option {word} needs a value"))
+            };
+            match option {
+                "enable-kvm" | "nodefaults" | "no-reboot" | "nographic" => {}
+                "m" => {
+                    let v = value()?;
+                    let size = v.split(',').next().unwrap_or(v);
+                    let size = size.strip_prefix("size=").unwrap_or(size);
+                    params.mem_mib = Some(parse_mem_mib(size)?);
+                }
+                "smp" => {
+                    let v = value()?;
+                    let n = v.split(',').next().unwrap_or(v);
+                    params.smp = Some(parse_smp(n.strip_prefix("cpus=").unwrap_or(n), 1)?);
+                }
+                "cpu" => {
+                    let v = value()?;
+                    let model = v.split(',').next().unwrap_or(v);
+                    if !CPU_MODELS.contains(&model) || v.contains(',') {
+                        params.unsupported.push(format!("-cpu {v}"));
+                    }
+                }
+                "device" => {
+                    let v = value()?;
+                    let device = v.split(',').next().unwrap_or(v);
+                    if !BUILT_IN_DEVICES.contains(&device) {
+                        params.unsupported.push(format!("-device {v}"));
+                    }
+                }
+                "machine" | "M" => {
+                    let v = value()?;
+                    if v.split(',').any(|p| p != "accel=kvm" && p != "pc") {
+                        params.unsupported.push(format!("-{option} {v}"));
+                    }
+                }
+                _ => {
+                    // An unknown option's value goes with it into the reason.
+                    let value = words.next_if(|w| !w.starts_with('-'));
+                    params
+                        .unsupported
+                        .push(value.map_or_else(|| word.to_string(), |v| format!("{word} {v}")));
+                }
+            }
+        }
+        Ok(params)
+    }
+}
+
+/// Splits like a POSIX shell (quotes and backslashes; no expansion).
+fn shell_words(text: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if let Some(w) = word.take() {
+                    words.push(w);
+                }
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err(format!("unclosed ' in {text:?}")),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => w.extend(chars.next()),
+                        Some(c) => w.push(c),
+                        None => return Err(format!("unclosed \" in {text:?}")),
+                    }
+                }
+            }
+            '\\' => word.get_or_insert_with(String::new).extend(chars.next()),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Ok(words)
+}
+
+fn bash_true(condition: &str) -> bool {
+    std::process::Command::new("bash")
+        .args(["-c", condition])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: &str = r#"
+##############
+# a comment
+[x2apic]
+file = apic.flat
+smp = 2
+qemu_params = -cpu qemu64,+x2apic,+tsc-deadline
+arch = x86_64
+timeout = 30
+groups = apic
+
+[vmexit_cpuid]
+file = vmexit.flat
+test_args = 'cpuid'
+groups = vmexit
+
+[cmpxchg8b]
+file = cmpxchg8b.flat
+arch = i386
+
+[big]
+file = vmexit.flat
+smp = $MAX_SMP
+qemu_params = """-m 2048
+  -enable-kvm"""
+timeout = 2m
+
+[manual]
+file = vmexit.flat
+groups = vmx nodefault
+
+[checked]
+file = vmexit.flat
+check = /nonexistent/param=Y
+
+[tcg]
+file = vmexit.flat
+accel = tcg
+
+[pvpanic]
+file = vmexit.flat
+groups = panic
+"#;
+
+    fn dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ktvmm-kut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["apic.flat", "vmexit.flat"] {
+            std::fs::write(dir.join(f), b"").unwrap();
+        }
+        dir
+    }
+
+    fn specs(run_nodefault: bool) -> Vec<TestSpec> {
+        let dir = dir();
+        let cfg = dir.join("unittests.cfg");
+        std::fs::write(&cfg, CFG).unwrap();
+        load(
+            &cfg,
+            &Host {
+                cpus: 8,
+                run_nodefault,
+            },
+        )
+        .unwrap()
+    }
+
+    fn skip_of(specs: &[TestSpec], name: &str) -> Option<String> {
+        match &specs.iter().find(|s| s.name == name).unwrap().kind {
+            TestKind::Skip(reason) => Some(reason.clone()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn entries_become_tests_like_run_tests_sh_makes_them() {
+        let specs = specs(false);
+        assert_eq!(specs.len(), 8);
+        let cpuid = specs.iter().find(|s| s.name == "vmexit_cpuid").unwrap();
+        assert_eq!(cpuid.timeout, Some(Duration::from_secs(90)));
+        assert_eq!(cpuid.groups, ["vmexit"]);
+        let TestKind::Guest(g) = &cpuid.kind else {
+            panic!("{cpuid:?}")
+        };
+        assert_eq!((g.smp, g.append.as_str()), (1, "cpuid"));
+        assert_eq!(g.exit_codes, ExitCodes::KvmUnitTests);
+        assert!(g.guest.ends_with("vmexit.flat"));
+
+        let big = specs.iter().find(|s| s.name == "big").unwrap();
+        assert_eq!(big.timeout, Some(Duration::from_secs(120)));
+        let TestKind::Guest(g) = &big.kind else {
+            panic!("{big:?}")
+        };
+        assert_eq!((g.smp, g.mem_mib), (8, 2048));
+    }
+
+    #[test]
+    fn what_kut_skips_is_skipped_with_its_reason() {
+        let all = specs(false);
+        assert_eq!(skip_of(&all, "cmpxchg8b").unwrap(), "i386 only");
+        assert!(skip_of(&all, "manual").unwrap().contains("manual run only"));
+        assert!(skip_of(&all, "checked").unwrap().contains("not equal to Y"));
+        assert!(skip_of(&all, "tcg").unwrap().contains("tcg only"));
+        assert!(skip_of(&all, "pvpanic").unwrap().contains("pvpanic"));
+        assert!(
+            skip_of(&all, "x2apic")
+                .unwrap()
+                .contains("-cpu qemu64,+x2apic")
+        );
+        assert_eq!(skip_of(&all, "vmexit_cpuid"), None);
+        assert_eq!(skip_of(&specs(true), "manual"), None);
+    }
+
+    #[test]
+    fn bad_lines_are_named() {
+        let path = Path::new("x86/unittests.cfg");
+        let cases = [
+            ("file = a.flat\n", 1, "before any"),
+            ("[a]\nfile = a.flat\nbogus = 1\n", 3, "unknown key"),
+            ("[a]\nfile = a.flat\nwhat is this\n", 3, "key = value"),
+            ("[a]\nsmp = 2\n", 1, "no `file`"),
+            (
+                "[a]\nfile = a.flat\n[a]\nfile = b.flat\n",
+                3,
+                "already defined",
+            ),
+            (
+                "[a]\nfile = a.flat\nqemu_params = \"\"\"-m 1\n",
+                3,
+                "closing",
+            ),
+        ];
+        for (text, line, needle) in cases {
+            let err = parse(path, text).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("x86/unittests.cfg:{line}:")),
+                "{err}"
+            );
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn qemu_options() {
+        let p = QemuParams::parse("-cpu max -m 4g -smp 3 -enable-kvm -device pci-testdev").unwrap();
+        assert_eq!(p.mem_mib, Some(4096));
+        assert_eq!(p.smp, Some(3));
+        assert!(p.unsupported.is_empty(), "{p:?}");
+        let p = QemuParams::parse("-machine pit=off -device intel-iommu -overcommit cpu-pm=on")
+            .unwrap();
+        assert_eq!(p.unsupported.len(), 3, "{p:?}");
+        assert!(QemuParams::parse("-m").is_err());
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(
+            shell_words("'a b' c\\ d \"e\\\"f\"").unwrap(),
+            ["a b", "c d", "e\"f"]
+        );
+        assert!(shell_words("'open").is_err());
+        assert_eq!(kut_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(kut_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(kut_duration("soon").is_err());
+    }
+}
