@@ -10,6 +10,7 @@ use kvm_bindings::{KVM_MP_STATE_RUNNABLE, kvm_fpu, kvm_mp_state};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::acpi;
 use crate::boot_plan::{self, BootPlan, PlanError};
 use crate::loader::{self, Elf64Image, LoadError, ReservedRange};
 use crate::long_mode;
@@ -97,10 +98,16 @@ pub fn place(
         Kernel::Multiboot(image) => {
             let cmdline = multiboot::command_line(kernel_name, append);
             boot_plan::check_cmdline(&cmdline)?;
-            let reserved = [ReservedRange {
-                range: multiboot::RESERVED,
-                what: "multiboot information",
-            }];
+            let reserved = [
+                ReservedRange {
+                    range: multiboot::RESERVED,
+                    what: "multiboot information",
+                },
+                ReservedRange {
+                    range: acpi::BASE..acpi::END,
+                    what: "ACPI tables",
+                },
+            ];
             loader::check_placement(&image.segments, ram.low_end, &reserved).map_err(image_err)?;
             let module = (initrd_len > 0).then(|| multiboot::module_range(&image, initrd_len));
             if module.as_ref().is_some_and(|m| m.end > ram.low_end) {
@@ -149,6 +156,7 @@ impl Placement {
                 .write_slice(bytes, GuestAddress(at))
                 .map_err(mem_err("the initrd"))?;
         }
+        acpi::write_tables(memory, cpus).map_err(mem_err("ACPI tables"))?;
         match self {
             Placement::Elf64 {
                 image,

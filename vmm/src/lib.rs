@@ -2,6 +2,7 @@
 //! [`Outcome`]. It knows nothing about test suites.
 #![warn(missing_docs)]
 
+pub mod acpi;
 pub mod boot;
 pub mod boot_plan;
 pub mod bus;

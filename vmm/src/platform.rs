@@ -18,6 +18,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::bus::SharedDevice;
 use crate::devices::fw_cfg::{self, FwCfg};
 use crate::devices::links::{DeviceThread, GuestDma, GuestPages, KvmIrqLine, KvmMsi};
+use crate::devices::pm_timer::{self, PmTimer};
 use crate::devices::serial::{Console, IrqLine, PostfixOutput, SerialDevice, UART_PORTS};
 use crate::memory::GuestMemory;
 use crate::pci::{self, HostBridge, PciConfigIo, PciRoot};
@@ -93,6 +94,13 @@ impl Platform {
             Arc::new(Mutex::new(FwCfg::new(machine.ram_bytes, machine.cpus))),
             u64::from(ports::FW_CFG),
             fw_cfg::LEN,
+        )?;
+        place(
+            &buses.pio,
+            "ACPI PM timer",
+            Arc::new(Mutex::new(PmTimer::new())),
+            u64::from(ports::PM_TIMER),
+            pm_timer::LEN,
         )?;
 
         let pci = PciRoot::new(Arc::downgrade(&buses), vm.clone());

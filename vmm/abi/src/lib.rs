@@ -102,6 +102,10 @@ pub mod ports {
     pub const PCI_CONFIG_ADDRESS: u16 = 0xcf8;
     /// fw_cfg selector (16-bit); the data port follows at +1.
     pub const FW_CFG: u16 = 0x510;
+    /// ACPI PM1a event block (PIIX4's base, as QEMU places it).
+    pub const PM_BASE: u16 = 0x600;
+    /// ACPI PM timer.
+    pub const PM_TIMER: u16 = PM_BASE + 8;
     /// PCI configuration mechanism #1: data window (0xcfc-0xcff).
     pub const PCI_CONFIG_DATA: u16 = 0xcfc;
 }

@@ -2,4 +2,5 @@
 
 pub mod fw_cfg;
 pub mod links;
+pub mod pm_timer;
 pub mod serial;
