@@ -69,6 +69,7 @@ pub const SUITE: &[BundledTest] = &[
     ),
     test("serial-testdev", "serial-testdev", 1, "code=0", "devices"),
     test("pci-enum", "pci-enum", 1, "", "devices"),
+    test("pci-hostile", "pci-hostile", 1, "", "devices"),
     test("pci-testdev", "pci-testdev", 1, "", "devices"),
     test("pc-testdev", "pc-testdev", 2, "", "devices"),
     test("edu", "edu", 2, "", "devices"),

@@ -34,6 +34,10 @@ pub enum BusError {
     },
 }
 
+/// Part of an access: its bytes, and the device and offset they go to
+/// (`None`: nothing decodes them).
+type Piece = (std::ops::Range<usize>, Option<(SharedDevice, u64)>);
+
 struct Window {
     len: u64,
     device: SharedDevice,
@@ -91,32 +95,86 @@ impl Bus {
         (end <= window.len).then(|| (window.device.clone(), offset))
     }
 
-    /// A guest read. Unclaimed addresses read as all-ones, as on a PC bus
-    /// with nothing behind it; returns whether a device answered.
-    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        match self.resolve(addr, data.len()) {
-            Some((device, offset)) => {
-                data.fill(0);
-                lock(&device).read(offset, data);
-                true
-            }
-            None => {
-                log::debug!("unclaimed read of {} bytes at {addr:#x}", data.len());
-                data.fill(0xff);
-                false
-            }
+    /// An access that does not fit one window, cut where windows begin and
+    /// end, as QEMU's memory core cuts it: each piece is `(bytes of the
+    /// access, device and offset)` or `(bytes, None)` where nothing decodes.
+    fn split(&self, addr: u64, size: usize) -> Vec<Piece> {
+        let windows = self.windows.read().unwrap_or_else(|p| p.into_inner());
+        let mut pieces = Vec::new();
+        let mut done = 0;
+        while done < size {
+            let Some(at) = addr.checked_add(done as u64) else {
+                // Past the top of the address space: nothing decodes.
+                pieces.push((done..size, None));
+                break;
+            };
+            let left = (size - done) as u64;
+            let inside = windows
+                .range(..=at)
+                .next_back()
+                .filter(|(base, w)| at - **base < w.len);
+            let (len, target) = match inside {
+                Some((&base, w)) => {
+                    let len = left.min(w.len - (at - base));
+                    (len, Some((w.device.clone(), at - base)))
+                }
+                None => {
+                    let next = windows.range(at..).next().map(|(&b, _)| b - at);
+                    (next.map_or(left, |n| n.min(left)), None)
+                }
+            };
+            let len = len as usize;
+            pieces.push((done..done + len, target));
+            done += len;
         }
+        pieces
     }
 
-    /// A guest write. Unclaimed writes are dropped.
-    pub fn write(&self, addr: u64, data: &[u8]) -> Action {
-        match self.resolve(addr, data.len()) {
-            Some((device, offset)) => lock(&device).write(offset, data),
-            None => {
-                log::debug!("unclaimed write of {} bytes at {addr:#x}", data.len());
-                Action::Continue
+    /// A guest read. Bytes no device decodes read as all-ones, as on a PC
+    /// bus with nothing behind it; returns whether a device answered.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        if let Some((device, offset)) = self.resolve(addr, data.len()) {
+            data.fill(0);
+            lock(&device).read(offset, data);
+            return true;
+        }
+        let mut answered = false;
+        for (range, target) in self.split(addr, data.len()) {
+            let piece = &mut data[range];
+            match target {
+                Some((device, offset)) => {
+                    piece.fill(0);
+                    lock(&device).read(offset, piece);
+                    answered = true;
+                }
+                None => piece.fill(0xff),
             }
         }
+        if !answered {
+            log::debug!("unclaimed read of {} bytes at {addr:#x}", data.len());
+        }
+        answered
+    }
+
+    /// A guest write. Bytes no device decodes are dropped; the first piece
+    /// that ends the VM decides the action.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Action {
+        if let Some((device, offset)) = self.resolve(addr, data.len()) {
+            return lock(&device).write(offset, data);
+        }
+        let mut action = Action::Continue;
+        for (range, target) in self.split(addr, data.len()) {
+            match target {
+                Some((device, offset)) => {
+                    let result = lock(&device).write(offset, &data[range]);
+                    if action == Action::Continue {
+                        action = result;
+                    }
+                }
+                None => log::debug!("unclaimed write of {} bytes at {addr:#x}", range.len()),
+            }
+        }
+        action
     }
 }
 
@@ -202,14 +260,45 @@ mod tests {
     }
 
     #[test]
-    fn unclaimed_and_straddling_accesses_read_all_ones() {
+    fn unclaimed_accesses_read_all_ones() {
         let bus = Bus::new();
         bus.insert(recorder(), 0x10, 4).unwrap();
         let mut data = [0u8; 4];
         assert!(!bus.read(0x100, &mut data));
         assert_eq!(data, [0xff; 4]);
-        // Starts inside the window but ends past it.
-        assert!(!bus.read(0x12, &mut data));
-        assert_eq!(bus.write(0x13, &[1, 2]), Action::Continue);
+        assert_eq!(bus.write(0x100, &[1, 2]), Action::Continue);
+    }
+
+    #[test]
+    fn straddling_accesses_reach_the_part_inside() {
+        let bus = Bus::new();
+        let dev = recorder();
+        bus.insert(dev.clone(), 0x10, 4).unwrap();
+        // A word write at the window's last byte: the first byte lands.
+        assert_eq!(bus.write(0x13, &[1, 2]), Action::Exit(7));
+        assert_eq!(dev.lock().unwrap().last_write, Some((3, vec![1])));
+        // A read starting below the window: unclaimed bytes are all-ones.
+        let mut data = [0u8; 4];
+        assert!(bus.read(0xe, &mut data));
+        assert_eq!(data, [0xff, 0xff, 0, 0]);
+        // Two adjacent windows share one access.
+        let other = recorder();
+        bus.insert(other.clone(), 0x14, 4).unwrap();
+        assert_eq!(bus.write(0x12, &[1, 2, 3, 4]), Action::Exit(7));
+        assert_eq!(dev.lock().unwrap().last_write, Some((2, vec![1, 2])));
+        assert_eq!(other.lock().unwrap().last_write, Some((0, vec![3, 4])));
+    }
+
+    #[test]
+    fn accesses_at_the_top_of_the_address_space_do_not_wrap() {
+        let bus = Bus::new();
+        let dev = recorder();
+        bus.insert(dev.clone(), u64::MAX, 1).unwrap();
+        bus.insert(recorder(), 0, 4).unwrap();
+        let mut data = [0u8; 4];
+        assert!(bus.read(u64::MAX - 1, &mut data));
+        assert_eq!(data, [0xff, 0, 0xff, 0xff]);
+        assert_eq!(bus.write(u64::MAX, &[5, 6]), Action::Exit(7));
+        assert_eq!(dev.lock().unwrap().last_write, Some((0, vec![5])));
     }
 }

@@ -46,8 +46,18 @@ impl KvmMsi {
     }
 }
 
+/// Where MSI writes are interrupts: the LAPICs' window.
+const MSI_WINDOW: std::ops::Range<u64> = 0xfee0_0000..0xfef0_0000;
+
 impl MsiSender for KvmMsi {
     fn send(&self, address: u64, data: u32) {
+        // Outside the window the message would be a plain memory write on
+        // real hardware; KVM would still read a destination out of the
+        // address bits and deliver it. ktvmm delivers nothing.
+        if !MSI_WINDOW.contains(&address) {
+            log::debug!("MSI to {address:#x} (not the LAPIC window) dropped");
+            return;
+        }
         let msi = kvm_msi {
             address_lo: address as u32,
             address_hi: (address >> 32) as u32,
