@@ -124,6 +124,22 @@ pub struct TestArgs {
     /// seconds without output.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
     pub heartbeat: Duration,
+    /// Two-dimensional paging (EPT, NPT) on or off for this run.
+    #[arg(long, value_name = "on|off", value_parser = crate::kvm_env::parse_switch)]
+    pub tdp: Option<bool>,
+    /// Nested virtualization on or off for this run.
+    #[arg(long, value_name = "on|off", value_parser = crate::kvm_env::parse_switch)]
+    pub nested: Option<bool>,
+    /// APIC virtualization (APICv, AVIC) on or off for this run.
+    #[arg(long, value_name = "on|off", value_parser = crate::kvm_env::parse_switch)]
+    pub apicv: Option<bool>,
+    /// A KVM module parameter for this run (repeatable).
+    #[arg(long = "kvm-param", value_name = "MODULE.PARAM=VALUE", value_parser = crate::kvm_env::parse_param)]
+    pub kvm_params: Vec<crate::kvm_env::Param>,
+    /// Print how the environment would be set up and which tests would
+    /// run, and run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Options of `ktvmm bench`.

@@ -6,6 +6,7 @@ mod cli;
 mod console;
 mod detach;
 mod interrupt;
+mod kvm_env;
 mod results;
 mod run_cmd;
 mod schedule;

@@ -12,7 +12,7 @@ use crate::schedule::{self, Job};
 use crate::select::Selection;
 use crate::suite::{TestSpec, discover::discover, kut};
 use crate::verdict::{RunMeta, TestResult};
-use crate::{bundled, interrupt};
+use crate::{bundled, interrupt, kvm_env};
 
 /// Exit code of a run cut short by Ctrl-C (as a shell reports SIGINT).
 const EXIT_INTERRUPTED: u8 = 130;
@@ -35,6 +35,29 @@ pub fn test(args: TestArgs) -> Result<u8> {
     let selection = selection(&args)?;
     let tests = selection.apply(tests);
 
+    let environment = kvm_env::Request {
+        tdp: args.tdp,
+        nested: args.nested,
+        apicv: args.apicv,
+        params: args.kvm_params.clone(),
+    };
+    // Decided before anything runs: a request that cannot be met stops here.
+    let plan = if environment.is_empty() {
+        None
+    } else {
+        Some(kvm_env::plan(&environment, &kvm_env::Host::probe())?)
+    };
+    if args.dry_run {
+        if let Some(plan) = &plan {
+            print!("{plan}");
+        }
+        println!("would run {} tests:", tests.len());
+        for test in &tests {
+            println!("  {}", test.name);
+        }
+        return Ok(0);
+    }
+
     if args.list {
         for test in &tests {
             if test.groups.is_empty() {
@@ -54,6 +77,13 @@ pub fn test(args: TestArgs) -> Result<u8> {
     }
 
     let output = OutputDir::create(args.output.as_deref())?;
+    let host = kvm_env::Host::probe();
+    if let Some(plan) = plan.as_ref().filter(|p| !p.changes.is_empty()) {
+        kvm_env::apply(plan, &host).context("cannot set up the KVM environment")?;
+    }
+    for notice in plan.iter().flat_map(|p| &p.notices) {
+        println!("notice: {notice}");
+    }
     let options = schedule::Options {
         jobs: args
             .jobs
@@ -111,6 +141,11 @@ pub fn test(args: TestArgs) -> Result<u8> {
         0
     };
     console::summary(&results, started.elapsed(), not_run, output.path());
+    if let Some(plan) = plan.as_ref().filter(|p| !p.changes.is_empty())
+        && let Err(e) = kvm_env::apply(&plan.reverse(), &host)
+    {
+        eprintln!("ktvmm: putting the KVM module parameters back failed: {e}");
+    }
     written.context("cannot write the results")?;
     Ok(if interrupted {
         EXIT_INTERRUPTED

@@ -421,3 +421,31 @@ fn repeat_and_until_fail() {
     assert_eq!(tests[2]["iteration"], 3);
     assert!(stdout.contains("third-time-fails#3"), "{stdout}");
 }
+
+#[test]
+fn environment_options_are_planned_before_anything_runs() {
+    let dir = scratch("kvm-env");
+    // A parameter at its current value: nothing to change, on any KVM host.
+    let current = std::fs::read_to_string("/sys/module/kvm/parameters/enable_pmu")
+        .expect("kvm's enable_pmu parameter");
+    let setting = format!("kvm.enable_pmu={}", current.trim());
+    let (code, stdout, stderr) =
+        test_in(&dir, &["--kvm-param", &setting, "--dry-run", "-f", "smp"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("kvm.enable_pmu is already"), "{stdout}");
+    assert!(stdout.contains("would run 2 tests"), "{stdout}");
+    assert!(!dir.join("out").exists(), "a dry run ran something");
+
+    // One that does not exist stops the run with one message, nothing run.
+    let (code, stdout, stderr) = test_in(&dir, &["--kvm-param", "kvm.no_such_param=1"]);
+    assert_eq!(code, 125, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("module kvm has no parameter no_such_param"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("PASS"), "{stdout}");
+
+    let (code, _, stderr) = test_in(&dir, &["--kvm-param", "kvm_enable_pmu", "--dry-run"]);
+    assert_eq!(code, 125);
+    assert!(stderr.contains("module.param=value"), "{stderr}");
+}
