@@ -5,7 +5,11 @@ mod common;
 use std::time::Duration;
 
 use common::{guest_file, parts, run, scratch, write};
-use ktvmm_vmm::test_images::{SPIN_WITH_INTERRUPTS_OFF, elf64, exit_with, exit_with_pci_config};
+use ktvmm_vmm::test_images::{
+    EXIT_WITH_CMDLINE_BYTE, EXIT_WITH_EAX, SPIN_WITH_INTERRUPTS_OFF, elf32_multiboot, elf64,
+    exit_with, exit_with_fw_cfg_byte, exit_with_multiboot_field, exit_with_pci_config,
+    exit_with_word_at,
+};
 
 const LOAD_ADDR: u64 = 0x10_0000;
 
@@ -326,4 +330,100 @@ fn the_exit_devices_pass_codes_0_1_and_77_through() {
             assert!(!stdout.contains("FAIL"), "{guest} {append}: {stdout}");
         }
     }
+}
+
+/// Boots `code` as a multiboot kernel at 4 MiB (as kvm-unit-tests links
+/// its `.flat` files) and returns the full 32-bit exit value.
+fn multiboot_exit(dir: &std::path::Path, name: &str, code: &[u8], extra: &[&str]) -> u64 {
+    let kernel = write(dir, name, &elf32_multiboot(0x40_0000, code, 0));
+    let json = dir.join(format!("{name}.json"));
+    let mut args = vec![
+        "run",
+        kernel.as_str(),
+        "--json-outcome",
+        json.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (output, _) = run(&args);
+    let (_, stdout, stderr) = parts(&output);
+    let outcome: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&json).unwrap_or_else(|_| panic!("{stdout}{stderr}")),
+    )
+    .unwrap();
+    assert_eq!(outcome["kind"], "guest_exit", "{outcome}\n{stderr}");
+    outcome["code"].as_u64().unwrap()
+}
+
+#[test]
+fn multiboot_kernels_start_in_32_bit_mode_with_the_information() {
+    let dir = scratch("multiboot");
+    assert_eq!(
+        multiboot_exit(&dir, "magic.elf", &EXIT_WITH_EAX, &[]),
+        0x2bad_b002,
+        "EAX holds the loader magic"
+    );
+    // mem_upper: KiB above 1 MiB.
+    assert_eq!(
+        multiboot_exit(
+            &dir,
+            "mem.elf",
+            &exit_with_multiboot_field(8),
+            &["-m", "64"]
+        ),
+        63 * 1024
+    );
+    // The command line starts with the kernel's name (KUT's argv[0]).
+    let first = multiboot_exit(&dir, "cmd.elf", &EXIT_WITH_CMDLINE_BYTE, &["-append", "x"]);
+    assert_eq!(first, u64::from(b'/'), "the kernel path comes first");
+    // The initrd is module 0.
+    let env = write(&dir, "env.txt", b"ERRATA_X=y\n");
+    assert_eq!(
+        multiboot_exit(
+            &dir,
+            "mods.elf",
+            &exit_with_multiboot_field(20),
+            &["-initrd", &env]
+        ),
+        1,
+        "mods_count"
+    );
+    assert_eq!(
+        multiboot_exit(&dir, "nomods.elf", &exit_with_multiboot_field(20), &[]),
+        0
+    );
+}
+
+#[test]
+fn fw_cfg_and_the_acpi_rsdp_are_where_kvm_unit_tests_looks() {
+    let dir = scratch("firmware");
+    assert_eq!(
+        multiboot_exit(&dir, "sig.elf", &exit_with_fw_cfg_byte(0), &[]),
+        u64::from(b'Q')
+    );
+    assert_eq!(
+        multiboot_exit(&dir, "cpus.elf", &exit_with_fw_cfg_byte(5), &["-smp", "3"]),
+        3,
+        "fw_cfg NB_CPUS"
+    );
+    assert_eq!(
+        multiboot_exit(&dir, "rsdp.elf", &exit_with_word_at(0xe_0000), &[]),
+        u64::from(u32::from_le_bytes(*b"RSD ")),
+        "the RSDP signature at 0xe0000"
+    );
+}
+
+#[test]
+fn an_elf32_image_without_a_multiboot_header_is_refused() {
+    let dir = scratch("elf32");
+    let mut image = elf32_multiboot(0x40_0000, &EXIT_WITH_EAX, 0);
+    let at = image
+        .windows(4)
+        .position(|w| w == 0x1bad_b002u32.to_le_bytes())
+        .unwrap();
+    image[at] = 0;
+    let path = write(&dir, "plain32.elf", &image);
+    expect_error(
+        &["run", &path],
+        &[&path, "32-bit ELF image without a multiboot header"],
+    );
 }

@@ -93,3 +93,42 @@ pub fn exit_with_pci_config(address: u32) -> Vec<u8> {
     bytes.extend_from_slice(&[0xe7, 0xf4, 0xf4, 0xeb, 0xfd]);
     bytes
 }
+
+/// 32-bit code (for [`elf32_multiboot`]) that exits with the 32-bit word at
+/// `[ebx + offset]`, a field of the multiboot information:
+/// `mov eax, [ebx + offset]; out 0xf4, eax; 1: hlt; jmp 1b`.
+pub fn exit_with_multiboot_field(offset: u32) -> Vec<u8> {
+    let mut bytes = vec![0x8b, 0x83];
+    bytes.extend_from_slice(&offset.to_le_bytes());
+    bytes.extend_from_slice(&[0xe7, 0xf4, 0xf4, 0xeb, 0xfd]);
+    bytes
+}
+
+/// 32-bit code that exits with the entry value of EAX: `out 0xf4, eax`.
+pub const EXIT_WITH_EAX: [u8; 5] = [0xe7, 0xf4, 0xf4, 0xeb, 0xfd];
+
+/// 32-bit code that exits with the 32-bit word at physical `address`:
+/// `mov eax, [address]; out 0xf4, eax; 1: hlt; jmp 1b`.
+pub fn exit_with_word_at(address: u32) -> Vec<u8> {
+    let mut bytes = vec![0xa1];
+    bytes.extend_from_slice(&address.to_le_bytes());
+    bytes.extend_from_slice(&[0xe7, 0xf4, 0xf4, 0xeb, 0xfd]);
+    bytes
+}
+
+/// 32-bit code that reads the first byte of fw_cfg item `key` and exits
+/// with it: `mov dx, 0x510; mov ax, key; out dx, ax; inc edx; in al, dx;
+/// movzx eax, al; out 0xf4, eax; 1: hlt; jmp 1b`.
+pub fn exit_with_fw_cfg_byte(key: u16) -> Vec<u8> {
+    let mut bytes = vec![0x66, 0xba, 0x10, 0x05, 0x66, 0xb8];
+    bytes.extend_from_slice(&key.to_le_bytes());
+    bytes.extend_from_slice(&[0x66, 0xef, 0x42, 0xec, 0x0f, 0xb6, 0xc0]);
+    bytes.extend_from_slice(&[0xe7, 0xf4, 0xf4, 0xeb, 0xfd]);
+    bytes
+}
+
+/// 32-bit code that exits with the first byte of the multiboot command
+/// line: `mov eax, [ebx + 16]; movzx eax, byte [eax]; out 0xf4, eax; ...`.
+pub const EXIT_WITH_CMDLINE_BYTE: [u8; 14] = [
+    0x8b, 0x43, 0x10, 0x0f, 0xb6, 0x00, 0xe7, 0xf4, 0xf4, 0xeb, 0xfd, 0x90, 0x90, 0x90,
+];
