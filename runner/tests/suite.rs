@@ -449,3 +449,30 @@ fn environment_options_are_planned_before_anything_runs() {
     assert_eq!(code, 125);
     assert!(stderr.contains("module.param=value"), "{stderr}");
 }
+
+#[test]
+fn on_a_terminal_the_heartbeat_is_one_status_line_redrawn() {
+    let dir = scratch("tty");
+    let suite = write(
+        &dir,
+        "slow.ktvmm.toml",
+        b"[[test]]\nname = \"slowpoke\"\nexec = \"/bin/sh\"\nargs = [\"-c\", \"sleep 0.8\"]\n",
+    );
+    let out = dir.join("out");
+    // script(1) from util-linux gives the runner a pseudo-terminal.
+    let command = format!(
+        "{} test -o {} {suite}",
+        env!("CARGO_BIN_EXE_ktvmm"),
+        out.display()
+    );
+    let output = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("script(1) runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    let redraws = text.matches("\r\x1b[2K[0/1] ").count();
+    assert!(redraws >= 2, "status line drawn {redraws} times: {text:?}");
+    assert!(text.contains("running: slowpoke ("), "{text:?}");
+    assert!(text.contains("PASS    slowpoke"), "{text:?}");
+}
