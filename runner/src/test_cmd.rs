@@ -28,6 +28,10 @@ pub fn test(args: TestArgs) -> Result<u8> {
         let host = kut::Host {
             cpus: available_cpus() as u32,
             run_nodefault: !args.groups.is_empty(),
+            vendor: std::fs::read_to_string("/proc/cpuinfo")
+                .ok()
+                .and_then(|c| results::cpuinfo_field(&c, "vendor_id"))
+                .unwrap_or_default(),
         };
         discover(&args.paths, &host)?
     };

@@ -83,9 +83,14 @@ fn kvm_module_in(sys_module: &Path) -> Option<String> {
 /// The first "model name" in /proc/cpuinfo text, with its runs of blanks
 /// squeezed (some CPUs pad it).
 fn cpu_model(cpuinfo: &str) -> Option<String> {
+    cpuinfo_field(cpuinfo, "model name")
+}
+
+/// The first value of `field` in /proc/cpuinfo text, blanks squeezed.
+pub fn cpuinfo_field(cpuinfo: &str, field: &str) -> Option<String> {
     cpuinfo.lines().find_map(|line| {
         let (key, value) = line.split_once(':')?;
-        if key.trim() != "model name" {
+        if key.trim() != field {
             return None;
         }
         let value = value.split_whitespace().collect::<Vec<_>>().join(" ");

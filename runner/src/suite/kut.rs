@@ -24,6 +24,12 @@ const BUILT_IN_DEVICES: [&str; 4] = ["pci-testdev", "pc-testdev", "isa-debug-exi
 /// and `host` give under KVM).
 const CPU_MODELS: [&str; 2] = ["host", "max"];
 
+/// Tests that need what ktvmm does not have, by file, with the reason.
+const UNSUPPORTED: [(&str, &str); 1] = [(
+    "s3.flat",
+    "S3 suspend/resume: waking up goes through firmware to the FACS waking vector, and ktvmm has no firmware",
+)];
+
 /// Whether `path` is a kvm-unit-tests test list.
 pub fn is_unittests_cfg(path: &Path) -> bool {
     path.file_name().is_some_and(|n| n == "unittests.cfg")
@@ -146,6 +152,9 @@ pub struct Host {
     pub cpus: u32,
     /// Run `nodefault` tests (a group was selected with `-g`).
     pub run_nodefault: bool,
+    /// The CPU vendor (`GenuineIntel`, `AuthenticAMD`): what ktvmm's guests
+    /// see, so what `-cpu ...,vendor=` can ask for.
+    pub vendor: String,
 }
 
 /// Reads `path` and turns its entries into tests.
@@ -216,13 +225,20 @@ fn skip_reason(entry: &Entry, dir: &Path, host: &Host) -> Result<Option<String>,
             dir.join(&entry.file).display()
         )));
     }
+    if let Some(reason) = UNSUPPORTED
+        .iter()
+        .find(|(file, _)| entry.file == *file)
+        .map(|(_, reason)| reason)
+    {
+        return Ok(Some(reason.to_string()));
+    }
     if has_group("migration") {
         return Ok(Some("migration is not supported by ktvmm".into()));
     }
     if has_group("panic") {
         return Ok(Some("the pvpanic device is not supported by ktvmm".into()));
     }
-    let qemu = QemuParams::parse(&entry.qemu_params)?;
+    let qemu = QemuParams::parse(&entry.qemu_params, &host.vendor)?;
     if let Some(option) = qemu.unsupported.first() {
         return Ok(Some(format!(
             "QEMU option {option} is not supported by ktvmm"
@@ -232,7 +248,7 @@ fn skip_reason(entry: &Entry, dir: &Path, host: &Host) -> Result<Option<String>,
 }
 
 fn guest(entry: &Entry, dir: &Path, host: &Host) -> Result<TestKind, String> {
-    let qemu = QemuParams::parse(&entry.qemu_params)?;
+    let qemu = QemuParams::parse(&entry.qemu_params, &host.vendor)?;
     let smp = match (&qemu.smp, &entry.smp) {
         (Some(n), _) => *n,
         (None, Some(text)) => parse_smp(text, host.cpus)?,
@@ -283,7 +299,7 @@ struct QemuParams {
 }
 
 impl QemuParams {
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str, vendor: &str) -> Result<Self, String> {
         let words = shell_words(text)?;
         let mut params = QemuParams::default();
         let mut words = words.iter().map(String::as_str).peekable();
@@ -309,8 +325,15 @@ impl QemuParams {
                 }
                 "cpu" => {
                     let v = value()?;
-                    let model = v.split(',').next().unwrap_or(v);
-                    if !CPU_MODELS.contains(&model) || v.contains(',') {
+                    let mut parts = v.split(',');
+                    let model = parts.next().unwrap_or(v);
+                    // What ktvmm gives anyway: the host's physical address
+                    // width, the host's vendor; migratability is moot.
+                    let honoured = parts.all(|p| {
+                        matches!(p, "host-phys-bits" | "host-phys-bits=on" | "migratable=no")
+                            || p.strip_prefix("vendor=") == Some(vendor)
+                    });
+                    if !CPU_MODELS.contains(&model) || !honoured {
                         params.unsupported.push(format!("-cpu {v}"));
                     }
                 }
@@ -437,12 +460,15 @@ accel = tcg
 [pvpanic]
 file = vmexit.flat
 groups = panic
+
+[s3]
+file = s3.flat
 "#;
 
     fn dir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ktvmm-kut-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for f in ["apic.flat", "vmexit.flat"] {
+        for f in ["apic.flat", "vmexit.flat", "s3.flat"] {
             std::fs::write(dir.join(f), b"").unwrap();
         }
         dir
@@ -452,14 +478,12 @@ groups = panic
         let dir = dir();
         let cfg = dir.join("unittests.cfg");
         std::fs::write(&cfg, CFG).unwrap();
-        load(
-            &cfg,
-            &Host {
-                cpus: 8,
-                run_nodefault,
-            },
-        )
-        .unwrap()
+        let host = Host {
+            cpus: 8,
+            run_nodefault,
+            vendor: "GenuineIntel".into(),
+        };
+        load(&cfg, &host).unwrap()
     }
 
     fn skip_of(specs: &[TestSpec], name: &str) -> Option<String> {
@@ -472,7 +496,7 @@ groups = panic
     #[test]
     fn entries_become_tests_like_run_tests_sh_makes_them() {
         let specs = specs(false);
-        assert_eq!(specs.len(), 8);
+        assert_eq!(specs.len(), 9);
         let cpuid = specs.iter().find(|s| s.name == "vmexit_cpuid").unwrap();
         assert_eq!(cpuid.timeout, Some(Duration::from_secs(90)));
         assert_eq!(cpuid.groups, ["vmexit"]);
@@ -499,6 +523,7 @@ groups = panic
         assert!(skip_of(&all, "checked").unwrap().contains("not equal to Y"));
         assert!(skip_of(&all, "tcg").unwrap().contains("tcg only"));
         assert!(skip_of(&all, "pvpanic").unwrap().contains("pvpanic"));
+        assert!(skip_of(&all, "s3").unwrap().contains("firmware"));
         assert!(
             skip_of(&all, "x2apic")
                 .unwrap()
@@ -539,14 +564,33 @@ groups = panic
 
     #[test]
     fn qemu_options() {
-        let p = QemuParams::parse("-cpu max -m 4g -smp 3 -enable-kvm -device pci-testdev").unwrap();
+        let intel = "GenuineIntel";
+        let parse = |text: &str| QemuParams::parse(text, intel);
+        let p = parse("-cpu max -m 4g -smp 3 -enable-kvm -device pci-testdev").unwrap();
         assert_eq!(p.mem_mib, Some(4096));
         assert_eq!(p.smp, Some(3));
         assert!(p.unsupported.is_empty(), "{p:?}");
-        let p = QemuParams::parse("-machine pit=off -device intel-iommu -overcommit cpu-pm=on")
-            .unwrap();
+        let p = parse("-machine pit=off -device intel-iommu -overcommit cpu-pm=on").unwrap();
         assert_eq!(p.unsupported.len(), 3, "{p:?}");
-        assert!(QemuParams::parse("-m").is_err());
+        assert!(parse("-m").is_err());
+        for honoured in [
+            "-cpu max,host-phys-bits",
+            "-cpu max,vendor=GenuineIntel",
+            "-cpu host,migratable=no",
+        ] {
+            assert!(
+                parse(honoured).unwrap().unsupported.is_empty(),
+                "{honoured}"
+            );
+        }
+        for not in [
+            "-cpu max,vendor=AuthenticAMD",
+            "-cpu qemu64",
+            "-cpu max,+vmx",
+            "-cpu Skylake-Server",
+        ] {
+            assert_eq!(parse(not).unwrap().unsupported.len(), 1, "{not}");
+        }
     }
 
     #[test]
