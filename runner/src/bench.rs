@@ -154,6 +154,8 @@ fn breakdown(runs: u32) -> Result<()> {
             initrd: None,
             console: Box::new(io::sink()),
             testdevs: true,
+            cpu: Default::default(),
+            pit: true,
         };
         let mut vm = Vm::build(config)?;
         let started = Instant::now();

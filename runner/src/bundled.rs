@@ -88,6 +88,8 @@ pub fn suite() -> Vec<TestSpec> {
                 mem_mib: t.mem_mib,
                 append: t.args.to_string(),
                 initrd: None,
+                cpu: None,
+                no_pit: false,
                 exit_codes: ExitCodes::Ktvmm,
             }),
             timeout: None,

@@ -49,6 +49,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
         initrd,
         console: Box::new(io::stdout()),
         testdevs: !args.no_testdevs,
+        cpu: args.cpu.clone(),
+        pit: !args.no_pit,
     };
     let (outcome, vm) = match Vm::build(config) {
         Ok(mut vm) => (vm.run(args.vm.timeout), Some(vm)),

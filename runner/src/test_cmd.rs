@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
+use ktvmm_vmm::cpu_model::HostCpu;
 
 use crate::cli::TestArgs;
 use crate::console::{self, Console, Verbosity};
@@ -28,10 +29,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
         let host = kut::Host {
             cpus: available_cpus() as u32,
             run_nodefault: !args.groups.is_empty(),
-            vendor: std::fs::read_to_string("/proc/cpuinfo")
-                .ok()
-                .and_then(|c| results::cpuinfo_field(&c, "vendor_id"))
-                .unwrap_or_default(),
+            cpu: HostCpu::probe().ok(),
         };
         discover(&args.paths, &host)?
     };

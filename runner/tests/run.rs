@@ -427,3 +427,45 @@ fn an_elf32_image_without_a_multiboot_header_is_refused() {
         &[&path, "32-bit ELF image without a multiboot header"],
     );
 }
+
+/// `xor eax, eax; cpuid; mov eax, ebx; out 0xf4, eax; 1: hlt; jmp 1b`: exits
+/// with the first four characters of the CPU vendor.
+const EXIT_WITH_VENDOR: [u8; 11] = [
+    0x31, 0xc0, 0x0f, 0xa2, 0x89, 0xd8, 0xe7, 0xf4, 0xf4, 0xeb, 0xfd,
+];
+
+#[test]
+fn the_cpu_model_is_what_the_guest_sees() {
+    let dir = scratch("cpu-model");
+    let kernel = write(&dir, "vendor.elf", &elf64(LOAD_ADDR, &EXIT_WITH_VENDOR, 0));
+    let vendor = |cpu: &str| {
+        let json = dir.join("o.json");
+        let (output, _) = run(&[
+            "run",
+            &kernel,
+            "-cpu",
+            cpu,
+            "--json-outcome",
+            json.to_str().unwrap(),
+        ]);
+        let (_, _, stderr) = parts(&output);
+        let outcome: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let code = outcome["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{outcome} {stderr}")) as u32;
+        String::from_utf8_lossy(&code.to_le_bytes()).into_owned()
+    };
+    assert_eq!(vendor("qemu64"), "Auth", "qemu64 is an AMD model");
+    assert_eq!(vendor("qemu64,vendor=GenuineIntel"), "Genu");
+    let host = vendor("max");
+    assert!(host == "Genu" || host == "Auth", "{host}");
+    expect_error(
+        &["run", &kernel, "-cpu", "Skylake-Server"],
+        &["Skylake-Server", "not supported"],
+    );
+    expect_error(
+        &["run", &kernel, "-cpu", "max,+warp-drive"],
+        &["warp-drive"],
+    );
+}

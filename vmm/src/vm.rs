@@ -22,6 +22,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use crate::boot::{self, Kernel};
 use crate::boot_plan::PlanError;
 use crate::bus::BusError;
+use crate::cpu_model::{self, CpuModelError, CpuSpec};
 use crate::loader::{KernelImage, LoadError};
 use crate::memory::{GuestMemory, MemoryError, RamLayout};
 use crate::outcome::Outcome;
@@ -45,6 +46,10 @@ pub struct VmConfig {
     pub console: Box<dyn Write + Send>,
     /// Whether the test devices are there (a bare platform without them).
     pub testdevs: bool,
+    /// The CPU model (`-cpu`).
+    pub cpu: CpuSpec,
+    /// Whether there is a PIT (QEMU's `-machine pit=off` leaves it out).
+    pub pit: bool,
 }
 
 /// Why a VM could not be built.
@@ -74,6 +79,14 @@ pub enum VmError {
     /// Guest RAM could not be set up.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The CPU model cannot be given.
+    #[error("-cpu {spec}: {source}")]
+    CpuModel {
+        /// The model asked for.
+        spec: String,
+        /// Why not.
+        source: CpuModelError,
+    },
     /// The boot data does not fit.
     #[error(transparent)]
     Plan(#[from] PlanError),
@@ -244,7 +257,9 @@ impl Vm {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        if config.pit {
+            vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        }
         timings.step("irqchip and PIT");
 
         let initrd = config
@@ -266,12 +281,19 @@ impl Vm {
             .join()
             .unwrap_or_else(|_| Err(kvm_ioctls::Error::new(libc::EIO)))
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let extra = cpu_model::extra_flags(vm.check_extension(Cap::TscDeadlineTimer));
+        let model = cpu_model::build(&config.cpu, &supported, &extra).map_err(|source| {
+            VmError::CpuModel {
+                spec: config.cpu.to_string(),
+                source,
+            }
+        })?;
         let mut vcpus = Vec::with_capacity(config.cpus as usize);
         for cpu in 0..config.cpus {
             let fd = vm
                 .create_vcpu(u64::from(cpu))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            fd.set_cpuid2(&cpuid::for_vcpu(&supported, cpu))
+            fd.set_cpuid2(&cpuid::for_vcpu(&model, cpu))
                 .map_err(kvm_err("KVM_SET_CPUID2"))?;
             placement.set_up_vcpu(&fd, cpu, entry)?;
             vcpus.push(fd);

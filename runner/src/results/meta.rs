@@ -87,7 +87,7 @@ fn cpu_model(cpuinfo: &str) -> Option<String> {
 }
 
 /// The first value of `field` in /proc/cpuinfo text, blanks squeezed.
-pub fn cpuinfo_field(cpuinfo: &str, field: &str) -> Option<String> {
+fn cpuinfo_field(cpuinfo: &str, field: &str) -> Option<String> {
     cpuinfo.lines().find_map(|line| {
         let (key, value) = line.split_once(':')?;
         if key.trim() != field {

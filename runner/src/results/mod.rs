@@ -21,7 +21,7 @@ pub use json::{ResultsFile, failed_names, read as read_json, write as write_json
 #[allow(unused_imports)]
 pub use junit::write as write_junit;
 #[allow(unused_imports)]
-pub use meta::{UNKNOWN, cpuinfo_field};
+pub use meta::UNKNOWN;
 #[allow(unused_imports)]
 pub use tap::write as write_tap;
 

@@ -29,6 +29,12 @@ pub fn command(spec: &TestSpec, ktvmm: &Path, timeout: Duration) -> Option<Comma
             if let Some(initrd) = &g.initrd {
                 cmd.arg("--initrd").arg(initrd);
             }
+            if let Some(cpu) = &g.cpu {
+                cmd.arg(format!("--cpu={cpu}"));
+            }
+            if g.no_pit {
+                cmd.arg("--no-pit");
+            }
             cmd
         }
         TestKind::Skip(_) => return None,

@@ -168,7 +168,7 @@ mod tests {
     const HOST: kut::Host = kut::Host {
         cpus: 2,
         run_nodefault: false,
-        vendor: String::new(),
+        cpu: None,
     };
 
     fn scratch(name: &str) -> PathBuf {

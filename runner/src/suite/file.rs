@@ -11,6 +11,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{ExecTest, ExitCodes, GuestTest, SuiteError, TestKind, TestSpec};
+use ktvmm_vmm::cpu_model;
+
 use crate::bundled;
 use crate::cli::parse_mem_mib;
 
@@ -52,6 +54,7 @@ struct RawTest {
     memory: Option<RawMemory>,
     append: Option<String>,
     initrd: Option<String>,
+    cpu: Option<String>,
     args: Option<Vec<String>>,
     env: Option<BTreeMap<String, String>>,
     cwd: Option<String>,
@@ -209,6 +212,14 @@ fn test(
                 .initrd
                 .map(|i| existing_file(base, &i, "initrd"))
                 .transpose()?;
+            let cpu = raw
+                .cpu
+                .map(|c| {
+                    cpu_model::parse(&c)
+                        .map(|spec| spec.to_string())
+                        .map_err(|e| format!("{label}: cpu = {c:?}: {e}"))
+                })
+                .transpose()?;
             let kind = TestKind::Guest(GuestTest {
                 exit_codes: ExitCodes::for_guest(&guest),
                 guest,
@@ -216,6 +227,8 @@ fn test(
                 mem_mib,
                 append: raw.append.unwrap_or_default(),
                 initrd,
+                cpu,
+                no_pit: false,
             });
             (kind, name)
         }
@@ -225,6 +238,7 @@ fn test(
                 (raw.memory.is_some(), "memory"),
                 (raw.append.is_some(), "append"),
                 (raw.initrd.is_some(), "initrd"),
+                (raw.cpu.is_some(), "cpu"),
             ] {
                 if set {
                     return Err(format!(

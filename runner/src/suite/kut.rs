@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{ExitCodes, GuestTest, SuiteError, TestKind, TestSpec};
+use ktvmm_vmm::cpu_model::{self, CpuSpec, HostCpu};
+
 use crate::cli::{parse_mem_mib, parse_seconds};
 
 /// KUT's default per-test limit.
@@ -20,9 +22,6 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
 const ARCH: &str = "x86_64";
 /// Devices every ktvmm VM has, so `-device` asking for them is honoured.
 const BUILT_IN_DEVICES: [&str; 4] = ["pci-testdev", "pc-testdev", "isa-debug-exit", "edu"];
-/// CPU models ktvmm can give (the CPUID KVM supports is what QEMU's `max`
-/// and `host` give under KVM).
-const CPU_MODELS: [&str; 2] = ["host", "max"];
 
 /// Tests that need what ktvmm does not have, by file, with the reason.
 const UNSUPPORTED: [(&str, &str); 1] = [(
@@ -152,9 +151,9 @@ pub struct Host {
     pub cpus: u32,
     /// Run `nodefault` tests (a group was selected with `-g`).
     pub run_nodefault: bool,
-    /// The CPU vendor (`GenuineIntel`, `AuthenticAMD`): what ktvmm's guests
-    /// see, so what `-cpu ...,vendor=` can ask for.
-    pub vendor: String,
+    /// What the host's KVM can give guests, to skip (not fail) a test whose
+    /// `-cpu` asks for more; `None`: not checked.
+    pub cpu: Option<HostCpu>,
 }
 
 /// Reads `path` and turns its entries into tests.
@@ -238,17 +237,22 @@ fn skip_reason(entry: &Entry, dir: &Path, host: &Host) -> Result<Option<String>,
     if has_group("panic") {
         return Ok(Some("the pvpanic device is not supported by ktvmm".into()));
     }
-    let qemu = QemuParams::parse(&entry.qemu_params, &host.vendor)?;
+    let qemu = QemuParams::parse(&entry.qemu_params)?;
     if let Some(option) = qemu.unsupported.first() {
         return Ok(Some(format!(
             "QEMU option {option} is not supported by ktvmm"
         )));
     }
+    if let (Some(spec), Some(cpu)) = (&qemu.cpu, &host.cpu)
+        && let Err(e) = cpu.check(spec)
+    {
+        return Ok(Some(format!("-cpu {spec}: {e}")));
+    }
     Ok(None)
 }
 
 fn guest(entry: &Entry, dir: &Path, host: &Host) -> Result<TestKind, String> {
-    let qemu = QemuParams::parse(&entry.qemu_params, &host.vendor)?;
+    let qemu = QemuParams::parse(&entry.qemu_params)?;
     let smp = match (&qemu.smp, &entry.smp) {
         (Some(n), _) => *n,
         (None, Some(text)) => parse_smp(text, host.cpus)?,
@@ -261,6 +265,8 @@ fn guest(entry: &Entry, dir: &Path, host: &Host) -> Result<TestKind, String> {
         mem_mib: qemu.mem_mib.unwrap_or(GuestTest::new("").mem_mib),
         append: args,
         initrd: None,
+        cpu: qemu.cpu.map(|c| c.to_string()),
+        no_pit: qemu.no_pit,
         exit_codes: ExitCodes::KvmUnitTests,
     }))
 }
@@ -294,12 +300,14 @@ fn kut_duration(text: &str) -> Result<Duration, String> {
 #[derive(Debug, Default, PartialEq)]
 struct QemuParams {
     smp: Option<u32>,
+    cpu: Option<CpuSpec>,
+    no_pit: bool,
     mem_mib: Option<u64>,
     unsupported: Vec<String>,
 }
 
 impl QemuParams {
-    fn parse(text: &str, vendor: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, String> {
         let words = shell_words(text)?;
         let mut params = QemuParams::default();
         let mut words = words.iter().map(String::as_str).peekable();
@@ -325,16 +333,9 @@ impl QemuParams {
                 }
                 "cpu" => {
                     let v = value()?;
-                    let mut parts = v.split(',');
-                    let model = parts.next().unwrap_or(v);
-                    // What ktvmm gives anyway: the host's physical address
-                    // width, the host's vendor; migratability is moot.
-                    let honoured = parts.all(|p| {
-                        matches!(p, "host-phys-bits" | "host-phys-bits=on" | "migratable=no")
-                            || p.strip_prefix("vendor=") == Some(vendor)
-                    });
-                    if !CPU_MODELS.contains(&model) || !honoured {
-                        params.unsupported.push(format!("-cpu {v}"));
+                    match cpu_model::parse(v) {
+                        Ok(spec) => params.cpu = Some(spec),
+                        Err(_) => params.unsupported.push(format!("-cpu {v}")),
                     }
                 }
                 "device" => {
@@ -346,8 +347,12 @@ impl QemuParams {
                 }
                 "machine" | "M" => {
                     let v = value()?;
-                    if v.split(',').any(|p| p != "accel=kvm" && p != "pc") {
-                        params.unsupported.push(format!("-{option} {v}"));
+                    for property in v.split(',') {
+                        match property {
+                            "accel=kvm" | "pc" => {}
+                            "pit=off" => params.no_pit = true,
+                            _ => params.unsupported.push(format!("-{option} {v}")),
+                        }
                     }
                 }
                 _ => {
@@ -481,7 +486,7 @@ file = s3.flat
         let host = Host {
             cpus: 8,
             run_nodefault,
-            vendor: "GenuineIntel".into(),
+            cpu: None,
         };
         load(&cfg, &host).unwrap()
     }
@@ -524,13 +529,40 @@ file = s3.flat
         assert!(skip_of(&all, "tcg").unwrap().contains("tcg only"));
         assert!(skip_of(&all, "pvpanic").unwrap().contains("pvpanic"));
         assert!(skip_of(&all, "s3").unwrap().contains("firmware"));
-        assert!(
-            skip_of(&all, "x2apic")
-                .unwrap()
-                .contains("-cpu qemu64,+x2apic")
-        );
         assert_eq!(skip_of(&all, "vmexit_cpuid"), None);
         assert_eq!(skip_of(&specs(true), "manual"), None);
+    }
+
+    #[test]
+    fn cpu_models_pass_through_unless_the_host_cannot_give_them() {
+        let all = specs(false);
+        let x2apic = all.iter().find(|s| s.name == "x2apic").unwrap();
+        let TestKind::Guest(g) = &x2apic.kind else {
+            panic!("{x2apic:?}")
+        };
+        assert_eq!(g.cpu.as_deref(), Some("qemu64,+x2apic,+tsc-deadline"));
+
+        // A host whose KVM has no TSC deadline timer (its own file: the
+        // other tests write unittests.cfg in the same directory).
+        let dir = dir();
+        let cfg = dir.join("no-tsc-deadline.cfg");
+        std::fs::write(&cfg, CFG).unwrap();
+        let leaf1 = kvm_bindings::kvm_cpuid_entry2 {
+            function: 1,
+            ecx: 1 << 21,
+            ..Default::default()
+        };
+        let host = Host {
+            cpus: 2,
+            run_nodefault: false,
+            cpu: Some(HostCpu {
+                supported: kvm_bindings::CpuId::from_entries(&[leaf1]).unwrap(),
+                extra: Vec::new(),
+            }),
+        };
+        let specs = load(&cfg, &host).unwrap();
+        let reason = skip_of(&specs, "x2apic").unwrap();
+        assert!(reason.contains("tsc-deadline"), "{reason}");
     }
 
     #[test]
@@ -564,32 +596,31 @@ file = s3.flat
 
     #[test]
     fn qemu_options() {
-        let intel = "GenuineIntel";
-        let parse = |text: &str| QemuParams::parse(text, intel);
-        let p = parse("-cpu max -m 4g -smp 3 -enable-kvm -device pci-testdev").unwrap();
+        let p = QemuParams::parse("-cpu max -m 4g -smp 3 -enable-kvm -device pci-testdev").unwrap();
         assert_eq!(p.mem_mib, Some(4096));
         assert_eq!(p.smp, Some(3));
         assert!(p.unsupported.is_empty(), "{p:?}");
-        let p = parse("-machine pit=off -device intel-iommu -overcommit cpu-pm=on").unwrap();
-        assert_eq!(p.unsupported.len(), 3, "{p:?}");
-        assert!(parse("-m").is_err());
-        for honoured in [
-            "-cpu max,host-phys-bits",
-            "-cpu max,vendor=GenuineIntel",
-            "-cpu host,migratable=no",
-        ] {
-            assert!(
-                parse(honoured).unwrap().unsupported.is_empty(),
-                "{honoured}"
-            );
-        }
+        let p = QemuParams::parse("-machine pit=off -device intel-iommu -overcommit cpu-pm=on")
+            .unwrap();
+        assert_eq!(p.unsupported.len(), 2, "{p:?}");
+        assert!(p.no_pit);
+        assert_eq!(QemuParams::parse("-M q35").unwrap().unsupported.len(), 1);
+        assert!(QemuParams::parse("-m").is_err());
+        let p = QemuParams::parse("-cpu qemu64,+x2apic,vendor=GenuineIntel").unwrap();
+        assert_eq!(
+            p.cpu.map(|c| c.to_string()).as_deref(),
+            Some("qemu64,+x2apic,vendor=GenuineIntel")
+        );
         for not in [
-            "-cpu max,vendor=AuthenticAMD",
-            "-cpu qemu64",
-            "-cpu max,+vmx",
             "-cpu Skylake-Server",
+            "-cpu max,phys-bits=36",
+            "-cpu max,hv_passthrough",
         ] {
-            assert_eq!(parse(not).unwrap().unsupported.len(), 1, "{not}");
+            assert_eq!(
+                QemuParams::parse(not).unwrap().unsupported.len(),
+                1,
+                "{not}"
+            );
         }
     }
 

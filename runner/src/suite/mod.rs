@@ -48,6 +48,10 @@ pub struct GuestTest {
     pub append: String,
     /// A file passed as the initrd.
     pub initrd: Option<PathBuf>,
+    /// The CPU model (`ktvmm run --cpu`); `None`: ktvmm's default.
+    pub cpu: Option<String>,
+    /// Leave out the PIT (`ktvmm run --no-pit`).
+    pub no_pit: bool,
     /// How its exit code reads.
     pub exit_codes: ExitCodes,
 }
@@ -99,6 +103,8 @@ impl GuestTest {
             mem_mib: 128,
             append: String::new(),
             initrd: None,
+            cpu: None,
+            no_pit: false,
         }
     }
 }
