@@ -371,7 +371,7 @@ impl fmt::Display for Plan {
         for (module, settings) in self.reloads() {
             writeln!(
                 f,
-                "run: modprobe -r {module} && modprobe {module} {}",
+                "run: rmmod {module} && modprobe {module} {}",
                 settings.join(" ")
             )?;
             writeln!(f, "afterwards: reload {module} with the values it has now")?;
@@ -386,7 +386,9 @@ impl fmt::Display for Plan {
 /// Carries out `plan` (module reloads), checking that every value took.
 pub fn apply(plan: &Plan, host: &Host) -> Result<(), EnvError> {
     for (module, settings) in plan.reloads() {
-        run(Command::new("modprobe").args(["-r", &module]))?;
+        // rmmod, not `modprobe -r`, which would take `kvm` out too when the
+        // vendor module goes, resetting kvm's own parameters.
+        run(Command::new("rmmod").arg(&module))?;
         run(Command::new("modprobe").arg(&module).args(&settings))?;
     }
     for c in &plan.changes {
@@ -484,7 +486,7 @@ mod tests {
         let text = plan.to_string();
         assert!(text.contains("kvm_intel.ept: Y -> N"), "{text}");
         assert!(
-            text.contains("modprobe -r kvm_intel && modprobe kvm_intel ept=N enable_apicv=N"),
+            text.contains("rmmod kvm_intel && modprobe kvm_intel ept=N enable_apicv=N"),
             "{text}"
         );
         assert_eq!(plan.reverse().changes[0].to, "Y");
