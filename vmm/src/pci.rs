@@ -4,8 +4,11 @@
 //! After every configuration write and every BAR access, the slot's BAR
 //! windows on the port and memory buses, and its KVM ioeventfds, are made to
 //! match the device's configuration space again. A BAR the guest moves onto
-//! another device, past the end of the address space, or with decoding off
-//! simply stops decoding; one moved onto RAM is shadowed by the RAM slot.
+//! another device's window, an I/O BAR past 64 KiB, or one with decoding off
+//! simply stops decoding; a BAR refused for an overlap is tried again after
+//! every configuration write, so it decodes once the other window has gone.
+//! One moved onto RAM is left to KVM, where the RAM slot wins: the window is
+//! there but no access ever reaches it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
@@ -111,13 +114,26 @@ impl PciRoot {
     }
 
     fn config_write(&mut self, address: ConfigAddress, data: &[u8]) {
-        if let Some(number) = address.slot().filter(|s| self.slots.contains_key(s)) {
-            if let Some(slot) = self.slots.get(&number) {
-                lock(&slot.device)
-                    .config_mut()
-                    .write(address.offset(), data);
-            }
-            self.sync(number);
+        let Some(number) = address.slot() else {
+            return;
+        };
+        let Some(slot) = self.slots.get(&number) else {
+            return;
+        };
+        // Through the device, which may have to react (edu's interrupt
+        // delivery follows its command register and MSI capability).
+        lock(&slot.device).config_write(address.offset(), data);
+        self.sync(number);
+        // A BAR that moved away may have been keeping another slot's BAR
+        // from decoding; that one decodes now, as it would on a real bus.
+        let others: Vec<u8> = self
+            .slots
+            .keys()
+            .copied()
+            .filter(|&n| n != number)
+            .collect();
+        for other in others {
+            self.sync(other);
         }
     }
 
@@ -486,5 +502,173 @@ mod tests {
         );
         config.set_bar_address(1, 0x1_0000);
         assert_eq!(wanted_mapping(&config, 1), None);
+    }
+
+    /// A device with the BARs of `config`, whose BARs read as `marker`.
+    struct Marker(PciConfig, u8);
+
+    impl PciDevice for Marker {
+        fn config(&self) -> &PciConfig {
+            &self.0
+        }
+        fn config_mut(&mut self) -> &mut PciConfig {
+            &mut self.0
+        }
+        fn bar_read(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
+            data.fill(self.1);
+        }
+        fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) -> Action {
+            Action::Continue
+        }
+    }
+
+    /// A root on fresh buses with `devices` plugged in by slot, their BARs
+    /// assigned as the platform does.
+    fn root_with(devices: Vec<(u8, PciConfig)>) -> (Arc<Buses>, Arc<Mutex<PciRoot>>) {
+        assert!(
+            std::path::Path::new("/dev/kvm").exists(),
+            "/dev/kvm is missing: this test needs KVM"
+        );
+        let vm = Arc::new(kvm_ioctls::Kvm::new().unwrap().create_vm().unwrap());
+        let buses = Arc::new(Buses::default());
+        let root = PciRoot::new(Arc::downgrade(&buses), vm);
+        let (mut mmio, mut io) = (0xc000_0000, 0xc000);
+        for (slot, mut config) in devices {
+            (mmio, io) = assign_bars(&mut config, mmio, io);
+            lock(&root).add(slot, Arc::new(Mutex::new(Marker(config, slot))));
+        }
+        (buses, root)
+    }
+
+    fn write_bar(root: &Arc<Mutex<PciRoot>>, slot: u8, bar: u32, value: u32) {
+        use ktvmm_testdevs::pci::reg;
+        let offset = reg::BAR0 as u32 + 4 * bar;
+        lock(root).config_write(
+            ConfigAddress(1 << 31 | u32::from(slot) << 11 | offset),
+            &value.to_le_bytes(),
+        );
+    }
+
+    /// Which slot's BAR answers a 4-byte read at `addr` (None: nobody).
+    fn answers(bus: &Bus, addr: u64) -> Option<u8> {
+        let mut data = [0u8; 4];
+        bus.read(addr, &mut data).then_some(data[0])
+    }
+
+    #[test]
+    fn a_bar_moved_onto_another_does_not_decode_until_that_one_leaves() {
+        let (buses, root) = root_with(vec![
+            (
+                1,
+                PciConfig::new(1, 1, 0, 0).with_bar(0, BarKind::Memory32, 0x1000),
+            ),
+            (
+                2,
+                PciConfig::new(1, 2, 0, 0).with_bar(0, BarKind::Memory32, 1 << 20),
+            ),
+        ]);
+        let mmio = &buses.mmio;
+        assert_eq!(answers(mmio, 0xc000_0000), Some(1));
+        assert_eq!(answers(mmio, 0xc010_0000), Some(2));
+
+        // Slot 2 onto slot 1: refused as a whole, slot 1 keeps its window.
+        write_bar(&root, 2, 0, 0xc000_0000);
+        assert_eq!(answers(mmio, 0xc000_0000), Some(1));
+        assert_eq!(
+            answers(mmio, 0xc000_2000),
+            None,
+            "no part of slot 2 decodes"
+        );
+        assert_eq!(
+            answers(mmio, 0xc010_0000),
+            None,
+            "slot 2 left its old place"
+        );
+
+        // Slot 1 leaves: slot 2 decodes where it was put.
+        write_bar(&root, 1, 0, 0xd000_0000);
+        assert_eq!(answers(mmio, 0xd000_0000), Some(1));
+        assert_eq!(answers(mmio, 0xc000_0000), Some(2));
+
+        // Slot 1 comes back onto slot 2: refused in turn.
+        write_bar(&root, 1, 0, 0xc000_0000);
+        assert_eq!(answers(mmio, 0xc000_0000), Some(2));
+        assert_eq!(answers(mmio, 0xd000_0000), None);
+
+        // Slot 2 goes home: slot 1 decodes again.
+        write_bar(&root, 2, 0, 0xc010_0000);
+        assert_eq!(answers(mmio, 0xc000_0000), Some(1));
+        assert_eq!(answers(mmio, 0xc010_0000), Some(2));
+    }
+
+    #[test]
+    fn bars_at_the_top_of_the_address_space_decode_there_and_never_wrap() {
+        let (buses, root) = root_with(vec![(
+            3,
+            PciConfig::new(1, 3, 0, 0)
+                .with_bar(0, BarKind::Memory32, 1 << 20)
+                .with_bar(2, BarKind::Memory64, 1 << 20),
+        )]);
+        let mmio = &buses.mmio;
+        // All-ones left in a 32-bit BAR: the last MiB below 4 GiB.
+        write_bar(&root, 3, 0, u32::MAX);
+        assert_eq!(answers(mmio, 0xffff_fffc), Some(3));
+        assert_eq!(answers(mmio, 0x1_0000_0000), None);
+        // All-ones in both halves of a 64-bit BAR: the last MiB of the
+        // address space, and nothing wraps around to 0.
+        write_bar(&root, 3, 2, u32::MAX);
+        write_bar(&root, 3, 3, u32::MAX);
+        assert_eq!(answers(mmio, u64::MAX - 3), Some(3));
+        let mut data = [0u8; 8];
+        assert!(mmio.read(u64::MAX - 3, &mut data));
+        assert_eq!(data, [3, 3, 3, 3, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(answers(mmio, 0), None);
+    }
+
+    #[test]
+    fn an_io_bar_over_the_configuration_ports_does_not_decode() {
+        let (buses, root) = root_with(vec![(
+            4,
+            PciConfig::new(0x1234, 4, 0, 0).with_bar(1, BarKind::Io, 0x100),
+        )]);
+        buses
+            .pio
+            .insert(
+                Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),
+                0xcf8,
+                CONFIG_IO_PORTS,
+            )
+            .unwrap();
+        assert_eq!(answers(&buses.pio, 0xc000), Some(4));
+        write_bar(&root, 4, 1, 0xc00);
+        assert_eq!(answers(&buses.pio, 0xc00), None);
+        assert_eq!(answers(&buses.pio, 0xc000), None);
+        // Configuration cycles still work, so the guest can move it back.
+        let _ = buses
+            .pio
+            .write(0xcf8, &(1u32 << 31 | 4 << 11).to_le_bytes());
+        let mut id = [0u8; 4];
+        assert!(buses.pio.read(0xcfc, &mut id));
+        assert_eq!(u32::from_le_bytes(id), 0x0004_1234);
+        write_bar(&root, 4, 1, 0xc000);
+        assert_eq!(answers(&buses.pio, 0xc000), Some(4));
+    }
+
+    #[test]
+    fn a_bar_over_ram_is_mapped_and_left_to_kvm() {
+        // RAM wins by KVM's rules (a memory slot is never an MMIO exit), so
+        // the VMM does not need to know where RAM is: the window is simply
+        // unreachable while it sits there.
+        let mut config = PciConfig::new(1, 2, 0, 0).with_bar(0, BarKind::Memory32, 1 << 20);
+        assign_bars(&mut config, 0xc000_0000, 0xc000);
+        config.set_bar_address(0, 0x20_0000);
+        assert_eq!(
+            wanted_mapping(&config, 0),
+            Some(Mapping {
+                io: false,
+                base: 0x20_0000,
+                len: 1 << 20
+            })
+        );
     }
 }
