@@ -15,7 +15,8 @@ if [ "$#" -eq 0 ]; then
     set -- target/release/selftest target/release/smp target/release/exceptions \
         target/release/lapic-timer target/release/exitcode target/release/hang \
         target/release/triple-fault target/release/pci-enum target/release/pci-testdev \
-        target/release/edu target/release/edu-driver target/release/pc-testdev \
+        target/release/edu target/release/edu-driver target/release/pci-hostile \
+        target/release/pc-testdev \
         target/release/serial-testdev target/release/debug-exit
 fi
 status=0

@@ -469,3 +469,39 @@ fn the_cpu_model_is_what_the_guest_sees() {
         &["warp-drive"],
     );
 }
+
+#[test]
+fn an_endless_interrupt_storm_ends_at_the_timeout() {
+    let (output, took) = run(&[
+        "run",
+        "bundled:pci-hostile",
+        "-append",
+        "storm=forever",
+        "--timeout",
+        "1",
+    ]);
+    let (code, stdout, stderr) = parts(&output);
+    assert_eq!(code, 124, "{stdout}\n{stderr}");
+    assert!(stdout.contains("raising edu's INTx forever"), "{stdout}");
+    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+}
+
+#[test]
+fn a_write_that_runs_past_isa_debug_exit_ends_the_vm_with_its_part() {
+    let dir = scratch("debug-exit-straddle");
+    // mov $0x105, %ax; mov $0xf7, %dx; out %ax, %dx: the byte at 0xf7 (5)
+    // is the last port of the device, 0x01 goes to 0xf8 (nothing there).
+    let mut past_end = vec![0x66, 0xb8, 0x05, 0x01, 0x66, 0xba, 0xf7, 0x00, 0x66, 0xef];
+    past_end.extend_from_slice(&exit_with(1));
+    // mov $0x90000, %eax; out %eax, $0xf2: ports 0xf4-0xf5 get 0x0009.
+    let mut before_start = vec![0xb8, 0x00, 0x00, 0x09, 0x00, 0xe7, 0xf2];
+    before_start.extend_from_slice(&exit_with(1));
+    for (name, code, expected) in [
+        ("past-end.elf", past_end, 5),
+        ("before-start.elf", before_start, 9),
+    ] {
+        let guest = write(&dir, name, &elf64(LOAD_ADDR, &code, 0));
+        let (output, _) = run(&["run", &guest]);
+        assert_eq!(parts(&output).0, expected, "{name}");
+    }
+}
