@@ -2,13 +2,13 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{guest_file, parts, run, scratch, write};
 use ktvmm_vmm::test_images::{
     EXIT_WITH_CMDLINE_BYTE, EXIT_WITH_EAX, SPIN_WITH_INTERRUPTS_OFF, elf32_multiboot, elf64,
     exit_with, exit_with_fw_cfg_byte, exit_with_multiboot_field, exit_with_pci_config,
-    exit_with_word_at,
+    exit_with_word_at, start_aps_and_count,
 };
 
 const LOAD_ADDR: u64 = 0x10_0000;
@@ -391,6 +391,23 @@ fn multiboot_kernels_start_in_32_bit_mode_with_the_information() {
         multiboot_exit(&dir, "nomods.elf", &exit_with_multiboot_field(20), &[]),
         0
     );
+}
+
+#[test]
+fn multiboot_aps_wait_for_init_and_sipi_and_then_run() {
+    let dir = scratch("multiboot-smp");
+    let started = Instant::now();
+    assert_eq!(
+        multiboot_exit(
+            &dir,
+            "smp.elf",
+            &start_aps_and_count(3),
+            &["-smp", "4", "--timeout", "10"]
+        ),
+        3,
+        "three APs started through INIT/SIPI at the real-mode trampoline"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[test]

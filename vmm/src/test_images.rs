@@ -132,3 +132,35 @@ pub fn exit_with_fw_cfg_byte(key: u16) -> Vec<u8> {
 pub const EXIT_WITH_CMDLINE_BYTE: [u8; 14] = [
     0x8b, 0x43, 0x10, 0x0f, 0xb6, 0x00, 0xe7, 0xf4, 0xf4, 0xeb, 0xfd, 0x90, 0x90, 0x90,
 ];
+
+/// 32-bit code that starts the APs the way kvm-unit-tests does (INIT and
+/// SIPI to all but itself, a real-mode trampoline at 0x8000) and exits with
+/// how many of them checked in once `aps` have (it spins until then).
+///
+/// The trampoline, written to 0x8000 first: `xor ax, ax; mov ds, ax;
+/// lock inc word [0x7000]; cli; 1: hlt; jmp 1b`.
+pub fn start_aps_and_count(aps: u8) -> Vec<u8> {
+    let mov_to = |addr: u32, value: u32| {
+        let mut v = vec![0xc7, 0x05];
+        v.extend_from_slice(&addr.to_le_bytes());
+        v.extend_from_slice(&value.to_le_bytes());
+        v
+    };
+    let mut code = Vec::new();
+    for (i, word) in [0xd88e_c031u32, 0x0006_fff0, 0xebf4_fa70, 0x9090_90fd]
+        .into_iter()
+        .enumerate()
+    {
+        code.extend(mov_to(0x8000 + 4 * i as u32, word));
+    }
+    code.extend(mov_to(0x7000, 0));
+    code.extend(mov_to(0xfee0_00f0, 0x1ff)); // LAPIC software-enabled
+    code.extend(mov_to(0xfee0_0300, 0x000c_4500)); // INIT, all but self
+    code.extend(mov_to(0xfee0_0300, 0x000c_4608)); // SIPI, vector 0x08
+    // 1: mov eax, [0x7000]; pause; cmp eax, aps; jb 1b
+    code.extend_from_slice(&[
+        0xa1, 0x00, 0x70, 0x00, 0x00, 0xf3, 0x90, 0x83, 0xf8, aps, 0x72, 0xf4,
+    ]);
+    code.extend_from_slice(&[0xe7, 0xf4, 0xf4, 0xeb, 0xfd]);
+    code
+}
