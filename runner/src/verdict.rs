@@ -85,6 +85,10 @@ pub struct TestResult {
     /// Subtest counts, when it printed any.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub subtests: Option<Subtests>,
+    /// For a guest that timed out: where each vCPU was (`ktvmm run`'s
+    /// outcome `vcpus`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub forensics: Option<serde_json::Value>,
     /// Which repetition this was (1-based), with `--repeat`/`--until-fail`.
     #[serde(skip_serializing_if = "is_first", default = "first")]
     pub iteration: u32,

@@ -127,6 +127,26 @@ fn every_cpu_is_stopped_on_timeout_even_spinning_with_interrupts_off() {
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         assert_eq!(outcome["kind"], "timeout");
         assert_eq!(outcome["exit_code"], 124);
+        // Where each vCPU was: in the message and in the JSON.
+        for cpu in 0..4 {
+            assert!(stderr.contains(&format!("\n  vCPU {cpu}: ")), "{stderr}");
+        }
+        let vcpus = outcome["vcpus"].as_array().expect("vcpus in the outcome");
+        assert_eq!(vcpus.len(), 4);
+        if guest == spin {
+            // Spinning at the entry point of the in-memory image.
+            assert!(
+                vcpus
+                    .iter()
+                    .all(|v| v["rip"].as_u64().unwrap() - LOAD_ADDR < 3),
+                "{outcome}"
+            );
+            assert!(
+                vcpus
+                    .iter()
+                    .all(|v| v["rflags"].as_u64().unwrap() & 0x200 == 0)
+            );
+        }
     }
 }
 

@@ -144,6 +144,23 @@ fn every_outcome_is_reported_and_summarised() {
         .iter()
         .find(|t| t["name"] == "prog-tap")
         .unwrap();
+    // Hang forensics: where the timed-out guest's vCPU was.
+    let hang = results["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "guest-hang")
+        .unwrap();
+    let vcpu = &hang["forensics"][0];
+    assert_eq!(vcpu["cpu"], 0, "{hang}");
+    assert_eq!(vcpu["mode"], "long", "{hang}");
+    assert!(vcpu["rip"].as_u64().unwrap() >= LOAD_ADDR, "{hang}");
+    let hang_log = std::fs::read_to_string(hang["log"].as_str().unwrap()).unwrap();
+    assert!(
+        hang_log.contains("vCPU 0: running, long mode, RIP 0x10"),
+        "{hang_log}"
+    );
+    assert!(hang_log.contains("(interrupts off)"), "{hang_log}");
     assert_eq!(tap["subtests"]["pass"], 1);
     assert_eq!(tap["subtests"]["fail"], 1);
     assert_eq!(tap["subtests"]["skip"], 1);

@@ -10,6 +10,7 @@ pub mod cpu_model;
 pub mod cpuid;
 pub mod devices;
 pub mod floor;
+pub mod forensics;
 pub mod irq_routing;
 pub mod kick;
 pub mod loader;

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::forensics::VcpuSnapshot;
+
 /// Exit code: the guest shut down or triple-faulted.
 pub const EXIT_SHUTDOWN: u8 = 121;
 /// Exit code: KVM could not run the guest (internal error, failed entry,
@@ -32,6 +34,9 @@ pub enum Outcome {
     Timeout {
         /// The limit, in seconds.
         seconds: f64,
+        /// Where each vCPU was when it stopped.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        vcpus: Vec<VcpuSnapshot>,
     },
     /// `KVM_EXIT_SHUTDOWN`: a triple fault, or a shutdown the guest caused.
     Shutdown {
@@ -83,10 +88,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// A timeout after `limit`.
+    /// A timeout after `limit` (vCPU snapshots are added when the vCPUs
+    /// have stopped).
     pub fn timeout(limit: Duration) -> Self {
         Outcome::Timeout {
             seconds: limit.as_secs_f64(),
+            vcpus: Vec::new(),
         }
     }
 
@@ -112,7 +119,13 @@ impl Outcome {
         };
         Some(match self {
             Outcome::GuestExit { .. } => return None,
-            Outcome::Timeout { seconds } => format!("guest timed out after {seconds} s"),
+            Outcome::Timeout { seconds, vcpus } => {
+                let mut text = format!("guest timed out after {seconds} s");
+                for vcpu in vcpus {
+                    text += &format!("\n  {vcpu}");
+                }
+                text
+            }
             Outcome::Shutdown { cpu, rip: r } => {
                 format!("guest shut down (triple fault?) on vCPU {cpu}{}", rip(r))
             }

@@ -8,7 +8,10 @@ use ktvmm_testdevs::Action;
 use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use std::time::Instant;
+
 use crate::bus::Bus;
+use crate::forensics::VcpuSnapshot;
 use crate::kick::RunGuard;
 use crate::outcome::{Outcome, internal_error_reason};
 
@@ -34,16 +37,21 @@ impl Vcpu {
         Self { fd, index, buses }
     }
 
-    /// Runs until the guest ends the run (`Some`) or `stop` is set (`None`).
-    pub fn run(mut self, stop: &AtomicBool) -> Option<Outcome> {
+    /// Runs until the guest ends the run (`Some`) or `stop` is set (`None`);
+    /// either way, also returns where this vCPU was at the end.
+    pub fn run(mut self, stop: &AtomicBool) -> (Option<Outcome>, Option<VcpuSnapshot>) {
         let run: *mut kvm_run = self.fd.get_kvm_run();
         let _guard = RunGuard::new(run);
+        let mut last_exit = ("none", Instant::now());
         loop {
             if stop.load(Ordering::Acquire) {
-                return None;
+                return (None, self.snapshot(last_exit));
             }
             let step = match self.fd.run() {
-                Ok(exit) => handle_exit(&self.buses, self.index, run, exit),
+                Ok(exit) => {
+                    last_exit = (exit_name(&exit), Instant::now());
+                    handle_exit(&self.buses, self.index, run, exit)
+                }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Step::Continue,
                 Err(e) => Step::End(Outcome::VmmError {
                     message: format!("KVM_RUN failed on vCPU {}: {e}", self.index),
@@ -51,9 +59,16 @@ impl Vcpu {
             };
             match step {
                 Step::Continue => {}
-                Step::End(outcome) => return Some(self.with_rip(outcome)),
+                Step::End(outcome) => {
+                    let outcome = self.with_rip(outcome);
+                    return (Some(outcome), self.snapshot(last_exit));
+                }
             }
         }
+    }
+
+    fn snapshot(&self, (name, at): (&str, Instant)) -> Option<VcpuSnapshot> {
+        VcpuSnapshot::take(&self.fd, self.index, name, at.elapsed())
     }
 
     /// Fills in the instruction pointer of outcomes that report one.
@@ -65,6 +80,23 @@ impl Vcpu {
             *rip = self.fd.get_regs().ok().map(|regs| regs.rip);
         }
         outcome
+    }
+}
+
+/// A short name for an exit, for hang reports.
+fn exit_name(exit: &VcpuExit<'_>) -> &'static str {
+    match exit {
+        VcpuExit::IoOut(..) => "io out",
+        VcpuExit::IoIn(..) => "io in",
+        VcpuExit::MmioRead(..) => "mmio read",
+        VcpuExit::MmioWrite(..) => "mmio write",
+        VcpuExit::Intr => "intr",
+        VcpuExit::Hlt => "hlt",
+        VcpuExit::Shutdown => "shutdown",
+        VcpuExit::SystemEvent(..) => "system event",
+        VcpuExit::InternalError => "internal error",
+        VcpuExit::FailEntry(..) => "fail entry",
+        _ => "other",
     }
 }
 

@@ -23,6 +23,7 @@ use crate::boot::{self, Kernel};
 use crate::boot_plan::PlanError;
 use crate::bus::BusError;
 use crate::cpu_model::{self, CpuModelError, CpuSpec};
+use crate::forensics::VcpuSnapshot;
 use crate::loader::{KernelImage, LoadError};
 use crate::memory::{GuestMemory, MemoryError, RamLayout};
 use crate::outcome::Outcome;
@@ -335,7 +336,8 @@ impl Vm {
         self.timings.restart();
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Outcome>();
-        let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(self.vcpus.len());
+        let mut threads: Vec<JoinHandle<Option<VcpuSnapshot>>> =
+            Vec::with_capacity(self.vcpus.len());
         let mut outcome = None;
         for (index, fd) in self.vcpus.drain(..).enumerate() {
             let vcpu = Vcpu::new(fd, index as u32, self.platform.buses.clone());
@@ -343,9 +345,11 @@ impl Vm {
             let spawned = thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
-                    if let Some(outcome) = vcpu.run(&stop) {
+                    let (outcome, snapshot) = vcpu.run(&stop);
+                    if let Some(outcome) = outcome {
                         let _ = tx.send(outcome);
                     }
+                    snapshot
                 });
             match spawned {
                 Ok(handle) => threads.push(handle),
@@ -360,7 +364,7 @@ impl Vm {
         drop(tx);
         self.timings.step("start vCPU threads");
 
-        let outcome = outcome.unwrap_or_else(|| {
+        let mut outcome = outcome.unwrap_or_else(|| {
             let received = match timeout {
                 Some(limit) => rx.recv_timeout(limit).map_err(|e| match e {
                     mpsc::RecvTimeoutError::Timeout => Outcome::timeout(limit),
@@ -375,8 +379,13 @@ impl Vm {
         for thread in &threads {
             kick::kick(thread);
         }
-        for thread in threads {
-            let _ = thread.join();
+        let snapshots: Vec<VcpuSnapshot> = threads
+            .into_iter()
+            .filter_map(|thread| thread.join().ok().flatten())
+            .collect();
+        if let Outcome::Timeout { vcpus, .. } = &mut outcome {
+            // Where a hung guest was: what a developer looks at first.
+            *vcpus = snapshots;
         }
         let mut serial = crate::bus::lock(&self.platform.console);
         if let Err(e) = serial.finish() {

@@ -223,6 +223,7 @@ pub(crate) mod testutil {
             reason: failing.then(|| format!("{} reason", status.label())),
             log: PathBuf::from(format!("logs/{name}.log")),
             subtests: None,
+            forensics: None,
             iteration: 1,
         }
     }

@@ -12,9 +12,14 @@ use std::time::Duration;
 use crate::suite::{TestKind, TestSpec};
 use crate::verdict::Ending;
 
+/// Where `ktvmm run` writes a guest's outcome (JSON) next to its log.
+pub fn outcome_path(log: &Path) -> std::path::PathBuf {
+    log.with_extension("outcome.json")
+}
+
 /// The command that runs `spec` (none for a test the suite skips); `ktvmm`
-/// is this binary, which boots guests.
-pub fn command(spec: &TestSpec, ktvmm: &Path, timeout: Duration) -> Option<Command> {
+/// is this binary, which boots guests; `log` is where its output goes.
+pub fn command(spec: &TestSpec, ktvmm: &Path, timeout: Duration, log: &Path) -> Option<Command> {
     Some(match &spec.kind {
         TestKind::Guest(g) => {
             let mut cmd = Command::new(ktvmm);
@@ -25,7 +30,9 @@ pub fn command(spec: &TestSpec, ktvmm: &Path, timeout: Duration) -> Option<Comma
                 .arg(format!("--append={}", g.append))
                 // The VMM stops the guest itself at the limit, which says
                 // so in the log; the runner's own deadline is the backstop.
-                .arg(format!("--timeout={}", timeout.as_secs_f64()));
+                .arg(format!("--timeout={}", timeout.as_secs_f64()))
+                .arg("--json-outcome")
+                .arg(outcome_path(log));
             if let Some(initrd) = &g.initrd {
                 cmd.arg("--initrd").arg(initrd);
             }

@@ -92,7 +92,7 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
         while !interrupted && slots.len() < options.jobs.max(1) && next < jobs.len() {
             let job = &jobs[next];
             observer.started(job);
-            let Some(cmd) = child::command(&job.spec, &options.ktvmm, job.timeout) else {
+            let Some(cmd) = child::command(&job.spec, &options.ktvmm, job.timeout, &job.log) else {
                 let result = skipped(job);
                 observer.finished(job, &result);
                 results[next] = Some(result);
@@ -223,8 +223,18 @@ fn finish(job: &Job, slot: Slot) -> TestResult {
         reason,
         log: job.log.clone(),
         subtests: crate::subtests::count(&log_text),
+        forensics: (status == Status::Timeout)
+            .then(|| hang_report(&child::outcome_path(&job.log)))
+            .flatten(),
         iteration: job.iteration,
     }
+}
+
+/// The vCPU snapshots `ktvmm run` wrote into its outcome file on timeout.
+fn hang_report(outcome: &std::path::Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(outcome).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    value.get("vcpus").cloned()
 }
 
 fn cannot_start(job: &Job, error: &std::io::Error) -> TestResult {
@@ -242,6 +252,7 @@ fn cannot_start(job: &Job, error: &std::io::Error) -> TestResult {
         reason: Some(message),
         log: job.log.clone(),
         subtests: None,
+        forensics: None,
         iteration: job.iteration,
     }
 }
@@ -260,6 +271,7 @@ fn skipped(job: &Job) -> TestResult {
         reason: Some(reason.to_string()),
         log: job.log.clone(),
         subtests: None,
+        forensics: None,
         iteration: job.iteration,
     }
 }
