@@ -7,10 +7,10 @@
 //! quiet.
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::schedule::{Job, Observer};
+use crate::schedule::{Job, Observer, repro};
 use crate::verdict::{Status, TestResult};
 
 /// Lines of a failed test's log shown under its verdict.
@@ -34,6 +34,7 @@ pub struct Console {
     verbosity: Verbosity,
     tty: bool,
     heartbeat: Duration,
+    ktvmm: PathBuf,
     total: usize,
     done: usize,
     failed: usize,
@@ -45,13 +46,15 @@ pub struct Console {
 
 impl Console {
     /// A console for a run of `total` tests; off a terminal, a heartbeat
-    /// line follows `heartbeat` of silence.
-    pub fn new(verbosity: Verbosity, total: usize, heartbeat: Duration) -> Self {
+    /// line follows `heartbeat` of silence. `ktvmm` is the binary that
+    /// reproduction commands name.
+    pub fn new(verbosity: Verbosity, total: usize, heartbeat: Duration, ktvmm: PathBuf) -> Self {
         let now = Instant::now();
         Console {
             verbosity,
             tty: std::io::stdout().is_terminal(),
             heartbeat,
+            ktvmm,
             total,
             done: 0,
             failed: 0,
@@ -135,7 +138,7 @@ impl Observer for Console {
             display_name(&result.name, job.iteration),
             seconds(result.duration)
         );
-        if let Some(s) = result.subtests {
+        if let Some(s) = &result.subtests {
             let parts: Vec<String> = [(s.pass, "pass"), (s.fail, "fail"), (s.skip, "skip")]
                 .iter()
                 .filter(|(n, _)| *n > 0)
@@ -156,6 +159,9 @@ impl Observer for Console {
                 text += &format!("        | {line}\n");
             }
             text += &format!("        log: {}\n", result.log.display());
+            if let Some(command) = repro(&job.spec, &self.ktvmm) {
+                text += &format!("        rerun alone: {command}\n");
+            }
         }
         self.print(&text);
     }

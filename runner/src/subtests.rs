@@ -1,8 +1,13 @@
-//! Subtest counts from a test's output: TAP (`ok 1 - x`, `not ok 2 - y`,
+//! Subtest verdicts from a test's output: TAP (`ok 1 - x`, `not ok 2 - y`,
 //! `# SKIP`), as kselftests print, and kvm-unit-tests' `PASS: x` /
-//! `FAIL: y` / `SKIP: z` report lines, as ktvmm's guests print.
+//! `FAIL: y` / `SKIP: z` report lines, as ktvmm's guests print: counts, and
+//! the names of the subtests that failed.
 
 use crate::verdict::Subtests;
+
+/// Names kept per test: enough to see a pattern, bounded for a test that
+/// fails thousands of assertions.
+const MAX_FAILED_NAMES: usize = 100;
 
 /// The counts, or `None` when the output has no subtest lines.
 pub fn count(output: &str) -> Option<Subtests> {
@@ -13,6 +18,7 @@ pub fn count(output: &str) -> Option<Subtests> {
         if let Some(rest) = line.strip_prefix("not ok ") {
             if starts_with_number(rest) {
                 tap.fail += 1;
+                note_failure(&mut tap, tap_name(rest));
             }
         } else if let Some(rest) = line.strip_prefix("ok ") {
             if starts_with_number(rest) {
@@ -24,8 +30,12 @@ pub fn count(output: &str) -> Option<Subtests> {
             }
         } else if line.starts_with("PASS: ") || line.starts_with("XFAIL: ") {
             kut.pass += 1;
-        } else if line.starts_with("FAIL: ") || line.starts_with("XPASS: ") {
+        } else if let Some(name) = line
+            .strip_prefix("FAIL: ")
+            .or_else(|| line.strip_prefix("XPASS: "))
+        {
             kut.fail += 1;
+            note_failure(&mut kut, name.trim());
         } else if line.starts_with("SKIP: ") {
             kut.skip += 1;
         }
@@ -36,6 +46,20 @@ pub fn count(output: &str) -> Option<Subtests> {
         .into_iter()
         .filter(|s| s.pass + s.fail + s.skip > 0)
         .max_by_key(|s| s.pass + s.fail + s.skip)
+}
+
+fn note_failure(tally: &mut Subtests, name: &str) {
+    if tally.failed.len() < MAX_FAILED_NAMES {
+        tally.failed.push(name.to_string());
+    }
+}
+
+/// `2 - name # directive` -> `name` (or the number when there is no name).
+fn tap_name(rest: &str) -> &str {
+    let rest = rest.split_once('#').map_or(rest, |(n, _)| n).trim();
+    let (number, name) = rest.split_once(' ').unwrap_or((rest, ""));
+    let name = name.trim_start_matches(['-', ' ']).trim();
+    if name.is_empty() { number } else { name }
 }
 
 fn starts_with_number(text: &str) -> bool {
@@ -60,7 +84,8 @@ mod tests {
             Some(Subtests {
                 pass: 1,
                 fail: 1,
-                skip: 2
+                skip: 2,
+                failed: vec!["b".into()],
             })
         );
     }
@@ -73,9 +98,19 @@ mod tests {
             Some(Subtests {
                 pass: 2,
                 fail: 1,
-                skip: 1
+                skip: 1,
+                failed: vec!["two".into()],
             })
         );
+    }
+
+    #[test]
+    fn failed_names() {
+        assert_eq!(tap_name("3 - vm_create # TODO x"), "vm_create");
+        assert_eq!(tap_name("4"), "4");
+        let many: String = (0..150).map(|i| format!("FAIL: t{i}\n")).collect();
+        let counted = count(&many).unwrap();
+        assert_eq!((counted.fail, counted.failed.len()), (150, 100));
     }
 
     #[test]

@@ -110,7 +110,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
     } else {
         tests.len() * rounds as usize
     };
-    let mut console = Console::new(verbosity, round_size, args.heartbeat);
+    let mut console = Console::new(verbosity, round_size, args.heartbeat, options.ktvmm.clone());
     let mut results: Vec<TestResult> = Vec::new();
     let mut interrupted = false;
     let mut iteration = 1;

@@ -53,8 +53,8 @@ impl Status {
 }
 
 /// Subtest counts a test printed (TAP `ok`/`not ok`, kvm-unit-tests
-/// `PASS:`/`FAIL:`/`SKIP:` lines).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `PASS:`/`FAIL:`/`SKIP:` lines), and the names of those that failed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subtests {
     /// Passed subtests.
     pub pass: u32,
@@ -62,6 +62,9 @@ pub struct Subtests {
     pub fail: u32,
     /// Skipped subtests.
     pub skip: u32,
+    /// The failed subtests' names, in order (the first 100).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub failed: Vec<String>,
 }
 
 /// One finished test.

@@ -161,6 +161,23 @@ fn every_outcome_is_reported_and_summarised() {
         "{hang_log}"
     );
     assert!(hang_log.contains("(interrupts off)"), "{hang_log}");
+    // Subtest verdicts by name, and a command to rerun the test alone.
+    assert_eq!(tap["subtests"]["failed"], serde_json::json!(["b"]), "{tap}");
+    assert!(
+        tap["reason"]
+            .as_str()
+            .unwrap()
+            .contains("1 subtest failed: b"),
+        "{tap}"
+    );
+    assert!(
+        stdout.contains("rerun alone: /bin/sh -c 'echo 1..3;"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(" run ") && stdout.contains("fail.elf --smp 1 --memory 128\n"),
+        "{stdout}"
+    );
     assert_eq!(tap["subtests"]["pass"], 1);
     assert_eq!(tap["subtests"]["fail"], 1);
     assert_eq!(tap["subtests"]["skip"], 1);
@@ -193,6 +210,7 @@ fn every_outcome_is_reported_and_summarised() {
             .count()
     };
     assert_eq!((with("failure"), with("skipped"), with("error")), (4, 2, 0));
+    assert!(junit.contains("1 subtest failed: b"), "{junit}");
     let tap = std::fs::read_to_string(dir.join("out/results.tap")).unwrap();
     assert!(tap.starts_with("TAP version 13\n1..8\n"), "{tap}");
     assert_eq!(tap.lines().filter(|l| l.starts_with("not ok ")).count(), 4);

@@ -81,8 +81,9 @@ mod tests {
         let mut tests = one_of_each();
         tests[0].subtests = Some(Subtests {
             pass: 3,
-            fail: 0,
+            fail: 1,
             skip: 1,
+            failed: vec!["x86: a < b".into()],
         });
         tests[1].iteration = 2;
         tests[2].duration = Duration::from_millis(1);

@@ -120,7 +120,7 @@ fn testcase(x: &mut String, dir: &Path, r: &TestResult) {
 
 /// The command line as a shell would take it back: words with anything
 /// but plain characters single-quoted, so one with a space stays one.
-fn shell_words(words: &[String]) -> String {
+pub fn shell_words(words: &[String]) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
     words
         .iter()

@@ -59,7 +59,7 @@ fn diagnostics(t: &mut String, r: &TestResult) {
     if r.iteration > 1 {
         let _ = writeln!(t, "  iteration: {}", r.iteration);
     }
-    if let Some(s) = r.subtests {
+    if let Some(s) = &r.subtests {
         let _ = writeln!(
             t,
             "  subtests: {{pass: {}, fail: {}, skip: {}}}",

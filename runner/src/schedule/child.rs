@@ -57,6 +57,45 @@ pub fn command(spec: &TestSpec, ktvmm: &Path, timeout: Duration, log: &Path) -> 
     })
 }
 
+/// A command line that runs `spec` alone, by hand: what a failure's
+/// report offers to copy and paste.
+pub fn repro(spec: &TestSpec, ktvmm: &Path) -> Option<String> {
+    let mut words: Vec<String> = Vec::new();
+    let mut prefix = String::new();
+    match &spec.kind {
+        TestKind::Skip(_) => return None,
+        TestKind::Guest(g) => {
+            words.extend([ktvmm.display().to_string(), "run".into(), g.guest.clone()]);
+            words.extend(["--smp".into(), g.smp.to_string()]);
+            words.extend(["--memory".into(), g.mem_mib.to_string()]);
+            if !g.append.is_empty() {
+                words.extend(["--append".into(), g.append.clone()]);
+            }
+            if let Some(initrd) = &g.initrd {
+                words.extend(["--initrd".into(), initrd.display().to_string()]);
+            }
+            if let Some(cpu) = &g.cpu {
+                words.extend(["--cpu".into(), cpu.clone()]);
+            }
+            if g.no_pit {
+                words.push("--no-pit".into());
+            }
+        }
+        TestKind::Exec(e) => {
+            if let Some(dir) = &e.cwd {
+                prefix = format!(
+                    "cd {} && ",
+                    crate::results::shell_words(&[dir.display().to_string()])
+                );
+            }
+            words.extend(e.env.iter().map(|(k, v)| format!("{k}={v}")));
+            words.push(e.path.display().to_string());
+            words.extend(e.args.iter().cloned());
+        }
+    }
+    Some(prefix + &crate::results::shell_words(&words))
+}
+
 /// A started test process.
 pub struct Running {
     child: Child,

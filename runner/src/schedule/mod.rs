@@ -5,6 +5,8 @@
 
 mod child;
 
+pub use child::repro;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -212,6 +214,22 @@ fn finish(job: &Job, slot: Slot) -> TestResult {
             reason = Some(line["ktvmm: ".len()..].to_string());
         }
     }
+    let subtests = crate::subtests::count(&log_text);
+    if let Some(failed) = subtests
+        .as_ref()
+        .filter(|s| status == Status::Fail && !s.failed.is_empty())
+    {
+        let shown: Vec<&str> = failed.failed.iter().take(3).map(String::as_str).collect();
+        let more = (failed.fail as usize).saturating_sub(shown.len());
+        let mut text = format!("{} failed: {}", plural(failed.fail), shown.join("; "));
+        if more > 0 {
+            text += &format!(" (+{more} more)");
+        }
+        reason = Some(match reason {
+            Some(r) => format!("{r}; {text}"),
+            None => text,
+        });
+    }
     TestResult {
         name: job.spec.name.clone(),
         status,
@@ -222,11 +240,19 @@ fn finish(job: &Job, slot: Slot) -> TestResult {
         },
         reason,
         log: job.log.clone(),
-        subtests: crate::subtests::count(&log_text),
+        subtests,
         forensics: (status == Status::Timeout)
             .then(|| hang_report(&child::outcome_path(&job.log)))
             .flatten(),
         iteration: job.iteration,
+    }
+}
+
+fn plural(n: u32) -> String {
+    if n == 1 {
+        "1 subtest".into()
+    } else {
+        format!("{n} subtests")
     }
 }
 
