@@ -117,6 +117,10 @@ pub struct TestArgs {
     /// times when that is given).
     #[arg(long)]
     pub until_fail: bool,
+    /// Run a test that did not pass up to N more times; one that then
+    /// passes is reported FLAKY.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retries: u32,
     /// Where logs and results go (default: a new ktvmm-results/<time>/,
     /// linked from ktvmm-results/latest).
     #[arg(short = 'o', long, value_name = "DIR")]

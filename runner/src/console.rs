@@ -65,6 +65,11 @@ impl Console {
         }
     }
 
+    /// A line of the runner's own (not a test's).
+    pub fn note(&mut self, text: &str) {
+        self.print(&format!("{text}\n"));
+    }
+
     /// Another round of `tests` is about to run (`--until-fail`).
     pub fn next_round(&mut self, tests: usize) {
         self.total += tests;
@@ -211,8 +216,12 @@ impl Observer for Console {
 /// by status, wall time, and each test that did not pass with its log.
 pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &Path) {
     let count = |s: Status| results.iter().filter(|r| r.status == s).count();
+    let flaky = match count(Status::Flaky) {
+        0 => String::new(),
+        n => format!(", {n} flaky"),
+    };
     let mut text = format!(
-        "\nsummary: {} passed, {} failed, {} skipped, {} timed out, {} errors ({} tests in {})\n",
+        "\nsummary: {} passed, {} failed, {} skipped, {} timed out, {} errors{flaky} ({} tests in {})\n",
         count(Status::Pass),
         count(Status::Fail),
         count(Status::Skip),
@@ -224,7 +233,10 @@ pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &
     if not_run > 0 {
         text += &format!("interrupted: {not_run} tests did not run\n");
     }
-    let bad: Vec<&TestResult> = results.iter().filter(|r| r.status.is_failure()).collect();
+    let bad: Vec<&TestResult> = results
+        .iter()
+        .filter(|r| r.status.is_failure() || r.status == Status::Flaky)
+        .collect();
     if !bad.is_empty() {
         text += "not passed:\n";
         let width = bad

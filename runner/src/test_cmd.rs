@@ -12,7 +12,7 @@ use crate::results::{self, OutputDir};
 use crate::schedule::{self, Job};
 use crate::select::Selection;
 use crate::suite::{TestSpec, discover::discover, kut};
-use crate::verdict::{RunMeta, TestResult};
+use crate::verdict::{RunMeta, Status, TestResult};
 use crate::{bundled, interrupt, kvm_env};
 
 /// Exit code of a run cut short by Ctrl-C (as a shell reports SIGINT).
@@ -121,8 +121,12 @@ pub fn test(args: TestArgs) -> Result<u8> {
         let jobs = jobs(&tests, iteration, batch, &args, &output);
         let finished = schedule::run(&jobs, &options, &mut console);
         interrupted = finished.interrupted;
-        let failed = finished.results.iter().any(|r| r.status.is_failure());
-        results.extend(finished.results);
+        let mut round = finished.results;
+        if !interrupted && args.retries > 0 {
+            interrupted = retry(&mut round, &jobs, &args, &output, &options, &mut console);
+        }
+        let failed = round.iter().any(|r| r.status.is_failure());
+        results.extend(round);
         iteration += batch;
         if args.until_fail {
             if failed {
@@ -154,6 +158,72 @@ pub fn test(args: TestArgs) -> Result<u8> {
     } else {
         u8::from(results.iter().any(|r| r.status.is_failure()))
     })
+}
+
+/// Runs the tests of `results` that did not pass again, up to
+/// `--retries` times; one that passes becomes FLAKY, never PASS. Returns
+/// whether Ctrl-C stopped it.
+fn retry(
+    results: &mut [TestResult],
+    jobs: &[Job],
+    args: &TestArgs,
+    output: &OutputDir,
+    options: &schedule::Options,
+    console: &mut Console,
+) -> bool {
+    let mut pending: Vec<usize> = (0..results.len())
+        .filter(|&i| {
+            results[i].status.is_failure() && results[i].reason.as_deref() != Some("interrupted")
+        })
+        .collect();
+    for attempt in 1..=args.retries {
+        if pending.is_empty() {
+            break;
+        }
+        let retry_jobs: Vec<Job> = pending
+            .iter()
+            .filter_map(|&i| {
+                let job = jobs.iter().find(|j| {
+                    j.spec.name == results[i].name && j.iteration == results[i].iteration
+                })?;
+                let mut job = job.clone();
+                job.log =
+                    output.log_path(&format!("{}.retry{attempt}", job.spec.name), job.iteration);
+                Some(job)
+            })
+            .collect();
+        console.note(&format!(
+            "retrying {} test(s) that did not pass (attempt {attempt} of {})",
+            retry_jobs.len(),
+            args.retries
+        ));
+        console.next_round(retry_jobs.len());
+        let finished = schedule::run(&retry_jobs, options, console);
+        for again in &finished.results {
+            let Some(&i) = pending.iter().find(|&&i| {
+                results[i].name == again.name && results[i].iteration == again.iteration
+            }) else {
+                continue;
+            };
+            if !again.status.is_failure() {
+                let first = results[i].reason.clone().unwrap_or_else(|| "failed".into());
+                results[i].status = Status::Flaky;
+                results[i].reason = Some(format!(
+                    "{first}; passed on retry {attempt} (log {})",
+                    again.log.display()
+                ));
+                pending.retain(|&p| p != i);
+            }
+        }
+        if finished.interrupted {
+            return true;
+        }
+    }
+    for &i in &pending {
+        let first = results[i].reason.clone().unwrap_or_else(|| "failed".into());
+        results[i].reason = Some(format!("{first}; failed all {} retries", args.retries));
+    }
+    false
 }
 
 fn selection(args: &TestArgs) -> Result<Selection> {

@@ -22,17 +22,20 @@ pub enum Status {
     Timeout,
     /// It could not be run as asked (cannot start, VMM error, interrupted).
     Error,
+    /// It did not pass, then passed when retried (`--retries`).
+    Flaky,
 }
 
 impl Status {
     /// Every status, in the order summaries list them.
     #[cfg(test)]
-    pub const ALL: [Status; 5] = [
+    pub const ALL: [Status; 6] = [
         Status::Pass,
         Status::Fail,
         Status::Skip,
         Status::Timeout,
         Status::Error,
+        Status::Flaky,
     ];
 
     /// The console's label.
@@ -43,6 +46,7 @@ impl Status {
             Status::Skip => "SKIP",
             Status::Timeout => "TIMEOUT",
             Status::Error => "ERROR",
+            Status::Flaky => "FLAKY",
         }
     }
 

@@ -511,3 +511,48 @@ fn on_a_terminal_the_heartbeat_is_one_status_line_redrawn() {
     assert!(text.contains("running: slowpoke ("), "{text:?}");
     assert!(text.contains("PASS    slowpoke"), "{text:?}");
 }
+
+#[test]
+fn a_test_that_fails_then_passes_is_flaky_not_passed() {
+    let dir = scratch("flaky");
+    let counter = dir.join("count");
+    let suite = write(
+        &dir,
+        "flaky.ktvmm.toml",
+        format!(
+            "[[test]]\nname = \"second-time-lucky\"\nexec = \"/bin/sh\"\n\
+             args = [\"-c\", \"echo x >> {0}; test $(wc -l < {0}) -ge 2\"]\n\n\
+             [[test]]\nname = \"always-fails\"\nexec = \"/bin/false\"\n",
+            counter.display()
+        )
+        .as_bytes(),
+    );
+    let (code, stdout, _) = test_in(&dir, &["--retries", "2", &suite]);
+    assert_eq!(code, 1, "always-fails still fails the run:\n{stdout}");
+    let results = results(&dir);
+    assert_eq!(status_of(&results, "second-time-lucky"), "flaky");
+    assert_eq!(status_of(&results, "always-fails"), "fail");
+    assert!(stdout.contains("retrying 2 test(s)"), "{stdout}");
+    assert!(stdout.contains(", 1 flaky"), "{stdout}");
+    let summary = &stdout[stdout.find("summary:").unwrap()..];
+    assert!(summary.contains("FLAKY   second-time-lucky"), "{summary}");
+    assert!(summary.contains("failed all 2 retries"), "{summary}");
+    let junit = std::fs::read_to_string(dir.join("out/junit.xml")).unwrap();
+    roxmltree::Document::parse(&junit).expect("well-formed");
+    assert!(junit.contains("<flakyFailure"), "{junit}");
+
+    // Flaky alone does not fail the run.
+    std::fs::remove_file(&counter).unwrap();
+    let only_flaky = write(
+        &dir,
+        "only.ktvmm.toml",
+        format!(
+            "[[test]]\nname = \"lucky\"\nexec = \"/bin/sh\"\n\
+             args = [\"-c\", \"echo x >> {0}; test $(wc -l < {0}) -ge 2\"]\n",
+            counter.display()
+        )
+        .as_bytes(),
+    );
+    let (code, stdout, _) = test_in(&dir, &["--retries", "1", &only_flaky]);
+    assert_eq!(code, 0, "{stdout}");
+}

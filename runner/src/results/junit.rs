@@ -91,6 +91,13 @@ fn testcase(x: &mut String, dir: &Path, r: &TestResult) {
             x.push_str("/>\n");
             return;
         }
+        // Passed in the end: not counted failed; the first failure goes in
+        // Maven Surefire's <flakyFailure>, which CI tools that know flaky
+        // tests read.
+        Status::Flaky => (
+            "flakyFailure",
+            format!("flaky: {}", reason.unwrap_or("failed, then passed")),
+        ),
         Status::Fail => ("failure", reason.unwrap_or("failed").to_string()),
         // Said outright, whatever the scheduler's reason reads like: CI
         // pages show only the message, and a timeout is not a plain failure.
@@ -282,7 +289,7 @@ mod tests {
         assert_eq!(suites.len(), 1);
         let suite = suites[0];
         for node in [root, suite] {
-            assert_eq!(attr_of(node, "tests"), "5");
+            assert_eq!(attr_of(node, "tests"), "6");
             assert_eq!(attr_of(node, "failures"), "2");
             assert_eq!(attr_of(node, "errors"), "1");
             assert_eq!(attr_of(node, "skipped"), "1");
@@ -295,7 +302,7 @@ mod tests {
             .children()
             .filter(|n| n.has_tag_name("testcase"))
             .collect();
-        assert_eq!(cases.len(), 5);
+        assert_eq!(cases.len(), 6);
         let kids = |i: usize| -> Vec<String> {
             cases[i]
                 .children()
@@ -308,6 +315,7 @@ mod tests {
         assert_eq!(kids(2), ["skipped"]);
         assert_eq!(kids(3), ["failure"]);
         assert_eq!(kids(4), ["error"]);
+        assert_eq!(kids(5), ["flakyFailure"], "flaky is not a failure");
         let timeout = cases[3].first_element_child().unwrap();
         assert_eq!(attr_of(timeout, "message"), "timed out: TIMEOUT reason");
         assert_eq!(attr_of(timeout, "type"), "timeout");

@@ -215,7 +215,7 @@ pub(crate) mod testutil {
             status,
             duration: Duration::from_millis(1_500),
             exit_code: match status {
-                Status::Pass => Some(0),
+                Status::Pass | Status::Flaky => Some(0),
                 Status::Fail => Some(1),
                 Status::Skip => Some(77),
                 Status::Timeout | Status::Error => None,

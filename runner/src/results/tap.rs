@@ -28,6 +28,9 @@ fn render(meta: &RunMeta, results: &[TestResult]) -> String {
                 let _ = writeln!(t, "ok {n} - {name}");
                 continue;
             }
+            Status::Flaky => {
+                let _ = writeln!(t, "ok {n} - {name}");
+            }
             Status::Skip => {
                 let _ = write!(t, "ok {n} - {name} # SKIP");
                 if let Some(reason) = &r.reason {
@@ -182,17 +185,18 @@ mod tests {
         results.push(result("odd # name \\ here\nsecond line", Status::Pass));
         let tap = render(&meta(), &results);
         let (planned, points) = check(&tap);
-        assert_eq!(planned, 6);
+        assert_eq!(planned, 7);
         let oks: Vec<bool> = points.iter().map(|p| p.ok).collect();
-        assert_eq!(oks, [true, false, true, false, false, true]);
+        assert_eq!(oks, [true, false, true, false, false, true, true]);
         assert_eq!(points[1].desc, "t-fail");
         assert_eq!(
             points[2].directive.as_deref(),
             Some("SKIP needs AVX-512 # really")
         );
         assert_eq!(points[0].directive, None);
-        assert_eq!(points[5].desc, "odd # name \\ here second line");
-        assert_eq!(points[5].directive, None);
+        assert_eq!(points[5].desc, "t-flaky");
+        assert_eq!(points[6].desc, "odd # name \\ here second line");
+        assert_eq!(points[6].directive, None);
         assert!(tap.contains("ok 3 - t-skip # SKIP needs AVX-512 # really\n"));
         assert!(tap.contains(
             "not ok 4 - t-timeout\n  ---\n  status: timeout\n  duration_ms: 1500\n  \
@@ -202,7 +206,8 @@ mod tests {
             "not ok 2 - t-fail\n  ---\n  status: fail\n  duration_ms: 1500\n  exit_code: 1\n"
         ));
         // Passes get no YAML block.
-        assert!(tap.starts_with("TAP version 13\n1..6\nok 1 - t-pass\nnot ok 2"));
+        assert!(tap.starts_with("TAP version 13\n1..7\nok 1 - t-pass\nnot ok 2"));
+        assert!(tap.contains("ok 6 - t-flaky\n  ---\n  status: flaky\n"));
     }
 
     #[test]
