@@ -117,6 +117,10 @@ pub struct TestArgs {
     /// times when that is given).
     #[arg(long)]
     pub until_fail: bool,
+    /// Run the selected tests in an order shuffled by SEED (the same seed,
+    /// the same order), to expose tests that depend on others.
+    #[arg(long, value_name = "SEED")]
+    pub shuffle: Option<u64>,
     /// Run a test that did not pass up to N more times; one that then
     /// passes is reported FLAKY.
     #[arg(long, value_name = "N", default_value_t = 0)]

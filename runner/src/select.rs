@@ -75,6 +75,23 @@ impl Selection {
     }
 }
 
+/// Puts `tests` in an order drawn from `seed` (Fisher-Yates with
+/// SplitMix64): reproducible across runs and machines.
+pub fn shuffle<T>(tests: &mut [T], seed: u64) {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    for i in (1..tests.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        tests.swap(i, j);
+    }
+}
+
 /// A pattern with `*` or `?` is a glob over the whole name; anything else
 /// matches as a substring.
 pub fn matches(pattern: &str, name: &str) -> bool {
@@ -205,6 +222,22 @@ mod tests {
             want.sort();
             assert_eq!(seen, want, "{count} shards");
         }
+    }
+
+    #[test]
+    fn shuffles_are_reproducible_permutations() {
+        let original: Vec<u32> = (0..50).collect();
+        let mut a = original.clone();
+        let mut b = original.clone();
+        shuffle(&mut a, 7);
+        shuffle(&mut b, 7);
+        assert_eq!(a, b, "same seed, same order");
+        assert_ne!(a, original);
+        let mut c = original.clone();
+        shuffle(&mut c, 8);
+        assert_ne!(a, c, "another seed, another order");
+        a.sort_unstable();
+        assert_eq!(a, original, "a permutation");
     }
 
     #[test]

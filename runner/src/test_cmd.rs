@@ -35,7 +35,10 @@ pub fn test(args: TestArgs) -> Result<u8> {
     };
     let discovered = tests.len();
     let selection = selection(&args)?;
-    let tests = selection.apply(tests);
+    let mut tests = selection.apply(tests);
+    if let Some(seed) = args.shuffle {
+        crate::select::shuffle(&mut tests, seed);
+    }
 
     let environment = kvm_env::Request {
         tdp: args.tdp,
@@ -85,6 +88,9 @@ pub fn test(args: TestArgs) -> Result<u8> {
     }
     for notice in plan.iter().flat_map(|p| &p.notices) {
         println!("notice: {notice}");
+    }
+    if let Some(seed) = args.shuffle {
+        println!("order shuffled with --shuffle {seed}");
     }
     let options = schedule::Options {
         jobs: args

@@ -556,3 +556,28 @@ fn a_test_that_fails_then_passes_is_flaky_not_passed() {
     let (code, stdout, _) = test_in(&dir, &["--retries", "1", &only_flaky]);
     assert_eq!(code, 0, "{stdout}");
 }
+
+#[test]
+fn shuffle_orders_reproducibly() {
+    let dir = scratch("shuffle");
+    let suite = verdicts_suite(&dir);
+    let list = |extra: &[&str]| {
+        let mut args = vec!["--list", suite.as_str()];
+        args.extend_from_slice(extra);
+        let (code, stdout, _) = test_in(&dir, &args);
+        assert_eq!(code, 0);
+        stdout
+            .lines()
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let plain = list(&[]);
+    let a = list(&["--shuffle", "42"]);
+    assert_eq!(a, list(&["--shuffle", "42"]));
+    assert_ne!(a, plain);
+    let mut sorted = a.clone();
+    sorted.sort();
+    let mut expected = plain.clone();
+    expected.sort();
+    assert_eq!(sorted, expected);
+}
