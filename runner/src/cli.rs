@@ -26,6 +26,9 @@ pub enum Command {
     Test(TestArgs),
     /// Measure boot-to-exit time against the raw KVM floor.
     Bench(BenchArgs),
+    /// Compare two runs (output directories or results.json files): exit 1
+    /// when a test or subtest regressed.
+    Diff(DiffArgs),
     /// One run of the raw KVM floor (what `bench` times as its baseline).
     #[command(hide = true)]
     BenchFloor,
@@ -155,6 +158,15 @@ pub struct TestArgs {
     /// run, and run nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// Options of `ktvmm diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The earlier run.
+    pub before: PathBuf,
+    /// The later run.
+    pub after: PathBuf,
 }
 
 /// Options of `ktvmm bench`.

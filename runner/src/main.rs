@@ -5,6 +5,7 @@ mod bundled;
 mod cli;
 mod console;
 mod detach;
+mod diff_cmd;
 mod interrupt;
 mod kvm_env;
 mod results;
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => run_cmd::run(args),
         cli::Command::Test(args) => test_cmd::test(args),
         cli::Command::Bench(args) => bench::bench(args),
+        cli::Command::Diff(args) => diff_cmd::diff(&args.before, &args.after),
         cli::Command::BenchFloor => bench::floor_once(),
     };
     match result {

@@ -122,6 +122,10 @@ pub struct RunMeta {
     pub kvm_module: String,
     /// CPU model name.
     pub cpu: String,
+    /// Parameters of `kvm` and of the backend module (`kvm.enable_pmu`,
+    /// `kvm_intel.ept`, ...), as sysfs shows them.
+    #[serde(default)]
+    pub kvm_params: std::collections::BTreeMap<String, String>,
     /// Start time, seconds since the Unix epoch.
     pub started_unix: u64,
     /// Wall time of the whole run.

@@ -581,3 +581,55 @@ fn shuffle_orders_reproducibly() {
     expected.sort();
     assert_eq!(sorted, expected);
 }
+
+#[test]
+fn diff_names_regressions_and_gates_on_them() {
+    let dir = scratch("diff");
+    let flag = dir.join("broken");
+    let suite = write(
+        &dir,
+        "d.ktvmm.toml",
+        format!(
+            "[[test]]\nname = \"fragile\"\nexec = \"/bin/sh\"\nargs = [\"-c\", \"! test -e {}\"]\n\n\
+             [[test]]\nname = \"steady\"\nexec = \"/bin/true\"\n",
+            flag.display()
+        )
+        .as_bytes(),
+    );
+    let (before, after) = (dir.join("before"), dir.join("after"));
+    let run_into = |out: &Path| {
+        let output = ktvmm()
+            .args(["test", "-q", "-o", out.to_str().unwrap(), &suite])
+            .output()
+            .unwrap();
+        parts(&output).0
+    };
+    assert_eq!(run_into(&before), 0);
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(run_into(&after), 1);
+
+    let diff = |a: &Path, b: &Path| {
+        parts(
+            &ktvmm()
+                .args(["diff", a.to_str().unwrap(), b.to_str().unwrap()])
+                .output()
+                .unwrap(),
+        )
+    };
+    let (code, stdout, _) = diff(&before, &after);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.starts_with("regressions (1):\n  fragile: PASS -> FAIL"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("environment (before | after):"), "{stdout}");
+    let (code, stdout, _) = diff(&after, &before.join("results.json"));
+    assert_eq!(code, 0, "a fix is not a regression:\n{stdout}");
+    assert!(
+        stdout.contains("fixed (1):\n  fragile: FAIL -> PASS"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = diff(&dir.join("nope"), &before);
+    assert_eq!(code, 125);
+    assert!(stderr.contains("nope"), "{stderr}");
+}

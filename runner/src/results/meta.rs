@@ -25,6 +25,7 @@ impl RunMeta {
             host_kernel: kernel_release().unwrap_or_else(|| UNKNOWN.to_string()),
             kvm_module: kvm_module_in(Path::new("/sys/module"))
                 .unwrap_or_else(|| UNKNOWN.to_string()),
+            kvm_params: kvm_params_in(Path::new("/sys/module")),
             cpu: fs::read_to_string("/proc/cpuinfo")
                 .ok()
                 .and_then(|s| cpu_model(&s))
@@ -36,6 +37,30 @@ impl RunMeta {
             interrupted: false,
         }
     }
+}
+
+/// Every readable parameter of `kvm` and `kvm_*` modules, as `module.param`.
+fn kvm_params_in(sys_module: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut params = std::collections::BTreeMap::new();
+    let Ok(modules) = fs::read_dir(sys_module) else {
+        return params;
+    };
+    for module in modules.flatten() {
+        let name = module.file_name().to_string_lossy().into_owned();
+        if name != "kvm" && !name.starts_with("kvm_") {
+            continue;
+        }
+        let Ok(entries) = fs::read_dir(module.path().join("parameters")) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if let Ok(value) = fs::read_to_string(entry.path()) {
+                let param = entry.file_name().to_string_lossy().into_owned();
+                params.insert(format!("{name}.{param}"), value.trim().to_string());
+            }
+        }
+    }
+    params
 }
 
 /// `uname -r`.

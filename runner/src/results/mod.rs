@@ -202,6 +202,7 @@ pub(crate) mod testutil {
             host_kernel: "6.1.0".into(),
             kvm_module: "kvm_intel".into(),
             cpu: "Test CPU".into(),
+            kvm_params: [("kvm_intel.ept".to_string(), "Y".to_string())].into(),
             started_unix: 1_795_395_723,
             duration: Duration::from_millis(12_345),
             interrupted: false,
