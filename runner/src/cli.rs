@@ -120,6 +120,11 @@ pub struct TestArgs {
     /// times when that is given).
     #[arg(long)]
     pub until_fail: bool,
+    /// Known failures (TOML, see docs/runner.md): expected failures are
+    /// XFAIL, passes of tests expected to fail XPASS; only the unexpected
+    /// fails the run.
+    #[arg(long, value_name = "FILE")]
+    pub expect: Option<PathBuf>,
     /// Run the selected tests in an order shuffled by SEED (the same seed,
     /// the same order), to expose tests that depend on others.
     #[arg(long, value_name = "SEED")]

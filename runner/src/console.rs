@@ -216,10 +216,17 @@ impl Observer for Console {
 /// by status, wall time, and each test that did not pass with its log.
 pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &Path) {
     let count = |s: Status| results.iter().filter(|r| r.status == s).count();
-    let flaky = match count(Status::Flaky) {
-        0 => String::new(),
-        n => format!(", {n} flaky"),
-    };
+    let mut flaky = String::new();
+    for (status, what) in [
+        (Status::Flaky, "flaky"),
+        (Status::XFail, "expected failures"),
+        (Status::XPass, "unexpected passes"),
+    ] {
+        let n = count(status);
+        if n > 0 {
+            flaky += &format!(", {n} {what}");
+        }
+    }
     let mut text = format!(
         "\nsummary: {} passed, {} failed, {} skipped, {} timed out, {} errors{flaky} ({} tests in {})\n",
         count(Status::Pass),
@@ -235,7 +242,7 @@ pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &
     }
     let bad: Vec<&TestResult> = results
         .iter()
-        .filter(|r| r.status.is_failure() || r.status == Status::Flaky)
+        .filter(|r| r.status.is_failure() || matches!(r.status, Status::Flaky | Status::XFail))
         .collect();
     if !bad.is_empty() {
         text += "not passed:\n";

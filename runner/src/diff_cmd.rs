@@ -58,7 +58,10 @@ struct Report {
 }
 
 fn is_good(s: Status) -> bool {
-    matches!(s, Status::Pass | Status::Skip | Status::Flaky)
+    matches!(
+        s,
+        Status::Pass | Status::Skip | Status::Flaky | Status::XFail
+    )
 }
 
 fn compare(a: &ResultsFile, b: &ResultsFile) -> Report {

@@ -34,6 +34,10 @@ pub fn test(args: TestArgs) -> Result<u8> {
         discover(&args.paths, &host)?
     };
     let discovered = tests.len();
+    let expectations = match &args.expect {
+        Some(path) => crate::expect::load(path)?,
+        None => Vec::new(),
+    };
     let selection = selection(&args)?;
     let mut tests = selection.apply(tests);
     if let Some(seed) = args.shuffle {
@@ -146,6 +150,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
     let mut meta = RunMeta::probe(std::env::args().collect(), started_at);
     meta.duration = started.elapsed();
     meta.interrupted = interrupted;
+    crate::expect::apply(&expectations, &meta, &mut results);
     let written = results::write_all(&output, &meta, &results);
     let not_run = if interrupted {
         round_size.saturating_sub(results.len())

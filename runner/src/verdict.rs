@@ -24,18 +24,26 @@ pub enum Status {
     Error,
     /// It did not pass, then passed when retried (`--retries`).
     Flaky,
+    /// It failed, as the expectations file says it does.
+    #[serde(rename = "xfail")]
+    XFail,
+    /// It passed, though the expectations file says it fails.
+    #[serde(rename = "xpass")]
+    XPass,
 }
 
 impl Status {
     /// Every status, in the order summaries list them.
     #[cfg(test)]
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 8] = [
         Status::Pass,
         Status::Fail,
         Status::Skip,
         Status::Timeout,
         Status::Error,
         Status::Flaky,
+        Status::XFail,
+        Status::XPass,
     ];
 
     /// The console's label.
@@ -47,12 +55,17 @@ impl Status {
             Status::Timeout => "TIMEOUT",
             Status::Error => "ERROR",
             Status::Flaky => "FLAKY",
+            Status::XFail => "XFAIL",
+            Status::XPass => "XPASS",
         }
     }
 
     /// Whether this status makes the run fail.
     pub fn is_failure(self) -> bool {
-        matches!(self, Status::Fail | Status::Timeout | Status::Error)
+        matches!(
+            self,
+            Status::Fail | Status::Timeout | Status::Error | Status::XPass
+        )
     }
 }
 

@@ -633,3 +633,48 @@ fn diff_names_regressions_and_gates_on_them() {
     assert_eq!(code, 125);
     assert!(stderr.contains("nope"), "{stderr}");
 }
+
+#[test]
+fn expectations_turn_known_failures_into_xfail_and_surprises_into_xpass() {
+    let dir = scratch("expect");
+    let suite = write(
+        &dir,
+        "e.ktvmm.toml",
+        b"[[test]]\nname = \"known-bad\"\nexec = \"/bin/false\"\n\n\
+          [[test]]\nname = \"fixed-now\"\nexec = \"/bin/true\"\n\n\
+          [[test]]\nname = \"fine\"\nexec = \"/bin/true\"\n",
+    );
+    let expect = write(
+        &dir,
+        "expect.toml",
+        b"[[expect]]\ntest = \"known-bad\"\nreason = \"bug 123\"\n\n\
+          [[expect]]\ntest = \"fixed-*\"\nreason = \"bug 456\"\n",
+    );
+    let (code, stdout, _) = test_in(&dir, &["--expect", &expect, &suite]);
+    assert_eq!(code, 1, "an unexpected pass fails the run:\n{stdout}");
+    let results = results(&dir);
+    assert_eq!(status_of(&results, "known-bad"), "xfail");
+    assert_eq!(status_of(&results, "fixed-now"), "xpass");
+    assert_eq!(status_of(&results, "fine"), "pass");
+    assert!(
+        stdout.contains(", 1 expected failures, 1 unexpected passes"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("expected: bug 123"), "{stdout}");
+
+    let only_known = write(
+        &dir,
+        "expect2.toml",
+        b"[[expect]]\ntest = \"known-bad\"\nreason = \"bug 123\"\n",
+    );
+    let (code, stdout, _) = test_in(&dir, &["--expect", &only_known, "-x", "fixed", &suite]);
+    assert_eq!(code, 0, "only expected failures:\n{stdout}");
+
+    let bad = write(&dir, "bad.toml", b"[[expect]]\ntest = \"x\"\n");
+    let (code, _, stderr) = test_in(&dir, &["--expect", &bad, &suite]);
+    assert_eq!(code, 125);
+    assert!(
+        stderr.contains("bad.toml:1:") && stderr.contains("reason"),
+        "{stderr}"
+    );
+}

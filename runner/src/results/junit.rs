@@ -33,9 +33,9 @@ pub fn write(
 
 fn render(dir: &Path, meta: &RunMeta, results: &[TestResult], host: Option<&str>) -> String {
     let count = |f: fn(Status) -> bool| results.iter().filter(|r| f(r.status)).count();
-    let failures = count(|s| matches!(s, Status::Fail | Status::Timeout));
+    let failures = count(|s| matches!(s, Status::Fail | Status::Timeout | Status::XPass));
     let errors = count(|s| s == Status::Error);
-    let skipped = count(|s| s == Status::Skip);
+    let skipped = count(|s| matches!(s, Status::Skip | Status::XFail));
     let counts = format!(
         r#"tests="{}" failures="{failures}" errors="{errors}" skipped="{skipped}" time="{:.3}""#,
         results.len(),
@@ -110,6 +110,16 @@ fn testcase(x: &mut String, dir: &Path, r: &TestResult) {
             },
         ),
         Status::Error => ("error", reason.unwrap_or("error").to_string()),
+        // An expected failure is not a CI failure: shown as skipped, with
+        // what failed and why it was expected.
+        Status::XFail => (
+            "skipped",
+            format!("xfail: {}", reason.unwrap_or("expected failure")),
+        ),
+        Status::XPass => (
+            "failure",
+            format!("xpass: {}", reason.unwrap_or("unexpected pass")),
+        ),
         Status::Skip => ("skipped", reason.unwrap_or("skipped").to_string()),
     };
     let kind = format!("{:?}", r.status).to_lowercase();
@@ -289,10 +299,10 @@ mod tests {
         assert_eq!(suites.len(), 1);
         let suite = suites[0];
         for node in [root, suite] {
-            assert_eq!(attr_of(node, "tests"), "6");
-            assert_eq!(attr_of(node, "failures"), "2");
+            assert_eq!(attr_of(node, "tests"), "8");
+            assert_eq!(attr_of(node, "failures"), "3");
             assert_eq!(attr_of(node, "errors"), "1");
-            assert_eq!(attr_of(node, "skipped"), "1");
+            assert_eq!(attr_of(node, "skipped"), "2");
             assert_eq!(attr_of(node, "time"), "12.345");
         }
         assert_eq!(attr_of(suite, "timestamp"), "2026-11-23T01:02:03");
@@ -302,7 +312,7 @@ mod tests {
             .children()
             .filter(|n| n.has_tag_name("testcase"))
             .collect();
-        assert_eq!(cases.len(), 6);
+        assert_eq!(cases.len(), 8);
         let kids = |i: usize| -> Vec<String> {
             cases[i]
                 .children()
@@ -316,6 +326,8 @@ mod tests {
         assert_eq!(kids(3), ["failure"]);
         assert_eq!(kids(4), ["error"]);
         assert_eq!(kids(5), ["flakyFailure"], "flaky is not a failure");
+        assert_eq!(kids(6), ["skipped"], "an expected failure is not one");
+        assert_eq!(kids(7), ["failure"], "an unexpected pass is");
         let timeout = cases[3].first_element_child().unwrap();
         assert_eq!(attr_of(timeout, "message"), "timed out: TIMEOUT reason");
         assert_eq!(attr_of(timeout, "type"), "timeout");

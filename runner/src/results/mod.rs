@@ -217,7 +217,8 @@ pub(crate) mod testutil {
             duration: Duration::from_millis(1_500),
             exit_code: match status {
                 Status::Pass | Status::Flaky => Some(0),
-                Status::Fail => Some(1),
+                Status::Fail | Status::XFail => Some(1),
+                Status::XPass => Some(0),
                 Status::Skip => Some(77),
                 Status::Timeout | Status::Error => None,
             },

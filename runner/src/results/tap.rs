@@ -38,8 +38,16 @@ fn render(meta: &RunMeta, results: &[TestResult]) -> String {
                 }
                 t.push('\n');
             }
-            Status::Fail | Status::Timeout | Status::Error => {
+            Status::Fail | Status::Timeout | Status::Error | Status::XPass => {
                 let _ = writeln!(t, "not ok {n} - {name}");
+            }
+            // TAP's TODO directive is exactly an expected failure.
+            Status::XFail => {
+                let _ = write!(t, "not ok {n} - {name} # TODO");
+                if let Some(reason) = &r.reason {
+                    let _ = write!(t, " {}", one_line(reason));
+                }
+                t.push('\n');
             }
         }
         diagnostics(&mut t, r);
@@ -185,9 +193,13 @@ mod tests {
         results.push(result("odd # name \\ here\nsecond line", Status::Pass));
         let tap = render(&meta(), &results);
         let (planned, points) = check(&tap);
-        assert_eq!(planned, 7);
+        assert_eq!(planned, 9);
         let oks: Vec<bool> = points.iter().map(|p| p.ok).collect();
-        assert_eq!(oks, [true, false, true, false, false, true, true]);
+        assert_eq!(
+            oks,
+            [true, false, true, false, false, true, false, false, true]
+        );
+        assert_eq!(points[6].directive.as_deref(), Some("TODO XFAIL reason"));
         assert_eq!(points[1].desc, "t-fail");
         assert_eq!(
             points[2].directive.as_deref(),
@@ -195,8 +207,8 @@ mod tests {
         );
         assert_eq!(points[0].directive, None);
         assert_eq!(points[5].desc, "t-flaky");
-        assert_eq!(points[6].desc, "odd # name \\ here second line");
-        assert_eq!(points[6].directive, None);
+        assert_eq!(points[8].desc, "odd # name \\ here second line");
+        assert_eq!(points[8].directive, None);
         assert!(tap.contains("ok 3 - t-skip # SKIP needs AVX-512 # really\n"));
         assert!(tap.contains(
             "not ok 4 - t-timeout\n  ---\n  status: timeout\n  duration_ms: 1500\n  \
@@ -206,7 +218,7 @@ mod tests {
             "not ok 2 - t-fail\n  ---\n  status: fail\n  duration_ms: 1500\n  exit_code: 1\n"
         ));
         // Passes get no YAML block.
-        assert!(tap.starts_with("TAP version 13\n1..7\nok 1 - t-pass\nnot ok 2"));
+        assert!(tap.starts_with("TAP version 13\n1..9\nok 1 - t-pass\nnot ok 2"));
         assert!(tap.contains("ok 6 - t-flaky\n  ---\n  status: flaky\n"));
     }
 
