@@ -90,6 +90,7 @@ pub fn suite() -> Vec<TestSpec> {
                 initrd: None,
                 cpu: None,
                 no_pit: false,
+                vmm: Default::default(),
                 exit_codes: ExitCodes::Ktvmm,
             }),
             timeout: None,

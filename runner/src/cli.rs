@@ -120,6 +120,11 @@ pub struct TestArgs {
     /// times when that is given).
     #[arg(long)]
     pub until_fail: bool,
+    /// Where guests run: ktvmm (the default), qemu-kvm, qemu-tcg
+    /// (repeatable: each guest runs in each, and the summary says where the
+    /// verdicts differ).
+    #[arg(long = "env", value_name = "ENV")]
+    pub envs: Vec<crate::envs::Env>,
     /// Known failures (TOML, see docs/runner.md): expected failures are
     /// XFAIL, passes of tests expected to fail XPASS; only the unexpected
     /// fails the run.

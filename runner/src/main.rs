@@ -6,6 +6,7 @@ mod cli;
 mod console;
 mod detach;
 mod diff_cmd;
+mod envs;
 mod expect;
 mod interrupt;
 mod kvm_env;

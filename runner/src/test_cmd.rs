@@ -39,7 +39,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
         None => Vec::new(),
     };
     let selection = selection(&args)?;
-    let mut tests = selection.apply(tests);
+    let mut tests = crate::envs::expand(selection.apply(tests), &args.envs);
     if let Some(seed) = args.shuffle {
         crate::select::shuffle(&mut tests, seed);
     }
@@ -158,6 +158,13 @@ pub fn test(args: TestArgs) -> Result<u8> {
         0
     };
     console::summary(&results, started.elapsed(), not_run, output.path());
+    let disagreements = crate::envs::disagreements(&results);
+    if args.envs.len() > 1 && !disagreements.is_empty() {
+        println!("environments disagree ({}):", disagreements.len());
+        for line in &disagreements {
+            println!("{line}");
+        }
+    }
     if let Some(plan) = plan.as_ref().filter(|p| !p.changes.is_empty())
         && let Err(e) = kvm_env::apply(&plan.reverse(), &host)
     {

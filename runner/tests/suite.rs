@@ -678,3 +678,45 @@ fn expectations_turn_known_failures_into_xfail_and_surprises_into_xpass() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_same_multiboot_guest_runs_under_ktvmm_and_qemu() {
+    assert!(
+        Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "qemu-system-x86_64 is missing: .ci/run installs it (apt-get install qemu-system-x86)"
+    );
+    let dir = scratch("envs");
+    // 32-bit multiboot kernels that exit with 0 and with 1 (KUT's codes).
+    write(
+        &dir,
+        "pass.flat",
+        &ktvmm_vmm::test_images::elf32_multiboot(0x40_0000, &exit_with(0), 0),
+    );
+    write(
+        &dir,
+        "fail.flat",
+        &ktvmm_vmm::test_images::elf32_multiboot(0x40_0000, &exit_with(1), 0),
+    );
+    let suite = write(
+        &dir,
+        "envs.ktvmm.toml",
+        b"[[test]]\nguest = \"pass.flat\"\n\n[[test]]\nguest = \"fail.flat\"\n\n\
+          [[test]]\nname = \"elf64\"\nguest = \"bundled:exitcode\"\n",
+    );
+    let (code, stdout, _) = test_in(&dir, &["--env", "ktvmm", "--env", "qemu-kvm", &suite]);
+    assert_eq!(code, 1, "{stdout}");
+    let results = results(&dir);
+    assert_eq!(status_of(&results, "pass"), "pass");
+    assert_eq!(status_of(&results, "pass@qemu-kvm"), "pass", "{stdout}");
+    assert_eq!(status_of(&results, "fail"), "fail");
+    assert_eq!(status_of(&results, "fail@qemu-kvm"), "fail", "{stdout}");
+    assert_eq!(status_of(&results, "elf64@qemu-kvm"), "skip");
+    assert!(
+        stdout.contains("QEMU boots multiboot kernels only"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("environments disagree"), "{stdout}");
+}

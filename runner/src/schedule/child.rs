@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
-use crate::suite::{TestKind, TestSpec};
+use crate::suite::{GuestTest, TestKind, TestSpec, Vmm};
 use crate::verdict::Ending;
 
 /// Where `ktvmm run` writes a guest's outcome (JSON) next to its log.
@@ -21,6 +21,7 @@ pub fn outcome_path(log: &Path) -> std::path::PathBuf {
 /// is this binary, which boots guests; `log` is where its output goes.
 pub fn command(spec: &TestSpec, ktvmm: &Path, timeout: Duration, log: &Path) -> Option<Command> {
     Some(match &spec.kind {
+        TestKind::Guest(g) if g.vmm != Vmm::Ktvmm => qemu_command(g),
         TestKind::Guest(g) => {
             let mut cmd = Command::new(ktvmm);
             cmd.arg("run")
@@ -57,6 +58,39 @@ pub fn command(spec: &TestSpec, ktvmm: &Path, timeout: Duration, log: &Path) -> 
     })
 }
 
+/// QEMU with the devices ktvmm has, as kvm-unit-tests' scripts start it,
+/// and ktvmm's default CPU model (`max`) unless the test names one.
+fn qemu_command(g: &GuestTest) -> Command {
+    let mut cmd = Command::new(crate::envs::QEMU);
+    let accel = match g.vmm {
+        Vmm::Qemu { tcg: true } => "accel=tcg",
+        _ => "accel=kvm",
+    };
+    cmd.args(["-nodefaults", "-vnc", "none", "-serial", "stdio"])
+        .args([
+            "-device",
+            "pc-testdev",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x4",
+        ])
+        .args(["-device", "pci-testdev", "-device", "edu"])
+        .args(["-machine", accel])
+        .args(["-smp", &g.smp.to_string(), "-m", &g.mem_mib.to_string()])
+        .args(["-cpu", g.cpu.as_deref().unwrap_or("max")])
+        .arg("-kernel")
+        .arg(&g.guest);
+    if !g.append.is_empty() {
+        cmd.args(["-append", &g.append]);
+    }
+    if let Some(initrd) = &g.initrd {
+        cmd.arg("-initrd").arg(initrd);
+    }
+    if g.no_pit {
+        cmd.args(["-machine", "pit=off"]);
+    }
+    cmd
+}
+
 /// A command line that runs `spec` alone, by hand: what a failure's
 /// report offers to copy and paste.
 pub fn repro(spec: &TestSpec, ktvmm: &Path) -> Option<String> {
@@ -64,6 +98,11 @@ pub fn repro(spec: &TestSpec, ktvmm: &Path) -> Option<String> {
     let mut prefix = String::new();
     match &spec.kind {
         TestKind::Skip(_) => return None,
+        TestKind::Guest(g) if g.vmm != Vmm::Ktvmm => {
+            let cmd = qemu_command(g);
+            words.push(cmd.get_program().to_string_lossy().into_owned());
+            words.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+        }
         TestKind::Guest(g) => {
             words.extend([ktvmm.display().to_string(), "run".into(), g.guest.clone()]);
             words.extend(["--smp".into(), g.smp.to_string()]);

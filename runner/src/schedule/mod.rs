@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use child::Running;
 
 use crate::interrupt;
-use crate::suite::{TestKind, TestSpec};
+use crate::suite::{TestKind, TestSpec, Vmm};
 use crate::verdict::{self, Ending, Status, TestResult};
 
 /// How often the observer is ticked while tests run.
@@ -104,8 +104,10 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
             match Running::spawn(cmd, &job.log, done_tx.clone(), next) {
                 Ok(running) => {
                     let started = Instant::now();
-                    let limit = match job.spec.kind {
-                        TestKind::Guest(_) => job.timeout + GUEST_BACKSTOP,
+                    let limit = match &job.spec.kind {
+                        // ktvmm stops its guests itself; QEMU does not.
+                        TestKind::Guest(g) if g.vmm == Vmm::Ktvmm => job.timeout + GUEST_BACKSTOP,
+                        TestKind::Guest(_) => job.timeout,
                         TestKind::Exec(_) | TestKind::Skip(_) => job.timeout,
                     };
                     slots.insert(
@@ -202,6 +204,13 @@ fn finish(job: &Job, slot: Slot) -> TestResult {
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
     let (status, mut reason) = match &job.spec.kind {
+        TestKind::Guest(g) if g.vmm != Vmm::Ktvmm => match ending {
+            Ending::Exited(code) => match crate::envs::qemu_exit(code) {
+                Ok(code) => verdict::guest_status(Ending::Exited(code), g.exit_codes),
+                Err(why) => (Status::Fail, Some(why)),
+            },
+            other => verdict::guest_status(other, g.exit_codes),
+        },
         TestKind::Guest(g) => verdict::guest_status(ending, g.exit_codes),
         TestKind::Exec(_) | TestKind::Skip(_) => verdict::exec_status(ending),
     };

@@ -229,6 +229,7 @@ fn test(
                 initrd,
                 cpu,
                 no_pit: false,
+                vmm: Default::default(),
             });
             (kind, name)
         }

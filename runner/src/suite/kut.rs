@@ -267,6 +267,7 @@ fn guest(entry: &Entry, dir: &Path, host: &Host) -> Result<TestKind, String> {
         initrd: None,
         cpu: qemu.cpu.map(|c| c.to_string()),
         no_pit: qemu.no_pit,
+        vmm: Default::default(),
         exit_codes: ExitCodes::KvmUnitTests,
     }))
 }

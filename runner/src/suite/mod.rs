@@ -54,6 +54,21 @@ pub struct GuestTest {
     pub no_pit: bool,
     /// How its exit code reads.
     pub exit_codes: ExitCodes,
+    /// Which VMM runs it.
+    pub vmm: Vmm,
+}
+
+/// The VMM a guest runs under (`ktvmm test --env`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Vmm {
+    /// ktvmm itself.
+    #[default]
+    Ktvmm,
+    /// QEMU with KVM (`qemu-kvm`) or with TCG (`qemu-tcg`).
+    Qemu {
+        /// TCG instead of KVM.
+        tcg: bool,
+    },
 }
 
 /// Guests' exit-code conventions.
@@ -105,6 +120,7 @@ impl GuestTest {
             initrd: None,
             cpu: None,
             no_pit: false,
+            vmm: Vmm::Ktvmm,
         }
     }
 }

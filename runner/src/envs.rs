@@ -1,0 +1,212 @@
+//! Running the same guests under other VMMs (`ktvmm test --env`): ktvmm
+//! (the default), QEMU with KVM, QEMU with TCG. Each guest test becomes one
+//! test per environment (`name` in the first, `name@qemu-kvm` in the
+//! others), and the summary says where the verdicts differ.
+//!
+//! QEMU boots multiboot kernels (kvm-unit-tests' `.flat` files) as they
+//! are; ktvmm's ELF64 guests start in long mode with ktvmm's boot
+//! information, which QEMU cannot give, so under QEMU they are skipped with
+//! that reason. Host programs run once, in the first environment.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+
+use ktvmm_vmm::boot::Kernel;
+
+use crate::suite::{TestKind, TestSpec, Vmm};
+use crate::verdict::{Status, TestResult};
+
+/// The QEMU binary `--env qemu-*` runs.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// An environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Env {
+    /// ktvmm.
+    Ktvmm,
+    /// QEMU with KVM.
+    QemuKvm,
+    /// QEMU with TCG (no KVM).
+    QemuTcg,
+}
+
+impl FromStr for Env {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "ktvmm" => Ok(Env::Ktvmm),
+            "qemu-kvm" => Ok(Env::QemuKvm),
+            "qemu-tcg" => Ok(Env::QemuTcg),
+            _ => Err(format!(
+                "'{text}' is not an environment (ktvmm, qemu-kvm, qemu-tcg)"
+            )),
+        }
+    }
+}
+
+impl Env {
+    fn name(self) -> &'static str {
+        match self {
+            Env::Ktvmm => "ktvmm",
+            Env::QemuKvm => "qemu-kvm",
+            Env::QemuTcg => "qemu-tcg",
+        }
+    }
+
+    fn vmm(self) -> Vmm {
+        match self {
+            Env::Ktvmm => Vmm::Ktvmm,
+            Env::QemuKvm => Vmm::Qemu { tcg: false },
+            Env::QemuTcg => Vmm::Qemu { tcg: true },
+        }
+    }
+}
+
+/// One test per guest and environment.
+pub fn expand(tests: Vec<TestSpec>, envs: &[Env]) -> Vec<TestSpec> {
+    let envs = if envs.is_empty() {
+        &[Env::Ktvmm][..]
+    } else {
+        envs
+    };
+    let qemu_installed = which(QEMU);
+    let mut out = Vec::new();
+    for test in tests {
+        for (i, &env) in envs.iter().enumerate() {
+            let mut spec = test.clone();
+            if i > 0 {
+                if !matches!(spec.kind, TestKind::Guest(_)) {
+                    continue;
+                }
+                spec.name = format!("{}@{}", test.name, env.name());
+            }
+            if let TestKind::Guest(guest) = &mut spec.kind {
+                guest.vmm = env.vmm();
+                if env != Env::Ktvmm
+                    && let Some(reason) = unavailable(&guest.guest, qemu_installed)
+                {
+                    spec.kind = TestKind::Skip(reason);
+                }
+            }
+            out.push(spec);
+        }
+    }
+    out
+}
+
+/// Why QEMU cannot run `guest`, if it cannot.
+fn unavailable(guest: &str, qemu_installed: bool) -> Option<String> {
+    if !qemu_installed {
+        return Some(format!(
+            "{QEMU} is not installed (Debian: apt-get install qemu-system-x86)"
+        ));
+    }
+    let multiboot = std::fs::read(guest)
+        .ok()
+        .is_some_and(|bytes| matches!(Kernel::inspect(&bytes), Ok(Kernel::Multiboot(_))));
+    (!multiboot).then(|| {
+        "QEMU boots multiboot kernels only; this guest uses ktvmm's ELF64 long-mode protocol".into()
+    })
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| Path::new(&dir).join(program).is_file())
+    })
+}
+
+/// Where environments disagree: one line per test whose verdicts differ
+/// (skips in an environment that cannot run the test are left out).
+pub fn disagreements(results: &[TestResult]) -> Vec<String> {
+    let mut by_test: BTreeMap<&str, Vec<(&str, Status)>> = BTreeMap::new();
+    for r in results.iter().filter(|r| r.status != Status::Skip) {
+        let (base, env) = r.name.split_once('@').unwrap_or((&r.name, "ktvmm"));
+        by_test.entry(base).or_default().push((env, r.status));
+    }
+    let verdict = |s: Status| if s.is_failure() { Status::Fail } else { s };
+    by_test
+        .into_iter()
+        .filter(|(_, v)| v.len() > 1)
+        .filter(|(_, v)| v.iter().any(|(_, s)| verdict(*s) != verdict(v[0].1)))
+        .map(|(name, v)| {
+            let each: Vec<String> = v
+                .iter()
+                .map(|(e, s)| format!("{e} {}", s.label()))
+                .collect();
+            format!("  {name}: {}", each.join(", "))
+        })
+        .collect()
+}
+
+/// QEMU's isa-debug-exit reports `(code << 1) | 1`; an even status means
+/// QEMU itself ended (0: the guest never wrote the port).
+pub fn qemu_exit(status: i32) -> Result<i32, String> {
+    if status & 1 == 1 {
+        Ok(status >> 1)
+    } else {
+        Err(format!(
+            "QEMU exited with {status} without the guest writing isa-debug-exit"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::testutil::result;
+    use crate::suite::GuestTest;
+
+    #[test]
+    fn spellings_and_exit_codes() {
+        assert_eq!("qemu-kvm".parse(), Ok(Env::QemuKvm));
+        assert!("vmware".parse::<Env>().is_err());
+        assert_eq!(qemu_exit(1), Ok(0));
+        assert_eq!(qemu_exit(3), Ok(1));
+        assert_eq!(qemu_exit(77 << 1 | 1), Ok(77));
+        assert!(qemu_exit(0).is_err());
+    }
+
+    #[test]
+    fn guests_multiply_programs_do_not() {
+        let guest = TestSpec {
+            name: "g".into(),
+            kind: TestKind::Guest(GuestTest::new("bundled:exitcode")),
+            timeout: None,
+            groups: Vec::new(),
+            source: "s".into(),
+        };
+        let mut program = guest.clone();
+        program.name = "p".into();
+        program.kind = TestKind::Exec(crate::suite::ExecTest {
+            path: "/bin/true".into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+        });
+        let tests = expand(vec![guest, program], &[Env::Ktvmm, Env::QemuKvm]);
+        let names: Vec<&str> = tests.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["g", "g@qemu-kvm", "p"]);
+        assert!(
+            matches!(&tests[1].kind, TestKind::Skip(r) if r.contains("multiboot") || r.contains("not installed")),
+            "{:?}",
+            tests[1].kind
+        );
+    }
+
+    #[test]
+    fn disagreements_are_listed() {
+        let results = [
+            result("a", Status::Pass),
+            result("a@qemu-kvm", Status::Fail),
+            result("b", Status::Pass),
+            result("b@qemu-kvm", Status::Pass),
+            result("c", Status::Timeout),
+            result("c@qemu-kvm", Status::Fail),
+            result("d", Status::Pass),
+            result("d@qemu-kvm", Status::Skip),
+        ];
+        assert_eq!(disagreements(&results), ["  a: ktvmm PASS, qemu-kvm FAIL"]);
+    }
+}
