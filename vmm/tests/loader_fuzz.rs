@@ -1,0 +1,82 @@
+//! Mutated and truncated kernel images, from fixed seeds: the loaders
+//! refuse them with an error or accept them, and never panic.
+
+use ktvmm_vmm::boot::Kernel;
+use ktvmm_vmm::loader::{check_placement, is_guest_kernel, is_host_program};
+use ktvmm_vmm::multiboot;
+use ktvmm_vmm::test_images::{elf32_multiboot, elf64, exit_with};
+
+const ROUNDS: usize = 20_000;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A few bytes of `image` changed: header fields, sizes and offsets are
+/// near the start, so mutations favour it.
+fn mutate(image: &[u8], rng: &mut Rng) -> Vec<u8> {
+    let mut out = image.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let at = if rng.below(4) == 0 {
+            rng.below(out.len())
+        } else {
+            rng.below(out.len().min(0x80))
+        };
+        out[at] = match rng.below(4) {
+            0 => 0xff,
+            1 => 0,
+            2 => out[at].wrapping_add(1),
+            _ => rng.next() as u8,
+        };
+    }
+    if rng.below(5) == 0 {
+        out.truncate(rng.below(out.len() + 1));
+    }
+    out
+}
+
+#[test]
+fn mutated_images_never_panic_the_loaders() {
+    let seeds = [
+        elf64(0x10_0000, &exit_with(0), 0x1000),
+        elf32_multiboot(0x40_0000, &exit_with(0), 0x1000),
+    ];
+    let mut rng = Rng(0x10ad);
+    let mut accepted = 0;
+    for round in 0..ROUNDS {
+        let image = mutate(&seeds[round % seeds.len()], &mut rng);
+        let _ = is_guest_kernel(&image);
+        let _ = is_host_program(&image);
+        let _ = multiboot::header_flags(&image);
+        match Kernel::inspect(&image) {
+            Ok(Kernel::Elf64(elf)) => {
+                accepted += 1;
+                let _ = check_placement(&elf.segments, 128 << 20, &[]);
+            }
+            Ok(Kernel::Multiboot(mb)) => {
+                accepted += 1;
+                let _ = check_placement(&mb.segments, 128 << 20, &[]);
+                let _ = multiboot::module_range(&mb, 4096);
+            }
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+    }
+    // Some mutations leave a valid image (a changed code byte, say): the
+    // fuzzing reaches the accepting paths too.
+    assert!(
+        accepted > 0 && accepted < ROUNDS,
+        "accepted {accepted} of {ROUNDS}"
+    );
+}
