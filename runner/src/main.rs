@@ -9,6 +9,7 @@ mod diff_cmd;
 mod envs;
 mod expect;
 mod interrupt;
+mod kmsg;
 mod kvm_env;
 mod results;
 mod run_cmd;

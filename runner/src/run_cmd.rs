@@ -8,6 +8,7 @@ use anyhow::{Context, Result, anyhow};
 use ktvmm_vmm::{KernelImage, Outcome, Vm, VmConfig};
 
 use crate::cli::RunArgs;
+use crate::kmsg::KernelLog;
 use crate::{bundled, detach};
 
 /// Reads a guest from a file, or from the binary for `bundled:NAME`.
@@ -52,6 +53,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         cpu: args.cpu.clone(),
         pit: !args.no_pit,
     };
+    let mut kernel_log = args.vm.timeout.and_then(|_| KernelLog::open_at_end());
     let (outcome, vm) = match Vm::build(config) {
         Ok(mut vm) => (vm.run(args.vm.timeout), Some(vm)),
         Err(e) => (
@@ -61,12 +63,30 @@ pub fn run(args: RunArgs) -> Result<u8> {
             None,
         ),
     };
+    // A hang report includes what the host kernel said meanwhile.
+    let host_log = match (&outcome, kernel_log.as_mut()) {
+        (Outcome::Timeout { .. }, Some(log)) => log.new_lines(),
+        _ => Vec::new(),
+    };
     if let Some(path) = &args.json_outcome {
-        fs::write(path, outcome.to_json() + "\n")
+        let mut json: serde_json::Value =
+            serde_json::from_str(&outcome.to_json()).unwrap_or(serde_json::Value::Null);
+        if let (false, Some(object)) = (host_log.is_empty(), json.as_object_mut()) {
+            object.insert("host_kernel_log".into(), host_log.clone().into());
+        }
+        fs::write(path, json.to_string() + "\n")
             .with_context(|| format!("{}: cannot write the outcome", path.display()))?;
     }
     if let Some(message) = outcome.message() {
         eprintln!("ktvmm: {message}");
+    }
+    if !host_log.is_empty() {
+        // Indented, under the timeout message: the runner takes a test's
+        // reason from the last line that starts with "ktvmm: ".
+        eprintln!("  host kernel log during the run:");
+        for line in &host_log {
+            eprintln!("    {line}");
+        }
     }
     match vm {
         Some(vm) => detach::exit_leaving_teardown(outcome.exit_code(), vm),

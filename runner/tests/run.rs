@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{guest_file, parts, run, scratch, write};
+use common::{guest_file, ktvmm, parts, run, scratch, write};
 use ktvmm_vmm::test_images::{
     EXIT_WITH_CMDLINE_BYTE, EXIT_WITH_EAX, SPIN_WITH_INTERRUPTS_OFF, elf32_multiboot, elf64,
     exit_with, exit_with_fw_cfg_byte, exit_with_multiboot_field, exit_with_pci_config,
@@ -541,4 +541,54 @@ fn a_write_that_runs_past_isa_debug_exit_ends_the_vm_with_its_part() {
         let (output, _) = run(&["run", &guest]);
         assert_eq!(parts(&output).0, expected, "{name}");
     }
+}
+
+#[test]
+fn a_hang_report_carries_the_host_kernel_log_of_the_run() {
+    let dir = scratch("kmsg");
+    let json = dir.join("o.json");
+    let child = ktvmm()
+        .args([
+            "run",
+            "bundled:hang",
+            "--timeout",
+            "1.5",
+            "--json-outcome",
+            json.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let marker = format!("ktvmm-test-marker-{}", std::process::id());
+    // Writing the kernel log needs root; reading it (what ktvmm does) too.
+    let wrote = std::fs::write("/dev/kmsg", format!("{marker}\n")).is_ok();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(124), "{stderr}");
+    let outcome: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    if wrote {
+        assert!(
+            stderr.contains("host kernel log during the run:"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(&marker), "{stderr}");
+        let lines = outcome["host_kernel_log"]
+            .as_array()
+            .expect("host_kernel_log");
+        assert!(
+            lines.iter().any(|l| l.as_str() == Some(&marker)),
+            "{outcome}"
+        );
+    } else {
+        assert!(outcome.get("host_kernel_log").is_none(), "{outcome}");
+    }
+    // The timeout stays the last "ktvmm:" line, which the runner reports.
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("ktvmm: "))
+        .unwrap();
+    assert!(last.contains("timed out"), "{stderr}");
 }
