@@ -10,7 +10,9 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::expect::{Expectation, apply_one};
 use crate::schedule::{Job, Observer, repro};
+use crate::verdict::RunMeta;
 use crate::verdict::{Status, TestResult};
 
 /// Lines of a failed test's log shown under its verdict.
@@ -35,6 +37,8 @@ pub struct Console {
     tty: bool,
     heartbeat: Duration,
     ktvmm: PathBuf,
+    expectations: Vec<Expectation>,
+    meta: Option<RunMeta>,
     total: usize,
     done: usize,
     failed: usize,
@@ -55,6 +59,8 @@ impl Console {
             tty: std::io::stdout().is_terminal(),
             heartbeat,
             ktvmm,
+            expectations: Vec::new(),
+            meta: None,
             total,
             done: 0,
             failed: 0,
@@ -63,6 +69,13 @@ impl Console {
             status_shown: false,
             last_redraw: None,
         }
+    }
+
+    /// Shows verdicts with `--expect`'s known failures applied (XFAIL,
+    /// XPASS), as the summary and the reports will.
+    pub fn expect(&mut self, expectations: Vec<Expectation>, meta: RunMeta) {
+        self.expectations = expectations;
+        self.meta = Some(meta);
     }
 
     /// A line of the runner's own (not a test's).
@@ -126,6 +139,11 @@ impl Observer for Console {
     }
 
     fn finished(&mut self, job: &Job, result: &TestResult) {
+        let mut shown = result.clone();
+        if let Some(meta) = &self.meta {
+            apply_one(&self.expectations, meta, &mut shown);
+        }
+        let result = &shown;
         self.done += 1;
         if result.status.is_failure() {
             self.failed += 1;

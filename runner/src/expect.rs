@@ -93,8 +93,15 @@ fn matches_all(pattern: &str, name: &str) -> bool {
 /// Turns expected failures into XFAIL and unexpected passes into XPASS.
 pub fn apply(expectations: &[Expectation], meta: &RunMeta, results: &mut [TestResult]) {
     for result in results {
+        apply_one(expectations, meta, result);
+    }
+}
+
+/// [`apply`] for one result.
+pub fn apply_one(expectations: &[Expectation], meta: &RunMeta, result: &mut TestResult) {
+    {
         let Some(expected) = expectations.iter().find(|e| e.applies(result, meta)) else {
-            continue;
+            return;
         };
         match result.status {
             Status::Fail | Status::Timeout if expected.covers_subtests(result) => {

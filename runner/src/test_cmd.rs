@@ -121,6 +121,8 @@ pub fn test(args: TestArgs) -> Result<u8> {
         tests.len() * rounds as usize
     };
     let mut console = Console::new(verbosity, round_size, args.heartbeat, options.ktvmm.clone());
+    let mut meta = RunMeta::probe(std::env::args().collect(), started_at);
+    console.expect(expectations.clone(), meta.clone());
     let mut results: Vec<TestResult> = Vec::new();
     let mut interrupted = false;
     let mut iteration = 1;
@@ -147,7 +149,6 @@ pub fn test(args: TestArgs) -> Result<u8> {
     }
     console.clear_status();
 
-    let mut meta = RunMeta::probe(std::env::args().collect(), started_at);
     meta.duration = started.elapsed();
     meta.interrupted = interrupted;
     crate::expect::apply(&expectations, &meta, &mut results);

@@ -661,6 +661,14 @@ fn expectations_turn_known_failures_into_xfail_and_surprises_into_xpass() {
         "{stdout}"
     );
     assert!(stdout.contains("expected: bug 123"), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("XFAIL   known-bad")),
+        "the line printed as the test ends says XFAIL too:\n{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("XPASS   fixed-now")),
+        "{stdout}"
+    );
 
     let only_known = write(
         &dir,
