@@ -55,7 +55,7 @@ fn render(dir: &Path, meta: &RunMeta, results: &[TestResult], host: Option<&str>
     x.push_str(">\n    <properties>\n");
     let props = [
         ("ktvmm_version", meta.ktvmm_version.clone()),
-        ("command_line", shell_words(&meta.command_line)),
+        ("command_line", shell_quote(&meta.command_line)),
         ("host_kernel", meta.host_kernel.clone()),
         ("kvm_module", meta.kvm_module.clone()),
         ("cpu", meta.cpu.clone()),
@@ -137,7 +137,7 @@ fn testcase(x: &mut String, dir: &Path, r: &TestResult) {
 
 /// The command line as a shell would take it back: words with anything
 /// but plain characters single-quoted, so one with a space stays one.
-pub fn shell_words(words: &[String]) -> String {
+pub fn shell_quote(words: &[String]) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
     words
         .iter()
@@ -448,7 +448,7 @@ mod tests {
     #[test]
     fn command_line_is_quoted() {
         let words = ["ktvmm", "test", "-k", "a b", "it's", ""].map(String::from);
-        assert_eq!(shell_words(&words), r"ktvmm test -k 'a b' 'it'\''s' ''");
+        assert_eq!(shell_quote(&words), r"ktvmm test -k 'a b' 'it'\''s' ''");
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub use dir::{OutputDir, previous_results, previous_results_in};
 #[allow(unused_imports)]
 pub use json::{ResultsFile, failed_names, read as read_json, write as write_json};
 #[allow(unused_imports)]
-pub use junit::{shell_words, write as write_junit};
+pub use junit::{shell_quote, write as write_junit};
 #[allow(unused_imports)]
 pub use meta::UNKNOWN;
 #[allow(unused_imports)]

@@ -23,26 +23,12 @@ pub fn command(spec: &TestSpec, ktvmm: &Path, timeout: Duration, log: &Path) -> 
     Some(match &spec.kind {
         TestKind::Guest(g) if g.vmm != Vmm::Ktvmm => qemu_command(g),
         TestKind::Guest(g) => {
-            let mut cmd = Command::new(ktvmm);
-            cmd.arg("run")
-                .arg(&g.guest)
-                .arg(format!("--smp={}", g.smp))
-                .arg(format!("--memory={}", g.mem_mib))
-                .arg(format!("--append={}", g.append))
-                // The VMM stops the guest itself at the limit, which says
-                // so in the log; the runner's own deadline is the backstop.
-                .arg(format!("--timeout={}", timeout.as_secs_f64()))
+            let mut cmd = ktvmm_run(g, ktvmm);
+            // The VMM stops the guest itself at the limit, which says so in
+            // the log; the runner's own deadline is the backstop.
+            cmd.arg(format!("--timeout={}", timeout.as_secs_f64()))
                 .arg("--json-outcome")
                 .arg(outcome_path(log));
-            if let Some(initrd) = &g.initrd {
-                cmd.arg("--initrd").arg(initrd);
-            }
-            if let Some(cpu) = &g.cpu {
-                cmd.arg(format!("--cpu={cpu}"));
-            }
-            if g.no_pit {
-                cmd.arg("--no-pit");
-            }
             cmd
         }
         TestKind::Skip(_) => return None,
@@ -56,6 +42,31 @@ pub fn command(spec: &TestSpec, ktvmm: &Path, timeout: Duration, log: &Path) -> 
             cmd
         }
     })
+}
+
+/// `ktvmm run` with the VM `g` asks for: what the runner starts, and (as it
+/// is) what a failure offers to rerun by hand.
+fn ktvmm_run(g: &GuestTest, ktvmm: &Path) -> Command {
+    let mut cmd = Command::new(ktvmm);
+    cmd.arg("run").arg(&g.guest).args([
+        "--smp",
+        &g.smp.to_string(),
+        "--memory",
+        &g.mem_mib.to_string(),
+    ]);
+    if !g.append.is_empty() {
+        cmd.args(["--append", &g.append]);
+    }
+    if let Some(initrd) = &g.initrd {
+        cmd.arg("--initrd").arg(initrd);
+    }
+    if let Some(cpu) = &g.cpu {
+        cmd.args(["--cpu", cpu]);
+    }
+    if g.no_pit {
+        cmd.arg("--no-pit");
+    }
+    cmd
 }
 
 /// QEMU with the devices ktvmm has, as kvm-unit-tests' scripts start it,
@@ -98,33 +109,19 @@ pub fn repro(spec: &TestSpec, ktvmm: &Path) -> Option<String> {
     let mut prefix = String::new();
     match &spec.kind {
         TestKind::Skip(_) => return None,
-        TestKind::Guest(g) if g.vmm != Vmm::Ktvmm => {
-            let cmd = qemu_command(g);
+        TestKind::Guest(g) => {
+            let cmd = match g.vmm {
+                Vmm::Ktvmm => ktvmm_run(g, ktvmm),
+                Vmm::Qemu { .. } => qemu_command(g),
+            };
             words.push(cmd.get_program().to_string_lossy().into_owned());
             words.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
-        }
-        TestKind::Guest(g) => {
-            words.extend([ktvmm.display().to_string(), "run".into(), g.guest.clone()]);
-            words.extend(["--smp".into(), g.smp.to_string()]);
-            words.extend(["--memory".into(), g.mem_mib.to_string()]);
-            if !g.append.is_empty() {
-                words.extend(["--append".into(), g.append.clone()]);
-            }
-            if let Some(initrd) = &g.initrd {
-                words.extend(["--initrd".into(), initrd.display().to_string()]);
-            }
-            if let Some(cpu) = &g.cpu {
-                words.extend(["--cpu".into(), cpu.clone()]);
-            }
-            if g.no_pit {
-                words.push("--no-pit".into());
-            }
         }
         TestKind::Exec(e) => {
             if let Some(dir) = &e.cwd {
                 prefix = format!(
                     "cd {} && ",
-                    crate::results::shell_words(&[dir.display().to_string()])
+                    crate::results::shell_quote(&[dir.display().to_string()])
                 );
             }
             words.extend(e.env.iter().map(|(k, v)| format!("{k}={v}")));
@@ -132,7 +129,7 @@ pub fn repro(spec: &TestSpec, ktvmm: &Path) -> Option<String> {
             words.extend(e.args.iter().cloned());
         }
     }
-    Some(prefix + &crate::results::shell_words(&words))
+    Some(prefix + &crate::results::shell_quote(&words))
 }
 
 /// A started test process.
