@@ -12,9 +12,8 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 use serde::Serialize;
 
-const CR0_PE: u64 = 1;
-const CR0_PG: u64 = 1 << 31;
-const EFER_LMA: u64 = 1 << 10;
+use crate::long_mode::{CR0_PE, CR0_PG, EFER_LMA};
+
 const RFLAGS_IF: u64 = 1 << 9;
 
 /// One vCPU at the end of the run.

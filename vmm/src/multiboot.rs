@@ -330,7 +330,7 @@ pub fn sregs(mut sregs: kvm_sregs, gdt_limit: u16) -> kvm_sregs {
     sregs.idt.base = 0;
     sregs.idt.limit = 0;
     // PE and ET only, as a multiboot loader leaves them.
-    sregs.cr0 = 0x11;
+    sregs.cr0 = long_mode::CR0_PE | long_mode::CR0_ET;
     sregs.cr3 = 0;
     sregs.cr4 = 0;
     sregs.efer = 0;

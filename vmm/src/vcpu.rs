@@ -37,15 +37,23 @@ impl Vcpu {
         Self { fd, index, buses }
     }
 
-    /// Runs until the guest ends the run (`Some`) or `stop` is set (`None`);
-    /// either way, also returns where this vCPU was at the end.
-    pub fn run(mut self, stop: &AtomicBool) -> (Option<Outcome>, Option<VcpuSnapshot>) {
+    /// Runs until the guest ends the run (`Some`) or `stop` is set (`None`).
+    /// Stopped with `report` set (a timeout), it also says where it was.
+    pub fn run(
+        mut self,
+        stop: &AtomicBool,
+        report: &AtomicBool,
+    ) -> (Option<Outcome>, Option<VcpuSnapshot>) {
         let run: *mut kvm_run = self.fd.get_kvm_run();
         let _guard = RunGuard::new(run);
         let mut last_exit = ("none", Instant::now());
         loop {
             if stop.load(Ordering::Acquire) {
-                return (None, self.snapshot(last_exit));
+                let snapshot = report
+                    .load(Ordering::Acquire)
+                    .then(|| self.snapshot(last_exit))
+                    .flatten();
+                return (None, snapshot);
             }
             let step = match self.fd.run() {
                 Ok(exit) => {
@@ -61,7 +69,7 @@ impl Vcpu {
                 Step::Continue => {}
                 Step::End(outcome) => {
                     let outcome = self.with_rip(outcome);
-                    return (Some(outcome), self.snapshot(last_exit));
+                    return (Some(outcome), None);
                 }
             }
         }

@@ -335,17 +335,19 @@ impl Vm {
         }
         self.timings.restart();
         let stop = Arc::new(AtomicBool::new(false));
+        // Set with `stop` on a timeout: only then do vCPUs report their state.
+        let report = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Outcome>();
         let mut threads: Vec<JoinHandle<Option<VcpuSnapshot>>> =
             Vec::with_capacity(self.vcpus.len());
         let mut outcome = None;
         for (index, fd) in self.vcpus.drain(..).enumerate() {
             let vcpu = Vcpu::new(fd, index as u32, self.platform.buses.clone());
-            let (stop, tx) = (stop.clone(), tx.clone());
+            let (stop, report, tx) = (stop.clone(), report.clone(), tx.clone());
             let spawned = thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
-                    let (outcome, snapshot) = vcpu.run(&stop);
+                    let (outcome, snapshot) = vcpu.run(&stop, &report);
                     if let Some(outcome) = outcome {
                         let _ = tx.send(outcome);
                     }
@@ -375,6 +377,10 @@ impl Vm {
             received.unwrap_or_else(|outcome| outcome)
         });
 
+        report.store(
+            matches!(outcome, Outcome::Timeout { .. }),
+            Ordering::Release,
+        );
         stop.store(true, Ordering::Release);
         for thread in &threads {
             kick::kick(thread);
