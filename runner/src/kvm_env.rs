@@ -103,22 +103,9 @@ impl Host {
 
     /// The host a sysfs `module` directory describes.
     pub fn at(modules: &Path, root: bool) -> Self {
-        let preferred = ["kvm_intel", "kvm_amd"];
-        let backend = preferred
-            .iter()
-            .map(|m| m.to_string())
-            .find(|m| modules.join(m).is_dir())
-            .or_else(|| {
-                let mut others: Vec<String> = std::fs::read_dir(modules)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with("kvm_"))
-                    .collect();
-                others.sort();
-                others.into_iter().next()
-            });
+        // The module the run's metadata names, unless that is `kvm` itself:
+        // the named options map to vendor modules' parameters.
+        let backend = crate::results::kvm_module_in(modules).filter(|m| m != "kvm");
         Host {
             modules: modules.to_path_buf(),
             backend,
@@ -237,12 +224,7 @@ fn spell(current: &str, on: bool) -> String {
 
 /// Whether two spellings of a parameter value mean the same.
 fn same(a: &str, b: &str) -> bool {
-    let truth = |v: &str| match v.to_ascii_lowercase().as_str() {
-        "y" | "1" | "yes" | "on" | "true" => Some(true),
-        "n" | "0" | "no" | "off" | "false" => Some(false),
-        _ => None,
-    };
-    a == b || matches!((truth(a), truth(b)), (Some(x), Some(y)) if x == y)
+    a == b || matches!((parse_switch(a), parse_switch(b)), (Ok(x), Ok(y)) if x == y)
 }
 
 /// Decides what to change; touches nothing.

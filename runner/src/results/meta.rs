@@ -90,7 +90,7 @@ fn kernel_release() -> Option<String> {
 /// (`/sys/module`): a known one first, else any other `kvm_*` (alphabetically,
 /// to be stable), else plain `kvm` (built in, or an architecture without
 /// vendor modules).
-fn kvm_module_in(sys_module: &Path) -> Option<String> {
+pub fn kvm_module_in(sys_module: &Path) -> Option<String> {
     let mut names: Vec<String> = fs::read_dir(sys_module)
         .ok()?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())

@@ -21,7 +21,7 @@ pub use json::{ResultsFile, failed_names, read as read_json, write as write_json
 #[allow(unused_imports)]
 pub use junit::{shell_quote, write as write_junit};
 #[allow(unused_imports)]
-pub use meta::UNKNOWN;
+pub use meta::{UNKNOWN, kvm_module_in};
 #[allow(unused_imports)]
 pub use tap::write as write_tap;
 
