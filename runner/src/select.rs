@@ -75,19 +75,32 @@ impl Selection {
     }
 }
 
-/// Puts `tests` in an order drawn from `seed` (Fisher-Yates with
-/// SplitMix64): reproducible across runs and machines.
-pub fn shuffle<T>(tests: &mut [T], seed: u64) {
-    let mut state = seed;
-    let mut next = || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
+/// SplitMix64: a small generator whose sequence for a seed is the same on
+/// every machine.
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
-    };
+    }
+
+    /// A number below `n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Puts `tests` in an order drawn from `seed` (Fisher-Yates with
+/// SplitMix64): reproducible across runs and machines.
+pub fn shuffle<T>(tests: &mut [T], seed: u64) {
+    let mut rng = SplitMix64(seed);
     for i in (1..tests.len()).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
+        let j = rng.below(i + 1);
         tests.swap(i, j);
     }
 }

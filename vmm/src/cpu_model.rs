@@ -251,10 +251,7 @@ pub fn parse(text: &str) -> Result<CpuSpec, CpuModelError> {
             return Err(CpuModelError::UnknownProperty(part.to_string()));
         };
         let name = name.replace('_', "-");
-        let flag = FLAGS
-            .iter()
-            .find(|f| f.name == name)
-            .ok_or_else(|| CpuModelError::UnknownFlag(name.clone()))?;
+        let flag = find_flag(&name).ok_or_else(|| CpuModelError::UnknownFlag(name.clone()))?;
         edits.push(Edit::Flag(flag.name, on));
     }
     Ok(CpuSpec { model, edits })
@@ -280,10 +277,7 @@ pub fn build(spec: &CpuSpec, supported: &CpuId, extra: &[&str]) -> Result<CpuId,
     for edit in &spec.edits {
         match edit {
             Edit::Flag(name, on) => {
-                let flag = FLAGS
-                    .iter()
-                    .find(|f| f.name == *name)
-                    .ok_or(CpuModelError::UnknownFlag(name.to_string()))?;
+                let flag = find_flag(name).ok_or(CpuModelError::UnknownFlag(name.to_string()))?;
                 if *on && !host_has(flag) {
                     return Err(CpuModelError::Unsupported(flag.name));
                 }
@@ -296,11 +290,19 @@ pub fn build(spec: &CpuSpec, supported: &CpuId, extra: &[&str]) -> Result<CpuId,
         .map_err(|_| CpuModelError::UnknownProperty("too many CPUID entries".into()))
 }
 
+fn find_flag(name: &str) -> Option<&'static Flag> {
+    FLAGS.iter().find(|f| f.name == name)
+}
+
+/// Whether `e` is leaf `leaf`, subleaf `index` (any subleaf, for leaves
+/// whose index KVM marks as not significant).
+fn is_leaf(e: &kvm_cpuid_entry2, leaf: u32, index: u32) -> bool {
+    e.function == leaf
+        && (e.index == index || e.flags & kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0)
+}
+
 fn entries_get(entries: &[kvm_cpuid_entry2], leaf: u32, index: u32) -> Option<&kvm_cpuid_entry2> {
-    entries.iter().find(|e| {
-        e.function == leaf
-            && (e.index == index || e.flags & kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0)
-    })
+    entries.iter().find(|e| is_leaf(e, leaf, index))
 }
 
 fn reg(e: &kvm_cpuid_entry2, r: Reg) -> u32 {
@@ -322,14 +324,13 @@ fn reg_mut(e: &mut kvm_cpuid_entry2, r: Reg) -> &mut u32 {
 }
 
 fn set_flag(entries: &mut [kvm_cpuid_entry2], name: &str, on: bool) {
-    let Some(flag) = FLAGS.iter().find(|f| f.name == name) else {
+    let Some(flag) = find_flag(name) else {
         return;
     };
-    for e in entries.iter_mut().filter(|e| {
-        e.function == flag.leaf
-            && (e.index == flag.index
-                || e.flags & kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0)
-    }) {
+    for e in entries
+        .iter_mut()
+        .filter(|e| is_leaf(e, flag.leaf, flag.index))
+    {
         let r = reg_mut(e, flag.reg);
         if on {
             *r |= 1 << flag.bit;

@@ -176,6 +176,8 @@ pub enum SuiteError {
 mod fuzz {
     use std::path::Path;
 
+    use crate::select::SplitMix64;
+
     const SUITE: &str = "[defaults]\ntimeout = 30\ngroups = [\"a\"]\n\n[[test]]\nname = \"x\"\n\
         guest = \"bundled:exitcode\"\nsmp = 2\nmemory = \"256M\"\nappend = \"pass\"\n\n\
         [[test]]\nexec = \"/bin/true\"\nargs = [\"-v\"]\nenv = { A = \"1\" }\n";
@@ -183,22 +185,18 @@ mod fuzz {
         qemu_params = -cpu qemu64,+x2apic -m 256\ngroups = a nodefault\ntimeout = 90s\n\n\
         [t2]\nfile = msr.flat\nqemu_params = \"\"\"-cpu max\n -smp 2\"\"\"\ncheck = /x=Y\n";
 
-    fn mutate(text: &str, seed: &mut u64) -> String {
-        let mut next = || {
-            *seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let z = (*seed ^ (*seed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb) ^ (z >> 31)
-        };
+    fn mutate(text: &str, rng: &mut SplitMix64) -> String {
+        let chars = b"[]=\"'\n #$,{}0123456789-.aZ\\";
         let mut bytes = text.as_bytes().to_vec();
-        for _ in 0..1 + next() % 4 {
-            let at = (next() % bytes.len() as u64) as usize;
-            let chars = b"[]=\"'\n #$,{}0123456789-.aZ\\";
-            match next() % 3 {
-                0 => bytes[at] = chars[(next() % chars.len() as u64) as usize],
+        for _ in 0..1 + rng.below(4) {
+            let at = rng.below(bytes.len());
+            let c = chars[rng.below(chars.len())];
+            match rng.below(3) {
+                0 => bytes[at] = c,
                 1 => {
                     bytes.remove(at);
                 }
-                _ => bytes.insert(at, chars[(next() % chars.len() as u64) as usize]),
+                _ => bytes.insert(at, c),
             }
         }
         String::from_utf8_lossy(&bytes).into_owned()
@@ -206,14 +204,14 @@ mod fuzz {
 
     #[test]
     fn mutated_suites_parse_or_name_a_line() {
-        let mut seed = 0x5u64;
+        let mut rng = SplitMix64(0x5);
         let dir = Path::new("/nonexistent-ktvmm-fuzz");
         for _ in 0..5_000 {
-            let text = mutate(SUITE, &mut seed);
+            let text = mutate(SUITE, &mut rng);
             if let Err(e) = super::file::parse(&dir.join("f.ktvmm.toml"), &text) {
                 assert!(e.to_string().contains("f.ktvmm.toml:"), "{e}\n{text}");
             }
-            let text = mutate(CFG, &mut seed);
+            let text = mutate(CFG, &mut rng);
             if let Err(e) = super::kut::parse(&dir.join("unittests.cfg"), &text) {
                 assert!(e.to_string().contains("unittests.cfg:"), "{e}\n{text}");
             }
