@@ -4,7 +4,6 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use ktvmm_vmm::cpu_model::HostCpu;
 
 use crate::cli::TestArgs;
 use crate::console::{self, Console, Verbosity};
@@ -26,11 +25,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
     let tests = if args.paths.is_empty() {
         bundled::suite()
     } else {
-        let host = kut::Host {
-            cpus: available_cpus() as u32,
-            run_nodefault: !args.groups.is_empty(),
-            cpu: HostCpu::probe().ok(),
-        };
+        let host = kut::Host::new(available_cpus() as u32, !args.groups.is_empty());
         discover(&args.paths, &host)?
     };
     let discovered = tests.len();
@@ -51,10 +46,11 @@ pub fn test(args: TestArgs) -> Result<u8> {
         params: args.kvm_params.clone(),
     };
     // Decided before anything runs: a request that cannot be met stops here.
+    let env_host = kvm_env::Host::probe();
     let plan = if environment.is_empty() {
         None
     } else {
-        Some(kvm_env::plan(&environment, &kvm_env::Host::probe())?)
+        Some(kvm_env::plan(&environment, &env_host)?)
     };
     if args.dry_run {
         if let Some(plan) = &plan {
@@ -86,9 +82,8 @@ pub fn test(args: TestArgs) -> Result<u8> {
     }
 
     let output = OutputDir::create(args.output.as_deref())?;
-    let host = kvm_env::Host::probe();
     if let Some(plan) = plan.as_ref().filter(|p| !p.changes.is_empty()) {
-        kvm_env::apply(plan, &host).context("cannot set up the KVM environment")?;
+        kvm_env::apply(plan, &env_host).context("cannot set up the KVM environment")?;
     }
     for notice in plan.iter().flat_map(|p| &p.notices) {
         println!("notice: {notice}");
@@ -167,7 +162,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
         }
     }
     if let Some(plan) = plan.as_ref().filter(|p| !p.changes.is_empty())
-        && let Err(e) = kvm_env::apply(&plan.reverse(), &host)
+        && let Err(e) = kvm_env::apply(&plan.reverse(), &env_host)
     {
         eprintln!("ktvmm: putting the KVM module parameters back failed: {e}");
     }

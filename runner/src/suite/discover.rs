@@ -165,11 +165,9 @@ mod tests {
     use super::*;
     use ktvmm_vmm::test_images::{elf64, exit_with};
 
-    const HOST: kut::Host = kut::Host {
-        cpus: 2,
-        run_nodefault: false,
-        cpu: None,
-    };
+    fn host() -> kut::Host {
+        kut::Host::with_cpu(2, false, None)
+    }
 
     fn scratch(name: &str) -> PathBuf {
         let dir =
@@ -197,7 +195,7 @@ mod tests {
         executable(&d.join("x86/tool"), "#!/bin/sh\nexit 0\n");
         executable(&d.join(".git/hook"), "#!/bin/sh\n");
         fs::write(d.join("notes.txt"), "not a test").unwrap();
-        let tests = discover(std::slice::from_ref(&d), &HOST).unwrap();
+        let tests = discover(std::slice::from_ref(&d), &host()).unwrap();
         assert_eq!(names(&tests), ["a", "x86/tool"]);
         assert!(matches!(tests[0].kind, TestKind::Guest(_)));
         assert!(matches!(tests[1].kind, TestKind::Exec(_)));
@@ -218,27 +216,27 @@ mod tests {
             "[[test]]\nname = \"two\"\nguest = \"g.elf\"\n",
         )
         .unwrap();
-        assert_eq!(names(&discover(&[d], &HOST).unwrap()), ["two", "one"]);
+        assert_eq!(names(&discover(&[d], &host()).unwrap()), ["two", "one"]);
     }
 
     #[test]
     fn bad_paths_are_named() {
         let d = scratch("bad");
-        let err = discover(&[d.join("missing")], &HOST)
+        let err = discover(&[d.join("missing")], &host())
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing"), "{err}");
         fs::write(d.join("notes.txt"), "x").unwrap();
-        let err = discover(&[d.join("notes.txt")], &HOST)
+        let err = discover(&[d.join("notes.txt")], &host())
             .unwrap_err()
             .to_string();
         assert!(err.contains("notes.txt: neither"), "{err}");
-        let err = discover(std::slice::from_ref(&d), &HOST)
+        let err = discover(std::slice::from_ref(&d), &host())
             .unwrap_err()
             .to_string();
         assert!(err.contains("no suite files"), "{err}");
         fs::write(d.join("unittests.cfg"), "[x]\n").unwrap();
-        let err = discover(&[d.join("unittests.cfg")], &HOST)
+        let err = discover(&[d.join("unittests.cfg")], &host())
             .unwrap_err()
             .to_string();
         assert!(err.contains("unittests.cfg:1: [x] has no `file`"), "{err}");
@@ -250,7 +248,7 @@ mod tests {
         fs::create_dir_all(d.join("b")).unwrap();
         fs::write(d.join("t.elf"), elf64(0x10_0000, &exit_with(0), 0)).unwrap();
         fs::write(d.join("b/t.elf"), elf64(0x10_0000, &exit_with(0), 0)).unwrap();
-        let err = discover(&[d.join("t.elf"), d.join("b/t.elf")], &HOST)
+        let err = discover(&[d.join("t.elf"), d.join("b/t.elf")], &host())
             .unwrap_err()
             .to_string();
         assert!(err.contains("two tests are named 't'"), "{err}");

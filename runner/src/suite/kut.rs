@@ -6,6 +6,7 @@
 //! a `check` that does not hold, `nodefault` groups, a missing `.flat`), and
 //! so it does for QEMU options it cannot honour: never a silent pass.
 
+use std::cell::OnceCell;
 use std::path::Path;
 #[cfg(test)]
 use std::path::PathBuf;
@@ -152,8 +153,34 @@ pub struct Host {
     /// Run `nodefault` tests (a group was selected with `-g`).
     pub run_nodefault: bool,
     /// What the host's KVM can give guests, to skip (not fail) a test whose
-    /// `-cpu` asks for more; `None`: not checked.
-    pub cpu: Option<HostCpu>,
+    /// `-cpu` asks for more; asked of KVM on first use, since only cfg
+    /// files with `-cpu` need it. `None` inside: not checked.
+    cpu: OnceCell<Option<HostCpu>>,
+}
+
+impl Host {
+    /// This host; KVM is asked what CPUs it can give when a test needs it.
+    pub fn new(cpus: u32, run_nodefault: bool) -> Self {
+        Host {
+            cpus,
+            run_nodefault,
+            cpu: OnceCell::new(),
+        }
+    }
+
+    /// A host whose KVM gives `cpu` (`None`: `-cpu` is not checked).
+    #[cfg(test)]
+    pub fn with_cpu(cpus: u32, run_nodefault: bool, cpu: Option<HostCpu>) -> Self {
+        Host {
+            cpus,
+            run_nodefault,
+            cpu: OnceCell::from(cpu),
+        }
+    }
+
+    fn host_cpu(&self) -> Option<&HostCpu> {
+        self.cpu.get_or_init(|| HostCpu::probe().ok()).as_ref()
+    }
 }
 
 /// Reads `path` and turns its entries into tests.
@@ -243,7 +270,7 @@ fn skip_reason(entry: &Entry, dir: &Path, host: &Host) -> Result<Option<String>,
             "QEMU option {option} is not supported by ktvmm"
         )));
     }
-    if let (Some(spec), Some(cpu)) = (&qemu.cpu, &host.cpu)
+    if let (Some(spec), Some(cpu)) = (&qemu.cpu, host.host_cpu())
         && let Err(e) = cpu.check(spec)
     {
         return Ok(Some(format!("-cpu {spec}: {e}")));
@@ -484,12 +511,7 @@ file = s3.flat
         let dir = dir();
         let cfg = dir.join("unittests.cfg");
         std::fs::write(&cfg, CFG).unwrap();
-        let host = Host {
-            cpus: 8,
-            run_nodefault,
-            cpu: None,
-        };
-        load(&cfg, &host).unwrap()
+        load(&cfg, &Host::with_cpu(8, run_nodefault, None)).unwrap()
     }
 
     fn skip_of(specs: &[TestSpec], name: &str) -> Option<String> {
@@ -553,14 +575,14 @@ file = s3.flat
             ecx: 1 << 21,
             ..Default::default()
         };
-        let host = Host {
-            cpus: 2,
-            run_nodefault: false,
-            cpu: Some(HostCpu {
+        let host = Host::with_cpu(
+            2,
+            false,
+            Some(HostCpu {
                 supported: kvm_bindings::CpuId::from_entries(&[leaf1]).unwrap(),
                 extra: Vec::new(),
             }),
-        };
+        );
         let specs = load(&cfg, &host).unwrap();
         let reason = skip_of(&specs, "x2apic").unwrap();
         assert!(reason.contains("tsc-deadline"), "{reason}");
