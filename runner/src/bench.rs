@@ -156,6 +156,7 @@ fn breakdown(runs: u32) -> Result<()> {
             testdevs: true,
             cpu: Default::default(),
             pit: true,
+            boot: None,
         };
         let mut vm = Vm::build(config)?;
         let started = Instant::now();

@@ -1,5 +1,7 @@
 //! The guests built into the binary, and the bundled suite that runs them.
 
+use ktvmm_vmm::boot::Protocol;
+
 use crate::suite::{ExitCodes, GuestTest, TestKind, TestSpec};
 
 include!(concat!(env!("OUT_DIR"), "/bundled_guests.rs"));
@@ -27,6 +29,9 @@ pub struct BundledTest {
     pub args: &'static str,
     /// Its group (`-g`).
     pub group: &'static str,
+    /// Boot it the multiboot way (through its 32-bit entry, as QEMU would)
+    /// instead of ktvmm's ELF64 protocol.
+    pub multiboot: bool,
 }
 
 const fn test(
@@ -43,6 +48,20 @@ const fn test(
         mem_mib: 128,
         args,
         group,
+        multiboot: false,
+    }
+}
+
+/// [`test`], booted through the guest's multiboot entry.
+const fn multiboot(
+    name: &'static str,
+    guest: &'static str,
+    smp: u32,
+    args: &'static str,
+) -> BundledTest {
+    BundledTest {
+        multiboot: true,
+        ..test(name, guest, smp, args, "multiboot")
     }
 }
 
@@ -74,6 +93,15 @@ pub const SUITE: &[BundledTest] = &[
     test("pc-testdev", "pc-testdev", 2, "", "devices"),
     test("edu", "edu", 2, "", "devices"),
     test("edu-driver", "edu-driver", 2, "", "devices"),
+    // ktest's multiboot entry under ktvmm's multiboot loader: the 32-bit
+    // entry, the multiboot information, fw_cfg, the MADT, INIT/SIPI.
+    multiboot(
+        "selftest-multiboot",
+        "selftest",
+        2,
+        "smp=2 mem=128 alpha beta",
+    ),
+    multiboot("smp-multiboot", "smp", 4, ""),
 ];
 
 /// The bundled suite as tests to schedule.
@@ -90,6 +118,7 @@ pub fn suite() -> Vec<TestSpec> {
                 initrd: None,
                 cpu: None,
                 no_pit: false,
+                boot: t.multiboot.then_some(Protocol::Multiboot),
                 vmm: Default::default(),
                 exit_codes: ExitCodes::Ktvmm,
             }),
@@ -98,4 +127,28 @@ pub fn suite() -> Vec<TestSpec> {
             source: "bundled".into(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use ktvmm_vmm::boot::{Kernel, Protocol};
+
+    use super::*;
+
+    /// Every bundled guest boots both ways: as ELF64 by default, and
+    /// through its multiboot header (how QEMU loads it), whose load
+    /// addresses must match the ELF layout byte for byte.
+    #[test]
+    fn every_bundled_guest_speaks_both_protocols() {
+        assert!(!GUESTS.is_empty());
+        for (name, bytes) in GUESTS {
+            assert!(
+                matches!(Kernel::inspect(bytes), Ok(Kernel::Elf64(_))),
+                "{name} boots as ELF64 by default"
+            );
+            if let Err(e) = Kernel::inspect_as(bytes, Some(Protocol::Multiboot)) {
+                panic!("{name}: its multiboot header is unusable: {e}");
+            }
+        }
+    }
 }

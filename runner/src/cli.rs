@@ -55,6 +55,11 @@ pub struct RunArgs {
     /// Leave out the PIT (QEMU: -machine pit=off).
     #[arg(long)]
     pub no_pit: bool,
+    /// Boot with this protocol instead of the one the file calls for:
+    /// `multiboot` boots an ELF64 guest through its multiboot header (as
+    /// QEMU would), `elf64` insists on ktvmm's long-mode protocol.
+    #[arg(long, value_name = "PROTOCOL")]
+    pub boot: Option<ktvmm_vmm::boot::Protocol>,
 }
 
 /// How to shape the VM (shared by `run` and `test`).

@@ -3,16 +3,19 @@
 //! test per environment (`name` in the first, `name@qemu-kvm` in the
 //! others), and the summary says where the verdicts differ.
 //!
-//! QEMU boots multiboot kernels (kvm-unit-tests' `.flat` files) as they
-//! are; ktvmm's ELF64 guests start in long mode with ktvmm's boot
-//! information, which QEMU cannot give, so under QEMU they are skipped with
-//! that reason. Host programs run once, in the first environment.
+//! QEMU boots multiboot kernels: kvm-unit-tests' `.flat` files, and ktest
+//! guests through the multiboot header every ktest image carries. An ELF64
+//! guest without one cannot boot under QEMU and is skipped there with that
+//! reason. Bundled guests are written to the run's output directory for
+//! QEMU to read. Host programs run once, in the first environment.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use ktvmm_vmm::boot::Kernel;
+use ktvmm_vmm::boot::{Kernel, Protocol};
+
+use crate::bundled;
 
 use crate::suite::{TestKind, TestSpec, Vmm};
 use crate::verdict::{Status, TestResult};
@@ -103,12 +106,41 @@ fn unavailable(guest: &str, qemu_installed: bool) -> Option<String> {
             "{QEMU} is not installed (Debian: apt-get install qemu-system-x86)"
         ));
     }
-    let multiboot = std::fs::read(guest)
-        .ok()
-        .is_some_and(|bytes| matches!(Kernel::inspect(&bytes), Ok(Kernel::Multiboot(_))));
-    (!multiboot).then(|| {
-        "QEMU boots multiboot kernels only; this guest uses ktvmm's ELF64 long-mode protocol".into()
-    })
+    let multiboot = |bytes: &[u8]| Kernel::inspect_as(bytes, Some(Protocol::Multiboot)).is_ok();
+    let bootable = match guest.strip_prefix(bundled::PREFIX) {
+        Some(name) => bundled::guest(name).is_some_and(multiboot),
+        None => std::fs::read(guest).is_ok_and(|bytes| multiboot(&bytes)),
+    };
+    (!bootable)
+        .then(|| "QEMU boots multiboot kernels only, and this guest has no multiboot header".into())
+}
+
+/// QEMU reads kernels from files: writes the bundled guests that QEMU
+/// tests boot to `dir/guests/` (the run's output directory, so that the
+/// commands printed to reproduce a failure keep working) and points those
+/// tests at the files.
+pub fn write_bundled_guests(tests: &mut [TestSpec], dir: &Path) -> std::io::Result<()> {
+    for test in tests {
+        let TestKind::Guest(guest) = &mut test.kind else {
+            continue;
+        };
+        let Some(name) = guest.guest.strip_prefix(bundled::PREFIX) else {
+            continue;
+        };
+        if guest.vmm == Vmm::Ktvmm {
+            continue;
+        }
+        let Some(bytes) = bundled::guest(name) else {
+            continue;
+        };
+        let path: PathBuf = dir.join("guests").join(name);
+        if !path.exists() {
+            std::fs::create_dir_all(dir.join("guests"))?;
+            std::fs::write(&path, bytes)?;
+        }
+        guest.guest = path.display().to_string();
+    }
+    Ok(())
 }
 
 fn which(program: &str) -> bool {
@@ -188,8 +220,10 @@ mod tests {
         let tests = expand(vec![guest, program], &[Env::Ktvmm, Env::QemuKvm]);
         let names: Vec<&str> = tests.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["g", "g@qemu-kvm", "p"]);
+        // ktest guests boot under QEMU through their multiboot header.
         assert!(
-            matches!(&tests[1].kind, TestKind::Skip(r) if r.contains("multiboot") || r.contains("not installed")),
+            matches!(&tests[1].kind, TestKind::Guest(g) if g.vmm == Vmm::Qemu { tcg: false })
+                || matches!(&tests[1].kind, TestKind::Skip(r) if r.contains("not installed")),
             "{:?}",
             tests[1].kind
         );

@@ -52,6 +52,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         testdevs: !args.no_testdevs,
         cpu: args.cpu.clone(),
         pit: !args.no_pit,
+        boot: args.boot,
     };
     let mut kernel_log = args.vm.timeout.and_then(|_| KernelLog::open_at_end());
     let (outcome, vm) = match Vm::build(config) {

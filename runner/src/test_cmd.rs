@@ -82,6 +82,12 @@ pub fn test(args: TestArgs) -> Result<u8> {
     }
 
     let output = OutputDir::create(args.output.as_deref())?;
+    crate::envs::write_bundled_guests(&mut tests, output.path()).with_context(|| {
+        format!(
+            "{}: cannot write the bundled guests for QEMU",
+            output.path().display()
+        )
+    })?;
     if let Some(plan) = plan.as_ref().filter(|p| !p.changes.is_empty()) {
         kvm_env::apply(plan, &env_host).context("cannot set up the KVM environment")?;
     }

@@ -461,7 +461,7 @@ fn an_elf32_image_without_a_multiboot_header_is_refused() {
     let path = write(&dir, "plain32.elf", &image);
     expect_error(
         &["run", &path],
-        &[&path, "32-bit ELF image without a multiboot header"],
+        &[&path, "32-bit kernels only with a multiboot header"],
     );
 }
 
@@ -591,4 +591,47 @@ fn a_hang_report_carries_the_host_kernel_log_of_the_run() {
         .find(|l| l.starts_with("ktvmm: "))
         .unwrap();
     assert!(last.contains("timed out"), "{stderr}");
+}
+
+/// A ktest guest boots through its multiboot header too: its own 32-bit
+/// entry reads the multiboot information, fw_cfg and the MADT, and starts
+/// the APs with INIT/SIPI; the initrd arrives as module 0.
+#[test]
+fn a_ktest_guest_boots_the_multiboot_way() {
+    let dir = scratch("boot-multiboot");
+    let initrd = write(&dir, "initrd", b"KEY=VALUE\n");
+    let (output, _) = run(&[
+        "run",
+        "bundled:selftest",
+        "--boot",
+        "multiboot",
+        "-smp",
+        "3",
+        "-m",
+        "96",
+        "-append",
+        "smp=3 mem=96 x",
+        "-initrd",
+        &initrd,
+    ]);
+    let (code, stdout, stderr) = parts(&output);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("on every CPU (mask 0x7)"), "{stdout}");
+    assert!(stdout.contains("initrd: 10 bytes"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+
+    // An ELF64 file without a multiboot header cannot be booted that way,
+    // and an unknown protocol is a usage error.
+    let plain = write(&dir, "plain.elf", &elf64(LOAD_ADDR, &exit_with(0), 0));
+    let (output, _) = run(&["run", &plain, "--boot", "multiboot"]);
+    let (code, _, stderr) = parts(&output);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("plain.elf") && stderr.contains("no multiboot header"),
+        "{stderr}"
+    );
+    let (output, _) = run(&["run", "bundled:exitcode", "--boot", "bios"]);
+    let (code, _, stderr) = parts(&output);
+    assert_eq!(code, 125, "{stderr}");
+    assert!(stderr.contains("not a boot protocol"), "{stderr}");
 }

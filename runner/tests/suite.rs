@@ -468,7 +468,7 @@ fn environment_options_are_planned_before_anything_runs() {
         test_in(&dir, &["--kvm-param", &setting, "--dry-run", "-f", "smp"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("kvm.enable_pmu is already"), "{stdout}");
-    assert!(stdout.contains("would run 2 tests"), "{stdout}");
+    assert!(stdout.contains("would run 3 tests"), "{stdout}");
     assert!(!dir.join("out").exists(), "a dry run ran something");
 
     // One that does not exist stops the run with one message, nothing run.
@@ -708,11 +708,13 @@ fn the_same_multiboot_guest_runs_under_ktvmm_and_qemu() {
         "fail.flat",
         &ktvmm_vmm::test_images::elf32_multiboot(0x40_0000, &exit_with(1), 0),
     );
+    // An ELF64 kernel without a multiboot header: QEMU cannot boot it.
+    write(&dir, "elf64.elf", &elf64(LOAD_ADDR, &exit_with(0), 0));
     let suite = write(
         &dir,
         "envs.ktvmm.toml",
         b"[[test]]\nguest = \"pass.flat\"\n\n[[test]]\nguest = \"fail.flat\"\n\n\
-          [[test]]\nname = \"elf64\"\nguest = \"bundled:exitcode\"\n",
+          [[test]]\nname = \"elf64\"\nguest = \"elf64.elf\"\n",
     );
     let (code, stdout, _) = test_in(&dir, &["--env", "ktvmm", "--env", "qemu-kvm", &suite]);
     assert_eq!(code, 1, "{stdout}");
@@ -727,4 +729,63 @@ fn the_same_multiboot_guest_runs_under_ktvmm_and_qemu() {
         "{stdout}"
     );
     assert!(!stdout.contains("environments disagree"), "{stdout}");
+}
+
+/// The bundled suite under ktvmm and under QEMU + KVM (ktest guests boot
+/// there through their multiboot header): every difference is one that
+/// `tests/data/bundled-under-qemu.toml` explains, and nothing it explains
+/// has gone away unnoticed.
+#[test]
+fn the_bundled_suite_agrees_across_ktvmm_and_qemu() {
+    assert!(
+        Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "qemu-system-x86_64 is missing: .ci/run installs it (apt-get install qemu-system-x86)"
+    );
+    let dir = scratch("bundled-envs");
+    let expect = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/bundled-under-qemu.toml"
+    );
+    let (code, stdout, stderr) = test_in(
+        &dir,
+        &["--env", "ktvmm", "--env", "qemu-kvm", "--expect", expect],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let results = results(&dir);
+    let tests = results["tests"].as_array().unwrap();
+    let under_qemu: Vec<&Value> = tests
+        .iter()
+        .filter(|t| t["name"].as_str().unwrap().ends_with("@qemu-kvm"))
+        .collect();
+    assert_eq!(under_qemu.len(), tests.len() / 2, "{stdout}");
+    for t in tests {
+        let (name, status) = (t["name"].as_str().unwrap(), t["status"].as_str().unwrap());
+        let allowed: &[&str] = if name.ends_with("@qemu-kvm") {
+            &["pass", "xfail"]
+        } else {
+            &["pass"]
+        };
+        assert!(allowed.contains(&status), "{name}: {status}\n{stdout}");
+    }
+    // The guests that exercise SMP bring-up, exceptions, interrupts and
+    // the devices QEMU has as ktvmm has them must agree outright.
+    for name in [
+        "selftest",
+        "smp",
+        "exceptions",
+        "lapic-timer",
+        "pci-testdev",
+        "serial-testdev",
+        "isa-debug-exit",
+        "smp-multiboot",
+    ] {
+        assert_eq!(
+            status_of(&results, &format!("{name}@qemu-kvm")),
+            "pass",
+            "{stdout}"
+        );
+    }
 }

@@ -1,7 +1,10 @@
-//! The two boot protocols, chosen from the kernel file itself: ELF64 guests
-//! start every vCPU in long mode (ktvmm's protocol, `docs/boot-protocol.md`);
-//! ELF32 kernels with a multiboot header start the BSP in 32-bit protected
-//! mode and leave the APs waiting for INIT/SIPI, as kvm-unit-tests expects.
+//! The two boot protocols, chosen from the kernel file itself unless the
+//! user names one: ELF64 guests start every vCPU in long mode (ktvmm's
+//! protocol, `docs/boot-protocol.md`); multiboot kernels (ELF32 with a
+//! multiboot header, or any file whose header carries load addresses)
+//! start the BSP in 32-bit protected mode and leave the APs waiting for
+//! INIT/SIPI, as kvm-unit-tests expects. An ELF64 file can speak both (ktest
+//! guests do); it boots as ELF64 unless multiboot is asked for.
 
 use std::ops::Range;
 
@@ -27,14 +30,57 @@ pub enum Kernel {
     Multiboot(MultibootImage),
 }
 
+/// A boot protocol (`ktvmm run --boot`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// ktvmm's long-mode protocol.
+    Elf64,
+    /// Multiboot v1.
+    Multiboot,
+}
+
+impl Protocol {
+    /// How `--boot` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Elf64 => "elf64",
+            Protocol::Multiboot => "multiboot",
+        }
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            _ if text == Protocol::Elf64.name() => Ok(Protocol::Elf64),
+            _ if text == Protocol::Multiboot.name() => Ok(Protocol::Multiboot),
+            _ => Err(format!(
+                "'{text}' is not a boot protocol (elf64, multiboot)"
+            )),
+        }
+    }
+}
+
 impl Kernel {
     /// Recognises the protocol and checks the image.
     pub fn inspect(bytes: &[u8]) -> Result<Self, LoadError> {
-        let elf32 = bytes.starts_with(b"\x7fELF") && bytes.get(4) == Some(&1);
-        if elf32 && multiboot::header_flags(bytes).is_some() {
-            return multiboot::inspect(bytes).map(Kernel::Multiboot);
+        Self::inspect_as(bytes, None)
+    }
+
+    /// Checks the image for `protocol`, or for the one the file calls for.
+    pub fn inspect_as(bytes: &[u8], protocol: Option<Protocol>) -> Result<Self, LoadError> {
+        let elf64 = bytes.starts_with(b"\x7fELF") && bytes.get(4) == Some(&2);
+        let protocol = protocol.unwrap_or(if !elf64 && multiboot::header_flags(bytes).is_some() {
+            Protocol::Multiboot
+        } else {
+            Protocol::Elf64
+        });
+        match protocol {
+            Protocol::Multiboot => multiboot::inspect(bytes).map(Kernel::Multiboot),
+            Protocol::Elf64 => loader::inspect_elf64(bytes).map(Kernel::Elf64),
         }
-        loader::inspect_elf64(bytes).map(Kernel::Elf64)
     }
 }
 

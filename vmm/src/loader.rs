@@ -45,9 +45,9 @@ pub enum LoadError {
         /// Raw `e_machine`.
         code: u16,
     },
-    /// A 32-bit x86 image without a multiboot header.
+    /// A 32-bit x86 image where an ELF64 one is needed.
     #[error(
-        "32-bit ELF image without a multiboot header: ktvmm boots ELF64 guests and multiboot kernels"
+        "32-bit ELF image: ktvmm boots ELF64 guests, and 32-bit kernels only with a multiboot header (by the multiboot protocol)"
     )]
     Elf32Unsupported,
     /// Not an executable (a relocatable object or shared library).

@@ -88,23 +88,30 @@ impl MultibootImage {
 
 /// The header flags, when `bytes` has a valid multiboot header.
 pub fn header_flags(bytes: &[u8]) -> Option<u32> {
-    let word = |at: usize| {
-        bytes
-            .get(at..at + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
+    find_header(bytes).map(|(_, flags)| flags)
+}
+
+fn word(bytes: &[u8], at: usize) -> Option<u32> {
+    bytes
+        .get(at..at.checked_add(4)?)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The header's file offset and flags.
+fn find_header(bytes: &[u8]) -> Option<(usize, u32)> {
     (0..SEARCH_LEN.min(bytes.len())).step_by(4).find_map(|at| {
-        let (magic, flags, checksum) = (word(at)?, word(at + 4)?, word(at + 8)?);
+        let (magic, flags, checksum) =
+            (word(bytes, at)?, word(bytes, at + 4)?, word(bytes, at + 8)?);
         (magic == HEADER_MAGIC && magic.wrapping_add(flags).wrapping_add(checksum) == 0)
-            .then_some(flags)
+            .then_some((at, flags))
     })
 }
 
-/// Checks a multiboot kernel: the header, ELF32 i386, segments in the file.
+/// Checks a multiboot kernel: the header, then either the load addresses
+/// it carries or, without them, an ELF32 i386 executable's segments.
 pub fn inspect(bytes: &[u8]) -> Result<MultibootImage, LoadError> {
-    let flags = header_flags(bytes).ok_or_else(|| {
-        LoadError::Malformed("an ELF32 image needs a multiboot header to boot".into())
-    })?;
+    let (at, flags) = find_header(bytes)
+        .ok_or_else(|| LoadError::Malformed("no multiboot header in the first 8 KiB".into()))?;
     let unknown = flags & 0xffff & !UNDERSTOOD_REQUIREMENTS;
     if unknown != 0 {
         return Err(LoadError::Malformed(format!(
@@ -112,10 +119,110 @@ pub fn inspect(bytes: &[u8]) -> Result<MultibootImage, LoadError> {
         )));
     }
     if flags & FLAG_ADDRESSES != 0 {
-        // The ELF program headers say the same for every ELF kernel; ktvmm
-        // loads ELF files only, so it goes by those.
-        log::debug!("multiboot header carries load addresses; using the ELF headers");
+        let image = from_header_addresses(bytes, at)?;
+        if bytes.starts_with(b"\x7fELF") {
+            check_elf_agrees(bytes, &image)?;
+        }
+        return Ok(image);
     }
+    inspect_elf32(bytes)
+}
+
+/// The image the header's load addresses describe (the "a.out kludge",
+/// read as QEMU's loader reads it): the file from the header's position
+/// back to `load_addr`, up to `load_end_addr`, then zeroes to `bss_end_addr`.
+fn from_header_addresses(bytes: &[u8], at: usize) -> Result<MultibootImage, LoadError> {
+    let field = |index: usize| {
+        word(bytes, at + 4 * index).ok_or_else(|| {
+            LoadError::Truncated("the multiboot header's address fields are cut short".into())
+        })
+    };
+    let (header_addr, load_addr, load_end, bss_end, entry) =
+        (field(3)?, field(4)?, field(5)?, field(6)?, field(7)?);
+    let bad = |what: String| Err(LoadError::Malformed(format!("multiboot header: {what}")));
+    let Some(header_offset) = header_addr.checked_sub(load_addr) else {
+        return bad(format!(
+            "header_addr {header_addr:#x} lies below load_addr {load_addr:#x}"
+        ));
+    };
+    let Some(offset) = at.checked_sub(header_offset as usize) else {
+        return bad(format!(
+            "load_addr {load_addr:#x} lies before the start of the file"
+        ));
+    };
+    let filesz = if load_end == 0 {
+        bytes.len() - offset
+    } else {
+        match load_end.checked_sub(load_addr) {
+            Some(len) => len as usize,
+            None => {
+                return bad(format!(
+                    "load_end_addr {load_end:#x} lies below load_addr {load_addr:#x}"
+                ));
+            }
+        }
+    };
+    if offset + filesz > bytes.len() {
+        return Err(LoadError::Truncated(format!(
+            "the multiboot header loads {filesz:#x} bytes from file offset {offset:#x}, the file has {:#x}",
+            bytes.len()
+        )));
+    }
+    let start = u64::from(load_addr);
+    let loaded_end = start + filesz as u64;
+    let end = if bss_end == 0 {
+        loaded_end
+    } else if u64::from(bss_end) < loaded_end {
+        return bad(format!(
+            "bss_end_addr {bss_end:#x} lies below the end of the loaded bytes {loaded_end:#x}"
+        ));
+    } else {
+        u64::from(bss_end)
+    };
+    if !(start..end).contains(&u64::from(entry)) {
+        return Err(LoadError::EntryOutsideImage(u64::from(entry)));
+    }
+    Ok(MultibootImage {
+        entry,
+        segments: std::iter::once(start..end).collect(),
+        loads: vec![Load {
+            paddr: start,
+            offset,
+            filesz,
+        }],
+    })
+}
+
+/// An ELF file whose multiboot header carries load addresses is loaded by
+/// those, byte for byte from the file: its segments must be where the
+/// header puts them, or a multiboot loader would run a scrambled image.
+fn check_elf_agrees(bytes: &[u8], image: &MultibootImage) -> Result<(), LoadError> {
+    let elf = goblin::elf::Elf::parse(bytes).map_err(|e| LoadError::Malformed(e.to_string()))?;
+    let load = &image.loads[0];
+    let span = &image.segments[0];
+    for ph in elf.program_headers.iter().filter(|ph| ph.p_type == PT_LOAD) {
+        let implied = ph
+            .p_paddr
+            .checked_sub(load.paddr)
+            .map(|delta| load.offset as u64 + delta);
+        let fits = ph.p_paddr >= span.start
+            && ph.p_paddr.saturating_add(ph.p_memsz) <= span.end
+            && (ph.p_filesz == 0
+                || (implied == Some(ph.p_offset)
+                    && ph.p_paddr + ph.p_filesz <= load.paddr + load.filesz as u64));
+        if !fits {
+            return Err(LoadError::Malformed(format!(
+                "the multiboot header's load addresses disagree with the ELF program headers: \
+                 the segment at {:#x} (file offset {:#x}, {:#x} bytes) is not where the header loads [{:#x}, {:#x}) from file offset {:#x}",
+                ph.p_paddr, ph.p_offset, ph.p_memsz, span.start, span.end, load.offset
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// An ELF32 i386 executable, loaded by its program headers.
+fn inspect_elf32(bytes: &[u8]) -> Result<MultibootImage, LoadError> {
     let header =
         goblin::elf::Elf::parse_header(bytes).map_err(|e| LoadError::Malformed(e.to_string()))?;
     if header.e_machine != header::EM_386 {
@@ -392,6 +499,69 @@ mod tests {
         assert!(inspect(&no_header).is_err());
         let truncated = &elf32_multiboot(0x40_0000, &[0xf4; 64], 0)[..0x60];
         assert!(inspect(truncated).is_err());
+    }
+
+    use crate::boot::{Kernel, Protocol};
+    use crate::test_images::{elf64, multiboot_header_with_addresses};
+
+    const AT: u32 = 0x40_0000;
+
+    #[test]
+    fn a_flat_image_loads_by_its_header_addresses() {
+        // Header at the start of the file; code right after it.
+        let code = [0x90, 0xf4];
+        let mut bytes = multiboot_header_with_addresses([AT, AT, 0, AT + 0x2000, AT + 32]);
+        bytes.extend_from_slice(&code);
+        let Ok(Kernel::Multiboot(image)) = Kernel::inspect(&bytes) else {
+            panic!("a flat multiboot file boots the multiboot way");
+        };
+        assert_eq!(image.entry, AT + 32);
+        assert_eq!(image.end(), u64::from(AT) + 0x2000);
+        assert_eq!(image.segments.len(), 1);
+        let ram = RamLayout::new(16).unwrap();
+        let memory = ram.allocate().unwrap();
+        load(&memory, &bytes, &image).unwrap();
+        let loaded: [u8; 2] = memory.read_obj(GuestAddress(u64::from(AT) + 32)).unwrap();
+        assert_eq!(loaded, code);
+    }
+
+    #[test]
+    fn an_elf64_with_header_addresses_boots_either_way() {
+        // The header opens the segment, as in ktest's images.
+        let header = multiboot_header_with_addresses([AT, AT, AT + 34, AT + 0x1000, AT + 32]);
+        let code: Vec<u8> = header.iter().copied().chain([0x90, 0xf4]).collect();
+        let bytes = elf64(u64::from(AT), &code, 0x1000 - 34);
+        assert!(matches!(Kernel::inspect(&bytes), Ok(Kernel::Elf64(_))));
+        let Ok(Kernel::Multiboot(image)) = Kernel::inspect_as(&bytes, Some(Protocol::Multiboot))
+        else {
+            panic!("its multiboot header is usable");
+        };
+        assert_eq!(image.entry, AT + 32);
+
+        // A header that puts itself 8 bytes into the image loads the file
+        // 8 bytes off from where the ELF headers put it.
+        let header = multiboot_header_with_addresses([AT + 8, AT, AT + 34, 0, AT + 32]);
+        let code: Vec<u8> = header.iter().copied().chain([0x90, 0xf4]).collect();
+        let bytes = elf64(u64::from(AT), &code, 0);
+        let err = Kernel::inspect_as(&bytes, Some(Protocol::Multiboot)).unwrap_err();
+        assert!(err.to_string().contains("disagree"), "{err}");
+    }
+
+    #[test]
+    fn bad_header_addresses_are_refused() {
+        let flat = |addresses: [u32; 5]| {
+            let mut bytes = multiboot_header_with_addresses(addresses);
+            bytes.extend_from_slice(&[0xf4; 16]);
+            inspect(&bytes).map(|_| ()).unwrap_err().to_string()
+        };
+        assert!(flat([AT, AT + 4, 0, 0, AT + 32]).contains("below load_addr"));
+        assert!(flat([AT + 64, AT, 0, 0, AT + 32]).contains("before the start"));
+        assert!(flat([AT, AT, AT - 1, 0, AT + 32]).contains("load_end_addr"));
+        assert!(flat([AT, AT, AT + 4096, 0, AT + 32]).contains("truncated"));
+        assert!(flat([AT, AT, AT + 40, AT + 8, AT + 32]).contains("bss_end_addr"));
+        assert!(flat([AT, AT, 0, 0, AT + 4096]).contains("entry"));
+        let cut = &multiboot_header_with_addresses([AT, AT, 0, 0, AT])[..24];
+        assert!(inspect(cut).is_err());
     }
 
     #[test]

@@ -70,6 +70,17 @@ pub fn elf32_multiboot(addr: u32, code: &[u8], bss: u32) -> Vec<u8> {
     f
 }
 
+/// A multiboot header that gives the load addresses itself (flag 16):
+/// `[header_addr, load_addr, load_end_addr, bss_end_addr, entry_addr]`.
+pub fn multiboot_header_with_addresses(addresses: [u32; 5]) -> Vec<u8> {
+    let (magic, flags) = (0x1bad_b002u32, 1u32 << 16);
+    [magic, flags, 0u32.wrapping_sub(magic).wrapping_sub(flags)]
+        .into_iter()
+        .chain(addresses)
+        .flat_map(u32::to_le_bytes)
+        .collect()
+}
+
 /// Machine code that writes `code` to isa-debug-exit and halts:
 /// `mov $code, %eax; out %eax, $0xf4; 1: hlt; jmp 1b`.
 pub fn exit_with(code: u32) -> Vec<u8> {

@@ -19,7 +19,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::boot::{self, Kernel};
+use crate::boot::{self, Kernel, Protocol};
 use crate::boot_plan::PlanError;
 use crate::bus::BusError;
 use crate::cpu_model::{self, CpuModelError, CpuSpec};
@@ -51,6 +51,8 @@ pub struct VmConfig {
     pub cpu: CpuSpec,
     /// Whether there is a PIT (QEMU's `-machine pit=off` leaves it out).
     pub pit: bool,
+    /// The boot protocol, when not the one the file calls for.
+    pub boot: Option<Protocol>,
 }
 
 /// Why a VM could not be built.
@@ -198,7 +200,7 @@ impl Vm {
             name: config.kernel.name.clone(),
             source,
         };
-        let kernel = Kernel::inspect(&config.kernel.bytes).map_err(image_err)?;
+        let kernel = Kernel::inspect_as(&config.kernel.bytes, config.boot).map_err(image_err)?;
         if config.cpus == 0 {
             return Err(VmError::NoCpus);
         }

@@ -27,16 +27,19 @@
 #![no_std]
 #![warn(missing_docs)]
 
+pub mod acpi;
 pub mod boot;
 pub mod console;
 pub mod driver;
 pub mod env;
 pub mod exceptions;
+pub mod fw_cfg;
 pub mod idt;
 pub mod ioapic;
 pub mod lapic;
 pub mod mem;
 pub mod mmio;
+mod multiboot;
 pub mod pci;
 mod percpu;
 pub mod report;

@@ -66,6 +66,9 @@ fn ktvmm_run(g: &GuestTest, ktvmm: &Path) -> Command {
     if g.no_pit {
         cmd.arg("--no-pit");
     }
+    if let Some(boot) = g.boot {
+        cmd.args(["--boot", boot.name()]);
+    }
     cmd
 }
 
@@ -77,7 +80,14 @@ fn qemu_command(g: &GuestTest) -> Command {
         Vmm::Qemu { tcg: true } => "accel=tcg",
         _ => "accel=kvm",
     };
+    // COM2 is QEMU's testdev chardev, the postfix serial testdev ktvmm has.
     cmd.args(["-nodefaults", "-vnc", "none", "-serial", "stdio"])
+        .args([
+            "-chardev",
+            "testdev,id=testdev",
+            "-serial",
+            "chardev:testdev",
+        ])
         .args([
             "-device",
             "pc-testdev",

@@ -209,6 +209,15 @@ fn finish(job: &Job, slot: Slot) -> TestResult {
                 Ok(code) => verdict::guest_status(Ending::Exited(code), g.exit_codes),
                 Err(why) => (Status::Fail, Some(why)),
             },
+            // QEMU's own complaint (e.g. a device's `hw_error`) says why.
+            Ending::Signalled(signal) => {
+                let said = log_text.lines().rev().find(|l| l.starts_with("qemu"));
+                let mut why = format!("QEMU died of {}", verdict::signal_name(signal));
+                if let Some(line) = said {
+                    why = format!("{why}: {}", line.trim());
+                }
+                (Status::Fail, Some(why))
+            }
             other => verdict::guest_status(other, g.exit_codes),
         },
         TestKind::Guest(g) => verdict::guest_status(ending, g.exit_codes),

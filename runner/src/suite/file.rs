@@ -55,6 +55,7 @@ struct RawTest {
     append: Option<String>,
     initrd: Option<String>,
     cpu: Option<String>,
+    boot: Option<String>,
     args: Option<Vec<String>>,
     env: Option<BTreeMap<String, String>>,
     cwd: Option<String>,
@@ -220,6 +221,10 @@ fn test(
                         .map_err(|e| format!("{label}: cpu = {c:?}: {e}"))
                 })
                 .transpose()?;
+            let boot = raw
+                .boot
+                .map(|b| b.parse().map_err(|e| format!("{label}: boot = {b:?}: {e}")))
+                .transpose()?;
             let kind = TestKind::Guest(GuestTest {
                 exit_codes: ExitCodes::for_guest(&guest),
                 guest,
@@ -229,6 +234,7 @@ fn test(
                 initrd,
                 cpu,
                 no_pit: false,
+                boot,
                 vmm: Default::default(),
             });
             (kind, name)
@@ -240,6 +246,7 @@ fn test(
                 (raw.append.is_some(), "append"),
                 (raw.initrd.is_some(), "initrd"),
                 (raw.cpu.is_some(), "cpu"),
+                (raw.boot.is_some(), "boot"),
             ] {
                 if set {
                     return Err(format!(
@@ -377,6 +384,7 @@ groups = ["edu"]
 guest = "bundled:edu"
 memory = 64
 timeout = 5
+boot = "multiboot"
 
 [[test]]
 exec = "tool"
@@ -402,6 +410,11 @@ env = { B = "3" }
             panic!("not a guest")
         };
         assert_eq!((g.guest.as_str(), g.smp, g.mem_mib), ("bundled:edu", 1, 64));
+        assert_eq!(g.boot, Some(ktvmm_vmm::boot::Protocol::Multiboot));
+        let TestKind::Guest(g) = &tests[0].kind else {
+            panic!("not a guest")
+        };
+        assert_eq!(g.boot, None);
 
         assert_eq!(tests[2].name, "tool");
         let TestKind::Exec(e) = &tests[2].kind else {
@@ -449,6 +462,16 @@ env = { B = "3" }
                 "append",
             ),
             ("[[test]]\nexec = \"tool\"\nappend = \"x\"\n", ":1:", "args"),
+            (
+                "[[test]]\nguest = \"guest.elf\"\nboot = \"bios\"\n",
+                ":1:",
+                "not a boot protocol",
+            ),
+            (
+                "[[test]]\nexec = \"tool\"\nboot = \"elf64\"\n",
+                ":1:",
+                "boot",
+            ),
             ("[[test]]\nexec = \"tool\"\ncwd = \"nope\"\n", ":1:", "cwd"),
             (
                 "[[test]]\nguest = \"guest.elf\"\nname = \"\"\n",

@@ -294,6 +294,7 @@ fn guest(entry: &Entry, dir: &Path, host: &Host) -> Result<TestKind, String> {
         initrd: None,
         cpu: qemu.cpu.map(|c| c.to_string()),
         no_pit: qemu.no_pit,
+        boot: None,
         vmm: Default::default(),
         exit_codes: ExitCodes::KvmUnitTests,
     }))

@@ -8,6 +8,8 @@ pub mod kut;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ktvmm_vmm::boot::Protocol;
+
 /// One test, ready to schedule.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TestSpec {
@@ -52,6 +54,9 @@ pub struct GuestTest {
     pub cpu: Option<String>,
     /// Leave out the PIT (`ktvmm run --no-pit`).
     pub no_pit: bool,
+    /// Boot with this protocol (`ktvmm run --boot`) rather than the one the
+    /// file calls for.
+    pub boot: Option<Protocol>,
     /// How its exit code reads.
     pub exit_codes: ExitCodes,
     /// Which VMM runs it.
@@ -120,6 +125,7 @@ impl GuestTest {
             initrd: None,
             cpu: None,
             no_pit: false,
+            boot: None,
             vmm: Vmm::Ktvmm,
         }
     }

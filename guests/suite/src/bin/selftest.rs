@@ -226,9 +226,17 @@ fn check_initrd(boot: &BootInfo) {
         return;
     }
     let end = boot.initrd_addr + boot.initrd_len;
+    // ktvmm's ELF64 protocol puts it below the stacks, multiboot loaders
+    // right after the image: either way it must not share memory with
+    // anything else the guest was given.
+    let stacks_end = boot.stacks_base + u64::from(boot.cpu_count) * boot.stack_size;
+    let apart = |start: u64, stop: u64| end <= start || boot.initrd_addr >= stop;
     report!(
-        boot.initrd_addr >= boot.free_end && end <= boot.stacks_base,
-        "initrd [{:#x}, {:#x}) lies between free RAM and the stacks",
+        apart(boot.kernel_start, boot.kernel_end)
+            && apart(boot.free_start, boot.free_end)
+            && apart(boot.stacks_base, stacks_end)
+            && end <= boot.low_mem_end,
+        "initrd [{:#x}, {:#x}) overlaps neither the image, free RAM nor the stacks",
         boot.initrd_addr,
         end
     );
