@@ -135,6 +135,8 @@ pub fn test(args: TestArgs) -> Result<u8> {
         let finished = schedule::run(&jobs, &options, &mut console);
         interrupted = finished.interrupted;
         let mut round = finished.results;
+        // Before retrying: an expected failure is not worth another run.
+        crate::expect::apply(&expectations, &meta, &mut round);
         if !interrupted && args.retries > 0 {
             interrupted = retry(&mut round, &jobs, &args, &output, &options, &mut console);
         }
@@ -152,7 +154,6 @@ pub fn test(args: TestArgs) -> Result<u8> {
 
     meta.duration = started.elapsed();
     meta.interrupted = interrupted;
-    crate::expect::apply(&expectations, &meta, &mut results);
     let written = results::write_all(&output, &meta, &results);
     let not_run = if interrupted {
         round_size.saturating_sub(results.len())
@@ -193,7 +194,11 @@ fn retry(
 ) -> bool {
     let mut pending: Vec<usize> = (0..results.len())
         .filter(|&i| {
-            results[i].status.is_failure() && results[i].reason.as_deref() != Some("interrupted")
+            // An unexpected pass is not made better by running it again.
+            matches!(
+                results[i].status,
+                Status::Fail | Status::Timeout | Status::Error
+            ) && results[i].reason.as_deref() != Some("interrupted")
         })
         .collect();
     for attempt in 1..=args.retries {

@@ -650,8 +650,10 @@ fn expectations_turn_known_failures_into_xfail_and_surprises_into_xpass() {
         b"[[expect]]\ntest = \"known-bad\"\nreason = \"bug 123\"\n\n\
           [[expect]]\ntest = \"fixed-*\"\nreason = \"bug 456\"\n",
     );
-    let (code, stdout, _) = test_in(&dir, &["--expect", &expect, &suite]);
+    // --retries leaves both alone: neither is worth running again.
+    let (code, stdout, _) = test_in(&dir, &["--expect", &expect, "--retries", "2", &suite]);
     assert_eq!(code, 1, "an unexpected pass fails the run:\n{stdout}");
+    assert!(!stdout.contains("retrying"), "{stdout}");
     let results = results(&dir);
     assert_eq!(status_of(&results, "known-bad"), "xfail");
     assert_eq!(status_of(&results, "fixed-now"), "xpass");
@@ -788,4 +790,22 @@ fn the_bundled_suite_agrees_across_ktvmm_and_qemu() {
             "{stdout}"
         );
     }
+}
+
+/// `exec = "prog"` is the program next to the suite file, even when the
+/// suite is named by a relative path: not a program found in PATH.
+#[test]
+fn a_program_named_relative_to_a_relative_suite_runs() {
+    let dir = scratch("relative-exec");
+    let prog = write(&dir, "prog", b"#!/bin/sh\necho ok 1 - here\n");
+    std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    write(&dir, "r.ktvmm.toml", b"[[test]]\nexec = \"prog\"\n");
+    let output = ktvmm()
+        .current_dir(&dir)
+        .args(["test", "-o", "out", "r.ktvmm.toml"])
+        .output()
+        .unwrap();
+    let (code, stdout, stderr) = parts(&output);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("PASS    prog"), "{stdout}");
 }

@@ -312,7 +312,8 @@ pub fn stem(path: &Path) -> String {
 fn existing_file(base: &Path, relative: &str, key: &str) -> Result<PathBuf, String> {
     let path = base.join(relative);
     if path.is_file() {
-        Ok(path)
+        // A bare name would be looked up in PATH when it runs.
+        Ok(std::path::absolute(&path).unwrap_or(path))
     } else {
         Err(format!("{key} {}: no such file", path.display()))
     }
