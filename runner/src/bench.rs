@@ -157,6 +157,7 @@ fn breakdown(runs: u32) -> Result<()> {
             cpu: Default::default(),
             pit: true,
             boot: None,
+            iommu: false,
         };
         let mut vm = Vm::build(config)?;
         let started = Instant::now();

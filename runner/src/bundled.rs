@@ -32,6 +32,8 @@ pub struct BundledTest {
     /// Boot it the multiboot way (through its 32-bit entry, as QEMU would)
     /// instead of ktvmm's ELF64 protocol.
     pub multiboot: bool,
+    /// With a VT-d unit in front of edu (`ktvmm run --iommu`).
+    pub iommu: bool,
 }
 
 const fn test(
@@ -49,6 +51,7 @@ const fn test(
         args,
         group,
         multiboot: false,
+        iommu: false,
     }
 }
 
@@ -93,6 +96,10 @@ pub const SUITE: &[BundledTest] = &[
     test("pc-testdev", "pc-testdev", 2, "", "devices"),
     test("edu", "edu", 2, "", "devices"),
     test("edu-driver", "edu-driver", 2, "", "devices"),
+    BundledTest {
+        iommu: true,
+        ..test("iommu", "iommu", 2, "", "devices")
+    },
     // ktest's multiboot entry under ktvmm's multiboot loader: the 32-bit
     // entry, the multiboot information, fw_cfg, the MADT, INIT/SIPI.
     multiboot(
@@ -119,6 +126,7 @@ pub fn suite() -> Vec<TestSpec> {
                 cpu: None,
                 no_pit: false,
                 boot: t.multiboot.then_some(Protocol::Multiboot),
+                iommu: t.iommu,
                 vmm: Default::default(),
                 exit_codes: ExitCodes::Ktvmm,
             }),

@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// QEMU would), `elf64` insists on ktvmm's long-mode protocol.
     #[arg(long, value_name = "PROTOCOL")]
     pub boot: Option<ktvmm_vmm::boot::Protocol>,
+    /// Put an Intel VT-d unit (at 0xfed90000) in front of edu: DMA and
+    /// MSI remapping (QEMU: -M q35 -device intel-iommu,intremap=on).
+    #[arg(long)]
+    pub iommu: bool,
 }
 
 /// How to shape the VM (shared by `run` and `test`).

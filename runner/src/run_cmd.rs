@@ -53,6 +53,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         cpu: args.cpu.clone(),
         pit: !args.no_pit,
         boot: args.boot,
+        iommu: args.iommu,
     };
     let mut kernel_log = args.vm.timeout.and_then(|_| KernelLog::open_at_end());
     let (outcome, vm) = match Vm::build(config) {

@@ -783,6 +783,7 @@ fn the_bundled_suite_agrees_across_ktvmm_and_qemu() {
         "serial-testdev",
         "isa-debug-exit",
         "smp-multiboot",
+        "iommu",
     ] {
         assert_eq!(
             status_of(&results, &format!("{name}@qemu-kvm")),

@@ -3,7 +3,8 @@
 //! 0xE0000-0xFFFFF, an RSDT listing the FADT and the MADT, a FADT whose PM
 //! timer block is the PIIX4 one (port 0x608) and which points at a FACS and
 //! an empty DSDT, and a MADT with one local APIC per vCPU, the IOAPIC, and
-//! QEMU's interrupt source overrides.
+//! QEMU's interrupt source overrides; with a VT-d unit, a DMAR table
+//! describing it, as QEMU's q35 has.
 
 use ktvmm_abi::{layout, ports};
 use vm_memory::{Bytes, GuestAddress};
@@ -25,15 +26,20 @@ const SCI_IRQ: u16 = 9;
 /// the SCI).
 const LEVEL_IRQS: [u8; 4] = [5, 9, 10, 11];
 
-/// Writes the tables for `cpus` vCPUs; returns the RSDP's address.
-pub fn write_tables(memory: &GuestMemory, cpus: u32) -> Result<u64, vm_memory::GuestMemoryError> {
-    let tables = build(cpus);
+/// Writes the tables for `cpus` vCPUs (and a VT-d unit, if `iommu`);
+/// returns the RSDP's address.
+pub fn write_tables(
+    memory: &GuestMemory,
+    cpus: u32,
+    iommu: bool,
+) -> Result<u64, vm_memory::GuestMemoryError> {
+    let tables = build(cpus, iommu);
     memory.write_slice(&tables, GuestAddress(BASE))?;
     Ok(BASE)
 }
 
 /// The whole table area, starting at [`BASE`].
-pub fn build(cpus: u32) -> Vec<u8> {
+pub fn build(cpus: u32, iommu: bool) -> Vec<u8> {
     // Fixed offsets inside the area; the MADT, which grows with the CPU
     // count, comes last.
     const RSDP: usize = 0x0;
@@ -41,6 +47,7 @@ pub fn build(cpus: u32) -> Vec<u8> {
     const FACS: usize = 0x80; // 64-byte aligned, as ACPI requires
     const DSDT: usize = 0xc0;
     const FADT: usize = 0x100;
+    const DMAR: usize = 0x180;
     const MADT: usize = 0x200;
     let at = |offset: usize| (BASE + offset as u64) as u32;
 
@@ -49,12 +56,20 @@ pub fn build(cpus: u32) -> Vec<u8> {
     let mut put =
         |offset: usize, bytes: &[u8]| area[offset..offset + bytes.len()].copy_from_slice(bytes);
     put(RSDP, &rsdp(at(RSDT)));
+    let mut listed = vec![at(FADT), at(MADT)];
+    if iommu {
+        listed.push(at(DMAR));
+        put(DMAR, &dmar());
+    }
     put(
         RSDT,
         &table(
             b"RSDT",
             1,
-            &[at(FADT), at(MADT)].map(u32::to_le_bytes).concat(),
+            &listed
+                .iter()
+                .flat_map(|a| a.to_le_bytes())
+                .collect::<Vec<u8>>(),
         ),
     );
     put(FACS, &facs());
@@ -154,6 +169,22 @@ fn madt(cpus: u32) -> Vec<u8> {
     table(b"APIC", 1, &b)
 }
 
+/// One remapping unit at [`crate::devices::vtd::BASE`] for every PCI
+/// device on segment 0, with interrupt remapping, 39-bit addresses.
+fn dmar() -> Vec<u8> {
+    const INTERRUPT_REMAPPING: u8 = 1;
+    const INCLUDE_PCI_ALL: u8 = 1;
+    let mut b = vec![38, INTERRUPT_REMAPPING];
+    b.extend_from_slice(&[0; 10]);
+    // DRHD: type 0, length 16, flags, reserved, segment 0, register base.
+    b.extend_from_slice(&0u16.to_le_bytes());
+    b.extend_from_slice(&16u16.to_le_bytes());
+    b.extend_from_slice(&[INCLUDE_PCI_ALL, 0]);
+    b.extend_from_slice(&0u16.to_le_bytes());
+    b.extend_from_slice(&crate::devices::vtd::BASE.to_le_bytes());
+    table(b"DMAR", 1, &b)
+}
+
 fn checksum(bytes: &[u8]) -> u8 {
     0u8.wrapping_sub(bytes.iter().fold(0u8, |sum, b| sum.wrapping_add(*b)))
 }
@@ -190,7 +221,7 @@ mod tests {
 
     #[test]
     fn the_tables_are_found_and_checksummed() {
-        let area = build(4);
+        let area = build(4, false);
         assert!(BASE + area.len() as u64 <= END);
         let fadt = find(&area, b"FACP");
         assert_eq!(fadt.len(), 116);
@@ -205,8 +236,29 @@ mod tests {
     }
 
     #[test]
+    fn a_dmar_table_describes_the_vtd_unit() {
+        let area = build(2, true);
+        assert!(BASE + area.len() as u64 <= END);
+        let dmar = find(&area, b"DMAR");
+        assert_eq!((dmar[36], dmar[37]), (38, 1), "39-bit, interrupt remapping");
+        assert_eq!(u16::from_le_bytes([dmar[48], dmar[49]]), 0, "a DRHD");
+        assert_eq!(dmar[52], 1, "INCLUDE_PCI_ALL");
+        assert_eq!(
+            u64::from_le_bytes(dmar[56..64].try_into().unwrap()),
+            0xfed9_0000
+        );
+        // The other tables are still found, and without a unit there is no
+        // DMAR.
+        find(&area, b"FACP");
+        find(&area, b"APIC");
+        let plain = build(2, false);
+        let rsdt_len = u32_at(&plain, 0x40 + 4);
+        assert_eq!(rsdt_len, 36 + 8);
+    }
+
+    #[test]
     fn the_madt_has_a_lapic_per_cpu_and_the_ioapic() {
-        let area = build(3);
+        let area = build(3, false);
         let madt = find(&area, b"APIC");
         assert_eq!(u32_at(madt, 36), 0xfee0_0000);
         let mut lapics = Vec::new();

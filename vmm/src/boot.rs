@@ -182,6 +182,7 @@ impl Placement {
         kernel: &[u8],
         initrd: Option<(&[u8], &str)>,
         cpus: u32,
+        iommu: bool,
     ) -> Result<Entry, VmError> {
         let image_err = |source| VmError::Image {
             name: "the kernel".into(),
@@ -202,7 +203,7 @@ impl Placement {
                 .write_slice(bytes, GuestAddress(at))
                 .map_err(mem_err("the initrd"))?;
         }
-        acpi::write_tables(memory, cpus).map_err(mem_err("ACPI tables"))?;
+        acpi::write_tables(memory, cpus, iommu).map_err(mem_err("ACPI tables"))?;
         match self {
             Placement::Elf64 {
                 image,

@@ -11,7 +11,7 @@ use ktvmm_testdevs::edu::{Edu, EduLinks};
 use ktvmm_testdevs::pc_testdev::{self, PcTestdevIomem, PcTestdevIrqs, PcTestdevPorts};
 use ktvmm_testdevs::pci::reg::INTERRUPT_LINE;
 use ktvmm_testdevs::pci_testdev::PciTestdev;
-use ktvmm_testdevs::{InterruptLine, PciDevice};
+use ktvmm_testdevs::{DmaMemory, InterruptLine, MsiSender, PciDevice};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -20,6 +20,7 @@ use crate::devices::fw_cfg::{self, FwCfg};
 use crate::devices::links::{DeviceThread, GuestDma, GuestPages, KvmIrqLine, KvmMsi};
 use crate::devices::pm_timer::{self, PmTimer};
 use crate::devices::serial::{Console, IrqLine, PostfixOutput, SerialDevice, UART_PORTS};
+use crate::devices::vtd::{self, Vtd};
 use crate::memory::GuestMemory;
 use crate::pci::{self, HostBridge, PciConfigIo, PciRoot};
 use crate::vcpu::Buses;
@@ -53,6 +54,8 @@ pub struct Machine {
     pub ram_bytes: u64,
     /// vCPUs.
     pub cpus: u16,
+    /// Whether there is a VT-d unit in front of the test devices.
+    pub iommu: bool,
 }
 
 impl Platform {
@@ -157,10 +160,28 @@ impl Platform {
             )?;
 
             let edu_gsi = slots::intx_gsi(slots::EDU_SLOT, 1);
+            let ram: Arc<dyn DmaMemory> = Arc::new(GuestDma::new(memory.clone()));
+            let msi: Arc<dyn MsiSender> = Arc::new(KvmMsi::new(vm.clone()));
+            let (dma, msi) = if machine.iommu {
+                let vtd = Vtd::new(ram);
+                // Bus 0: the source ID is the device and function number.
+                let edu_source = u16::from(slots::EDU_SLOT) << 3;
+                let links = (vtd.dma(edu_source), vtd.msi(msi));
+                place(
+                    &buses.mmio,
+                    "VT-d registers",
+                    Arc::new(Mutex::new(vtd)),
+                    vtd::BASE,
+                    vtd::LEN,
+                )?;
+                links
+            } else {
+                (ram, msi)
+            };
             let mut edu = Edu::new(EduLinks {
                 intx: Arc::new(KvmIrqLine::new(vm.clone(), edu_gsi)),
-                msi: Arc::new(KvmMsi::new(vm.clone())),
-                dma: Arc::new(GuestDma::new(memory.clone())),
+                msi,
+                dma,
                 deferred: device_thread,
             });
             edu.config_mut().write(INTERRUPT_LINE, &[edu_gsi as u8]);

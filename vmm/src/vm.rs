@@ -53,6 +53,9 @@ pub struct VmConfig {
     pub pit: bool,
     /// The boot protocol, when not the one the file calls for.
     pub boot: Option<Protocol>,
+    /// An Intel VT-d unit remapping edu's DMA and MSIs (QEMU:
+    /// `-device intel-iommu,intremap=on`).
+    pub iommu: bool,
 }
 
 /// Why a VM could not be built.
@@ -269,13 +272,20 @@ impl Vm {
             .initrd
             .as_ref()
             .map(|i| (i.bytes.as_slice(), i.name.as_str()));
-        let entry = placement.write(&memory, &config.kernel.bytes, initrd, config.cpus)?;
+        let entry = placement.write(
+            &memory,
+            &config.kernel.bytes,
+            initrd,
+            config.cpus,
+            config.iommu,
+        )?;
         timings.step("load kernel, boot data");
 
         let machine = Machine {
             ram_bytes: ram.size,
             // At most MAX_CPUS (1024), checked above.
             cpus: config.cpus as u16,
+            iommu: config.iommu,
         };
         let platform = Platform::attach(&vm, &memory, config.console, config.testdevs, machine)?;
         timings.step("devices");

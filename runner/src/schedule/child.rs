@@ -69,6 +69,9 @@ fn ktvmm_run(g: &GuestTest, ktvmm: &Path) -> Command {
     if let Some(boot) = g.boot {
         cmd.args(["--boot", boot.name()]);
     }
+    if g.iommu {
+        cmd.arg("--iommu");
+    }
     cmd
 }
 
@@ -108,6 +111,10 @@ fn qemu_command(g: &GuestTest) -> Command {
     }
     if g.no_pit {
         cmd.args(["-machine", "pit=off"]);
+    }
+    if g.iommu {
+        cmd.args(["-machine", "q35,kernel-irqchip=split"])
+            .args(["-device", "intel-iommu,intremap=on,eim=off"]);
     }
     cmd
 }

@@ -235,6 +235,7 @@ fn test(
                 cpu,
                 no_pit: false,
                 boot,
+                iommu: false,
                 vmm: Default::default(),
             });
             (kind, name)

@@ -57,6 +57,8 @@ pub struct GuestTest {
     /// Boot with this protocol (`ktvmm run --boot`) rather than the one the
     /// file calls for.
     pub boot: Option<Protocol>,
+    /// An Intel VT-d unit in front of edu (`ktvmm run --iommu`).
+    pub iommu: bool,
     /// How its exit code reads.
     pub exit_codes: ExitCodes,
     /// Which VMM runs it.
@@ -126,6 +128,7 @@ impl GuestTest {
             cpu: None,
             no_pit: false,
             boot: None,
+            iommu: false,
             vmm: Vmm::Ktvmm,
         }
     }

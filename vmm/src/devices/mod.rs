@@ -4,3 +4,4 @@ pub mod fw_cfg;
 pub mod links;
 pub mod pm_timer;
 pub mod serial;
+pub mod vtd;
