@@ -88,6 +88,8 @@ pub fn test(args: TestArgs) -> Result<u8> {
             output.path().display()
         )
     })?;
+    crate::suite::kut_env::write_files(&mut tests, output.path())
+        .map_err(|e| anyhow::anyhow!("kvm-unit-tests' environment file: {e}"))?;
     if let Some(plan) = plan.as_ref().filter(|p| !p.changes.is_empty()) {
         kvm_env::apply(plan, &env_host).context("cannot set up the KVM environment")?;
     }

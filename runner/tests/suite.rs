@@ -810,3 +810,55 @@ fn a_program_named_relative_to_a_relative_suite_runs() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("PASS    prog"), "{stdout}");
 }
+
+/// A kvm-unit-tests tree: `x86/unittests.cfg` runs its `.flat` files, and
+/// each gets KUT's environment file (the host kernel's version, errata.txt's
+/// entries) as its initrd, as KUT's scripts give it.
+#[test]
+fn a_kvm_unit_tests_cfg_runs_with_kuts_environment_file() {
+    let dir = scratch("kut-tree");
+    let x86 = dir.join("x86");
+    std::fs::create_dir_all(&x86).unwrap();
+    write(
+        &x86,
+        "pass.flat",
+        &ktvmm_vmm::test_images::elf32_multiboot(0x40_0000, &exit_with(0), 0),
+    );
+    // Exits with the multiboot information's module count: 1 with the
+    // environment file (which KUT's convention reads as a failure).
+    write(
+        &x86,
+        "mods.flat",
+        &ktvmm_vmm::test_images::elf32_multiboot(
+            0x40_0000,
+            &ktvmm_vmm::test_images::exit_with_multiboot_field(20),
+            0,
+        ),
+    );
+    write(
+        &dir,
+        "errata.txt",
+        b"# commit : minimum : summary\n0123456789ab : 2.6 : ancient fix\n",
+    );
+    let cfg = write(
+        &x86,
+        "unittests.cfg",
+        b"[pass]\nfile = pass.flat\nsmp = 2\n\n[mods]\nfile = mods.flat\n\n\
+          [elsewhere]\nfile = pass.flat\narch = arm64\n",
+    );
+    let (code, stdout, _) = test_in(&dir, &[&cfg]);
+    assert_eq!(code, 1, "{stdout}");
+    let results = results(&dir);
+    assert_eq!(status_of(&results, "pass"), "pass", "{stdout}");
+    assert_eq!(status_of(&results, "elsewhere"), "skip", "{stdout}");
+    let mods = results["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "mods")
+        .unwrap();
+    assert_eq!(mods["exit_code"], 1, "one module: {mods}");
+    let env = std::fs::read_to_string(dir.join("out/kut-env.1")).expect("the environment file");
+    assert!(env.contains("\nKERNEL_VERSION="), "{env}");
+    assert!(env.contains("ERRATA_0123456789ab=y\n"), "{env}");
+}

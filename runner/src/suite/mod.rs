@@ -4,6 +4,7 @@
 pub mod discover;
 pub mod file;
 pub mod kut;
+pub mod kut_env;
 
 use std::path::PathBuf;
 use std::time::Duration;
