@@ -163,10 +163,8 @@ pub fn write_files(tests: &mut [TestSpec], dir: &Path) -> Result<(), String> {
             guest.initrd = Some(file.clone());
             continue;
         }
-        let errata = match std::fs::read_to_string(&errata_path) {
-            Ok(text) => Some(text),
-            Err(_) => None,
-        };
+        // A tree without errata.txt has no errata lines, as KUT's.
+        let errata = std::fs::read_to_string(&errata_path).ok();
         let text = build(&release, errata.as_deref(), user.as_deref())
             .map_err(|e| format!("{}: {e}", errata_path.display()))?;
         let file = dir.join(format!("kut-env.{}", written.len() + 1));
