@@ -29,6 +29,9 @@ pub enum Command {
     /// Compare two runs (output directories or results.json files): exit 1
     /// when a test or subtest regressed.
     Diff(DiffArgs),
+    /// Fuzz KVM's API through ktvmm's devices, from a seed; replay or
+    /// shrink a finding.
+    Fuzz(FuzzArgs),
     /// One run of the raw KVM floor (what `bench` times as its baseline).
     #[command(hide = true)]
     BenchFloor,
@@ -186,6 +189,58 @@ pub struct DiffArgs {
     pub before: PathBuf,
     /// The later run.
     pub after: PathBuf,
+}
+
+/// Options of `ktvmm fuzz`.
+#[derive(Debug, Args)]
+pub struct FuzzArgs {
+    /// The seed: the same seed gives the same inputs, outcomes and
+    /// statistics on the same host.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// How many inputs.
+    #[arg(long, default_value_t = 10_000)]
+    pub iterations: u64,
+    /// Stop after this many seconds even if inputs are left.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub time: Option<Duration>,
+    /// Where reproducers go.
+    #[arg(long, value_name = "DIR", default_value = "ktvmm-fuzz")]
+    pub out: PathBuf,
+    /// Also write the statistics as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Put a device on port 0x5f0 that panics when 0x5a is written there:
+    /// checks that the harness finds, saves and replays a bug.
+    #[arg(long)]
+    pub plant_bug: bool,
+    /// Show input N of the seed (as a reproducer's `input`) and run it
+    /// alone.
+    #[arg(long, value_name = "N", conflicts_with_all = ["replay", "minimise"])]
+    pub input: Option<u64>,
+    /// Run the input of a reproducer again; exit 1 if it still finds
+    /// something, 0 if not.
+    #[arg(long, value_name = "FILE", conflicts_with = "minimise")]
+    pub replay: Option<PathBuf>,
+    /// Shrink a reproducer's input while it still finds the same kinds of
+    /// things; writes FILE with `.min.json` in place of `.json`.
+    #[arg(long, value_name = "FILE")]
+    pub minimise: Option<PathBuf>,
+    /// Exits handled per run of a vCPU.
+    #[arg(long, default_value_t = 32)]
+    pub exits_per_run: u32,
+    /// Longest single KVM_RUN, in microseconds, before it is kicked and the
+    /// vCPU asked whether it is halted.
+    #[arg(long, default_value_t = 2000)]
+    pub slice_us: u64,
+    /// How long, in milliseconds, a runnable vCPU may go without an exit
+    /// before it counts as spinning (0: one slice).
+    #[arg(long, default_value_t = 0)]
+    pub spin_ms: u64,
+    /// Guest time per input, in milliseconds: runs past it are skipped (a
+    /// safety net; the exit budget bounds inputs).
+    #[arg(long, default_value_t = 200)]
+    pub guest_ms: u64,
 }
 
 /// Options of `ktvmm bench`.

@@ -186,7 +186,7 @@ pub enum SuiteError {
 mod fuzz {
     use std::path::Path;
 
-    use crate::select::SplitMix64;
+    use ktvmm_vmm::rng::SplitMix64;
 
     const SUITE: &str = "[defaults]\ntimeout = 30\ngroups = [\"a\"]\n\n[[test]]\nname = \"x\"\n\
         guest = \"bundled:exitcode\"\nsmp = 2\nmemory = \"256M\"\nappend = \"pass\"\n\n\
