@@ -185,20 +185,26 @@ impl Platform {
                 deferred: device_thread,
             });
             edu.config_mut().write(INTERRUPT_LINE, &[edu_gsi as u8]);
-            let mut pci_testdev = PciTestdev::new();
-            let (mmio, io) = pci::assign_bars(
-                pci_testdev.config_mut(),
-                slots::MMIO_WINDOW_START,
-                u64::from(slots::IO_WINDOW_START),
-            );
-            pci::assign_bars(edu.config_mut(), mmio, io);
-            let mut root = crate::bus::lock(&pci);
-            root.add(slots::PCI_TESTDEV_SLOT, Arc::new(Mutex::new(pci_testdev)));
-            root.add(slots::EDU_SLOT, Arc::new(Mutex::new(edu)));
+            add_pci_testdevs(&pci, edu);
         }
         Ok(Self {
             buses,
             console: serial,
         })
     }
+}
+
+/// Puts pci-testdev and `edu` in their slots, their BARs assigned as
+/// firmware would.
+pub(crate) fn add_pci_testdevs(root: &Mutex<PciRoot>, mut edu: Edu) {
+    let mut pci_testdev = PciTestdev::new();
+    let (mmio, io) = pci::assign_bars(
+        pci_testdev.config_mut(),
+        slots::MMIO_WINDOW_START,
+        u64::from(slots::IO_WINDOW_START),
+    );
+    pci::assign_bars(edu.config_mut(), mmio, io);
+    let mut root = crate::bus::lock(root);
+    root.add(slots::PCI_TESTDEV_SLOT, Arc::new(Mutex::new(pci_testdev)));
+    root.add(slots::EDU_SLOT, Arc::new(Mutex::new(edu)));
 }

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use ktvmm_testdevs::debug_exit::{self, DebugExit};
 use ktvmm_testdevs::edu::{Edu, EduLinks};
 use ktvmm_testdevs::pc_testdev::{self, PcTestdevIomem, PcTestdevIrqs, PcTestdevPorts};
-use ktvmm_testdevs::pci_testdev::PciTestdev;
-use ktvmm_testdevs::{Action, BusDevice, Deferred, InterruptLine, MsiSender, PciDevice};
+use ktvmm_testdevs::{Action, BusDevice, Deferred, InterruptLine, MsiSender};
 use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, Msrs, kvm_debugregs, kvm_mp_state, kvm_msi,
     kvm_msr_entry, kvm_regs, kvm_run, kvm_segment, kvm_sregs, kvm_userspace_memory_region,
@@ -1019,14 +1018,10 @@ fn mode_sregs(mut sregs: kvm_sregs, mode: Mode, user: bool) -> kvm_sregs {
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    const PE: u64 = 1;
-    const ET: u64 = 1 << 4;
-    const NE: u64 = 1 << 5;
-    const PG: u64 = 1 << 31;
-    const PAE: u64 = 1 << 5;
-    const OSFXSR: u64 = 1 << 9;
-    const LME: u64 = 1 << 8;
-    const LMA: u64 = 1 << 10;
+    use crate::long_mode::{
+        CR0_ET as ET, CR0_NE as NE, CR0_PE as PE, CR0_PG as PG, CR4_OSFXSR as OSFXSR,
+        CR4_PAE as PAE, EFER_LMA as LMA, EFER_LME as LME,
+    };
     let (cr0, cr4, efer) = match mode {
         Mode::Real => (ET, 0, 0),
         Mode::Protected16 | Mode::Protected32 => (PE | ET | NE, OSFXSR, 0),
@@ -1165,7 +1160,7 @@ fn devices(vm: &Arc<VmFd>, memory: &GuestMemory, plant_bug: bool) -> Arc<Buses> 
     );
     let root = PciRoot::new(Arc::downgrade(&buses), vm.clone());
     let edu_gsi = slots::intx_gsi(slots::EDU_SLOT, 1);
-    let mut edu = Edu::new(EduLinks {
+    let edu = Edu::new(EduLinks {
         intx: Arc::new(QuietLinks {
             vm: vm.clone(),
             gsi: edu_gsi,
@@ -1177,22 +1172,11 @@ fn devices(vm: &Arc<VmFd>, memory: &GuestMemory, plant_bug: bool) -> Arc<Buses> 
         dma: Arc::new(GuestDma::new(memory.clone())),
         deferred: Arc::new(Immediate),
     });
-    let mut pci_testdev = PciTestdev::new();
-    let (mmio, io) = pci::assign_bars(
-        pci_testdev.config_mut(),
-        slots::MMIO_WINDOW_START,
-        u64::from(slots::IO_WINDOW_START),
+    crate::bus::lock(&root).add(
+        slots::HOST_BRIDGE_SLOT,
+        Arc::new(Mutex::new(HostBridge::default())),
     );
-    pci::assign_bars(edu.config_mut(), mmio, io);
-    {
-        let mut root = crate::bus::lock(&root);
-        root.add(
-            slots::HOST_BRIDGE_SLOT,
-            Arc::new(Mutex::new(HostBridge::default())),
-        );
-        root.add(slots::PCI_TESTDEV_SLOT, Arc::new(Mutex::new(pci_testdev)));
-        root.add(slots::EDU_SLOT, Arc::new(Mutex::new(edu)));
-    }
+    crate::platform::add_pci_testdevs(&root, edu);
     place(
         &buses.pio,
         Arc::new(Mutex::new(PciConfigIo::new(root))),
