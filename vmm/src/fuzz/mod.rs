@@ -15,6 +15,7 @@ mod minimise;
 mod program;
 pub mod repro;
 mod stats;
+pub mod targets;
 
 use std::time::{Duration, Instant};
 
