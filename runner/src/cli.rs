@@ -214,6 +214,10 @@ pub struct FuzzArgs {
     /// checks that the harness finds, saves and replays a bug.
     #[arg(long)]
     pub plant_bug: bool,
+    /// Turn a `cargo fuzz run kvm_api` artifact (raw bytes) into a
+    /// reproducer (FILE.json) and run it.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["replay", "minimise"])]
+    pub artifact: Option<PathBuf>,
     /// Show input N of the seed (as a reproducer's `input`) and run it
     /// alone.
     #[arg(long, value_name = "N", conflicts_with_all = ["replay", "minimise"])]

@@ -26,6 +26,9 @@ pub fn fuzz(args: FuzzArgs) -> Result<u8> {
     if let Some(path) = &args.minimise {
         return shrink(path, budget);
     }
+    if let Some(path) = &args.artifact {
+        return artifact(path, budget);
+    }
     if let Some(index) = args.input {
         return one(args.seed, index, budget, args.plant_bug);
     }
@@ -142,6 +145,33 @@ fn one(seed: u64, index: u64, budget: Budget, plant_bug: bool) -> Result<u8> {
         plant_bug,
     )?;
     Ok(u8::from(!execution.findings.is_empty()))
+}
+
+/// A libFuzzer artifact of the `kvm_api` target: its bytes read as an
+/// input the way the target reads them, saved as a reproducer, and run.
+fn artifact(path: &Path, budget: Budget) -> Result<u8> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let input: fuzz::Input =
+        arbitrary::Arbitrary::arbitrary(&mut arbitrary::Unstructured::new(&bytes))
+            .map_err(|e| anyhow::anyhow!("{}: not a kvm_api input: {e}", path.display()))?;
+    let execution = run_one(&path.display().to_string(), &input, budget, false)?;
+    let cpuid = Executor::new(budget, false)
+        .context("cannot start the fuzzer")?
+        .supported_cpuid()
+        .clone();
+    let found = fuzz::Found {
+        index: 0,
+        input,
+        execution,
+        after: Duration::ZERO,
+    };
+    let mut reproducer = Reproducer::new(&found, 0, false, host(), &cpuid);
+    reproducer.seed = None;
+    reproducer.index = None;
+    let out = path.with_extension("json");
+    reproducer.write(&out)?;
+    println!("reproducer: {}", out.display());
+    Ok(u8::from(!found.execution.findings.is_empty()))
 }
 
 fn replay(path: &Path, budget: Budget) -> Result<u8> {

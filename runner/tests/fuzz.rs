@@ -112,3 +112,26 @@ fn a_reproducer_replays_and_shrinks() {
         "{stderr}"
     );
 }
+
+/// A `cargo fuzz` artifact (raw bytes) becomes a reproducer that replays.
+#[test]
+fn a_cargo_fuzz_artifact_becomes_a_reproducer() {
+    let dir = scratch("fuzz-artifact");
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/kvm_api");
+    let mut files: Vec<_> = std::fs::read_dir(&corpus)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let bytes = std::fs::read(&files[0]).unwrap();
+    let artifact = common::write(&dir, "crash-1", &bytes);
+    let (output, _) = run(&["fuzz", "--artifact", &artifact]);
+    let (code, stdout, stderr) = parts(&output);
+    assert_eq!(code, 0, "a corpus input finds nothing:\n{stdout}{stderr}");
+    let json = dir.join("crash-1.json");
+    assert!(stdout.contains("reproducer:"), "{stdout}");
+    let reproducer = fuzz::Reproducer::load(&json).unwrap();
+    assert!(reproducer.seed.is_none() && reproducer.findings.is_empty());
+    let (output, _) = run(&["fuzz", "--replay", json.to_str().unwrap()]);
+    assert_eq!(parts(&output).0, 0);
+}
