@@ -363,6 +363,9 @@ impl Run<'_> {
     fn execute(&mut self, executor: &Executor, input: &Input) -> Result<(), String> {
         let ram = layout::MIN_RAM * u64::from(input.mem_64k.clamp(1, 16));
         prepare_memory(&executor.memory, ram, &input.program)?;
+        // The extra slot too: what an earlier input left there must not
+        // reach this one.
+        fill(&executor.extra, layout::EXTRA_SLOT, 0xf4)?;
 
         let vm = self
             .ioctl("KVM_CREATE_VM", executor.kvm.create_vm())
@@ -920,15 +923,27 @@ fn default_setup() -> VcpuSetup {
     }
 }
 
+/// Sets the first `len` bytes of `memory` (one region) to `byte`, at
+/// memset speed: vm-memory's volatile copies would cost more than the VM.
+fn fill(memory: &GuestMemory, len: u64, byte: u8) -> Result<(), String> {
+    let region = memory.iter().next().ok_or("setup: no memory")?;
+    if len > vm_memory::GuestMemoryRegion::len(region) {
+        return Err(format!("setup: {len:#x} bytes of guest memory asked, more than there are"));
+    }
+    // SAFETY: the region is this executor's own mapping of at least `len`
+    // bytes, and no VM runs while inputs are set up.
+    unsafe { std::ptr::write_bytes(region.as_ptr(), byte, len as usize) };
+    Ok(())
+}
+
 /// Fills the RAM an input uses and writes the real-mode vectors, the
 /// identity map and the program.
 fn prepare_memory(memory: &GuestMemory, ram: u64, program: &[u8]) -> Result<(), String> {
     // HLT everywhere but in the tables: code that strays from the program
     // stops at once instead of running through memory, and how far it got
     // can never depend on how fast the host emulates it.
-    let halts = vec![0xf4u8; ram as usize];
+    fill(memory, ram, 0xf4)?;
     let err = |e: vm_memory::GuestMemoryError| format!("setup: guest memory: {e}");
-    memory.write_slice(&halts, GuestAddress(0)).map_err(err)?;
     memory
         .write_slice(&[0u8; 0x6000], GuestAddress(layout::PML4))
         .map_err(err)?;
