@@ -928,7 +928,9 @@ fn default_setup() -> VcpuSetup {
 fn fill(memory: &GuestMemory, len: u64, byte: u8) -> Result<(), String> {
     let region = memory.iter().next().ok_or("setup: no memory")?;
     if len > vm_memory::GuestMemoryRegion::len(region) {
-        return Err(format!("setup: {len:#x} bytes of guest memory asked, more than there are"));
+        return Err(format!(
+            "setup: {len:#x} bytes of guest memory asked, more than there are"
+        ));
     }
     // SAFETY: the region is this executor's own mapping of at least `len`
     // bytes, and no VM runs while inputs are set up.
