@@ -728,8 +728,10 @@ impl Run<'_> {
             }
             self.timer.arm(self.budget.slice);
             let started = Instant::now();
+            let cpu_before = thread_cpu_time();
             let result = vcpu.fd.run();
             let took = started.elapsed();
+            let cpu = thread_cpu_time().saturating_sub(cpu_before);
             self.timer.disarm();
             // The timer's signal may have landed after KVM_RUN returned (it
             // is handled by now, on the way out of the disarming call): it
@@ -765,8 +767,10 @@ impl Run<'_> {
                         .fd
                         .get_mp_state()
                         .is_ok_and(|mp| mp.mp_state == kvm_bindings::KVM_MP_STATE_RUNNABLE);
-                    spinning += took;
-                    if runnable && spinning < self.budget.spin {
+                    // What the vCPU used, not the wall time: a slice spent
+                    // waiting for the host CPU says nothing about the guest.
+                    spinning += cpu;
+                    if runnable && spinning < self.budget.slice + self.budget.spin {
                         continue;
                     }
                     let name = if runnable { "spinning" } else { "blocked" };
@@ -873,6 +877,17 @@ fn interrupt(fd: &VcpuFd, vector: u32) -> Result<(), kvm_ioctls::Error> {
     } else {
         Err(kvm_ioctls::Error::last())
     }
+}
+
+/// CPU time this thread has used (guest time in `KVM_RUN` included).
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which lives across the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// The name of an exit reason.
