@@ -573,14 +573,19 @@ fn a_hang_report_carries_the_host_kernel_log_of_the_run() {
             stderr.contains("host kernel log during the run:"),
             "{stderr}"
         );
-        assert!(stderr.contains(&marker), "{stderr}");
         let lines = outcome["host_kernel_log"]
             .as_array()
             .expect("host_kernel_log");
-        assert!(
-            lines.iter().any(|l| l.as_str() == Some(&marker)),
-            "{outcome}"
-        );
+        // The report keeps the last 40 lines: on a host whose kernel is busy
+        // logging (other VMs, other tests), the marker may be older than
+        // that; otherwise it must be there.
+        if lines.len() < 40 {
+            assert!(stderr.contains(&marker), "{stderr}");
+            assert!(
+                lines.iter().any(|l| l.as_str() == Some(&marker)),
+                "{outcome}"
+            );
+        }
     } else {
         assert!(outcome.get("host_kernel_log").is_none(), "{outcome}");
     }
