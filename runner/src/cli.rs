@@ -29,6 +29,9 @@ pub enum Command {
     /// Compare two runs (output directories or results.json files): exit 1
     /// when a test or subtest regressed.
     Diff(DiffArgs),
+    /// Fuzz KVM's API and ktvmm's devices from a seed, for a bounded number
+    /// of inputs; replay or minimise a saved reproducer.
+    Fuzz(FuzzArgs),
     /// One run of the raw KVM floor (what `bench` times as its baseline).
     #[command(hide = true)]
     BenchFloor,
@@ -195,6 +198,49 @@ pub struct BenchArgs {
     /// Tests per round with --runner.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub tests: u32,
+}
+
+/// Options of `ktvmm fuzz`.
+#[derive(Debug, Args)]
+pub struct FuzzArgs {
+    /// The seed inputs are drawn from (the same seed, the same inputs).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Inputs to execute.
+    #[arg(long, default_value_t = 10_000)]
+    pub iterations: u64,
+    /// Stop after SECS seconds even if inputs are left.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub time: Option<Duration>,
+    /// Threads, each with its own VMs.
+    #[arg(short = 'j', long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: u32,
+    /// Where reproducers of findings are saved.
+    #[arg(long, value_name = "DIR", default_value = "ktvmm-fuzz")]
+    pub out: PathBuf,
+    /// Also write the statistics as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Replay a reproducer: exit 1 if its finding comes back, 0 if not.
+    #[arg(long, value_name = "FILE", conflicts_with = "minimise")]
+    pub replay: Option<PathBuf>,
+    /// Shrink a reproducer's input; writes FILE with .min.json.
+    #[arg(long, value_name = "FILE")]
+    pub minimise: Option<PathBuf>,
+    /// Stop at the first finding.
+    #[arg(long)]
+    pub stop_on_finding: bool,
+    /// VM exits one input may cause at most.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub exit_budget: u32,
+    /// Guest CPU time one input may use, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 4)]
+    pub cpu_budget_ms: u64,
+    /// Harness self-test: put a bug on purpose in front of pc-testdev's
+    /// register port (a panic when the guest writes the byte 0xa5), which
+    /// the run must find.
+    #[arg(long)]
+    pub plant_bug: bool,
 }
 
 /// `128`, `128M`, `128MiB`, `1G`, `1GiB`: a size in MiB.

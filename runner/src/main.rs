@@ -8,8 +8,8 @@ mod detach;
 mod diff_cmd;
 mod envs;
 mod expect;
+mod fuzz_cmd;
 mod interrupt;
-mod kmsg;
 mod kvm_env;
 mod results;
 mod run_cmd;
@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         cli::Command::Test(args) => test_cmd::test(args),
         cli::Command::Bench(args) => bench::bench(args),
         cli::Command::Diff(args) => diff_cmd::diff(&args.before, &args.after),
+        cli::Command::Fuzz(args) => fuzz_cmd::fuzz(args),
         cli::Command::BenchFloor => bench::floor_once(),
     };
     match result {

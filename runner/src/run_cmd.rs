@@ -8,8 +8,8 @@ use anyhow::{Context, Result, anyhow};
 use ktvmm_vmm::{KernelImage, Outcome, Vm, VmConfig};
 
 use crate::cli::RunArgs;
-use crate::kmsg::KernelLog;
 use crate::{bundled, detach};
+use ktvmm_vmm::kmsg::KernelLog;
 
 /// Reads a guest from a file, or from the binary for `bundled:NAME`.
 pub fn load_guest(guest: &str) -> Result<KernelImage> {

@@ -75,25 +75,7 @@ impl Selection {
     }
 }
 
-/// SplitMix64: a small generator whose sequence for a seed is the same on
-/// every machine.
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    /// The next number.
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number below `n` (n > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+pub use ktvmm_vmm::fuzz::rng::SplitMix64;
 
 /// Puts `tests` in an order drawn from `seed` (Fisher-Yates with
 /// SplitMix64): reproducible across runs and machines.

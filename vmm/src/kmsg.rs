@@ -1,4 +1,5 @@
-//! The host kernel's log (`/dev/kmsg`) during a run, for hang reports: a
+//! The host kernel's log (`/dev/kmsg`) during a run, for hang reports and
+//! the fuzz harness's oracles: a
 //! KVM warning or a soft lockup on the host is often the reason a guest
 //! stopped making progress. Needs permission to read `/dev/kmsg`; without
 //! it there is simply nothing to add.
