@@ -237,7 +237,7 @@ pub struct FuzzArgs {
     #[arg(long, value_name = "MS", default_value_t = 4)]
     pub cpu_budget_ms: u64,
     /// Harness self-test: put a bug on purpose in front of pc-testdev's
-    /// register port (a panic when the guest writes the byte 0xa5), which
+    /// register port (a panic when the guest writes the value 13), which
     /// the run must find.
     #[arg(long)]
     pub plant_bug: bool,

@@ -302,6 +302,7 @@ impl Executor {
                 fd,
                 cpuid,
                 ended: false,
+                single_step: false,
             };
             self.set_up_vcpu(&vcpu, setup, input.shape.irqchip, calls);
             built.vcpus.push(vcpu);
@@ -446,9 +447,14 @@ impl Executor {
                     if let Some(back) = calls.call("KVM_GET_REGS", fd.get_regs()) {
                         let mut want = regs;
                         let mut got = back;
-                        // RFLAGS bit 1 is fixed at 1; the reserved bits are KVM's.
-                        want.rflags = (want.rflags | 2) & RFLAGS_DEFINED;
-                        got.rflags &= RFLAGS_DEFINED;
+                        // RFLAGS bit 1 is fixed at 1; the reserved bits are
+                        // KVM's, and so is TF while KVM single-steps the guest.
+                        let mut kept = RFLAGS_DEFINED;
+                        if built.vcpus[index].single_step {
+                            kept &= !RFLAGS_TF;
+                        }
+                        want.rflags = (want.rflags | 2) & kept;
+                        got.rflags &= kept;
                         if want != got {
                             calls.round_trip("KVM_SET_REGS/KVM_GET_REGS", || {
                                 format!("set {want:x?}, read back {got:x?}")
@@ -724,8 +730,13 @@ impl Executor {
                     // DR7: L0, execute breakpoint.
                     debug.arch.debugreg[7] = 0x1;
                 }
-                let fd = &built.vcpus[index].fd;
-                calls.call("KVM_SET_GUEST_DEBUG", fd.set_guest_debug(&debug));
+                let vcpu = &mut built.vcpus[index];
+                if calls
+                    .call("KVM_SET_GUEST_DEBUG", vcpu.fd.set_guest_debug(&debug))
+                    .is_some()
+                {
+                    vcpu.single_step = single_step;
+                }
             }
             Op::RequestIrqWindow { .. } => {
                 built.vcpus[index].fd.get_kvm_run().request_interrupt_window = 1;
@@ -757,8 +768,11 @@ impl Executor {
     }
 }
 
-/// RFLAGS bits the architecture defines (CF through ID).
-const RFLAGS_DEFINED: u64 = 0x003f_7fd5 | 2;
+/// RFLAGS bits a `KVM_SET_REGS` must keep: the architecture's (CF
+/// through ID) but RF and VM, which KVM may drop when the vCPU's mode
+/// cannot hold them (VM in long mode, say).
+const RFLAGS_DEFINED: u64 = (0x003f_7fd5 | 2) & !(1 << 16 | 1 << 17);
+const RFLAGS_TF: u64 = 1 << 8;
 
 /// MSRs KVM stores exactly as written when it accepts the write.
 const ROUND_TRIP_MSRS: [u32; 4] = [0xc000_0081, 0xc000_0082, 0xc000_0102, 0xc000_0103];
@@ -893,6 +907,8 @@ struct Vcpu {
     cpuid: CpuId,
     /// The last run ended for good (until a call changes the vCPU's state).
     ended: bool,
+    /// KVM single-steps it (and owns RFLAGS.TF meanwhile).
+    single_step: bool,
 }
 
 /// A fresh VM. Field order is drop order: vCPUs and devices before the VM,

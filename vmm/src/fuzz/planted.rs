@@ -11,10 +11,10 @@ use crate::bus::{SharedDevice, lock};
 
 /// The port the planted bug watches (pc-testdev's register).
 pub const PORT: u16 = ktvmm_abi::ports::PC_TESTDEV_REGISTER;
-/// The byte, written alone, that sets it off.
-pub const VALUE: u8 = 0xa5;
+/// The value that sets it off, written at any width.
+pub const VALUE: u8 = 13;
 /// The panic message, which a finding's signature starts with.
-pub const MESSAGE: &str = "planted bug: pc-testdev register written with 0xa5";
+pub const MESSAGE: &str = "planted bug: pc-testdev register written with 13";
 
 /// The wrapper: the real device behind it does all the work.
 pub struct PlantedBug(SharedDevice);
@@ -32,7 +32,7 @@ impl BusDevice for PlantedBug {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Action {
-        if offset == 0 && data == [VALUE] {
+        if offset == 0 && data.first() == Some(&VALUE) && data[1..].iter().all(|&b| b == 0) {
             panic!("{MESSAGE}");
         }
         lock(&self.0).write(offset, data)
