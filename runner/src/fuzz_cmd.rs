@@ -81,10 +81,7 @@ fn replay(file: &Path, exec: ExecOptions) -> Result<u8> {
 
 fn minimise_file(file: &Path, exec: ExecOptions) -> Result<u8> {
     let mut reproducer = Reproducer::load(file)?;
-    let mut executor = Executor::new(ExecOptions {
-        plant_bug: reproducer.plant_bug,
-        ..exec
-    })?;
+    let mut executor = Executor::new(exec)?;
     let (again, _) = reproducer.replay(&mut executor);
     if !again {
         bail!(
@@ -93,8 +90,7 @@ fn minimise_file(file: &Path, exec: ExecOptions) -> Result<u8> {
         );
     }
     let before = serde_json::to_string(&reproducer.input)?.len();
-    let (smaller, tries) =
-        minimise::minimise(&mut executor, &reproducer.input, &reproducer.finding);
+    let (smaller, tries) = minimise::minimise(&mut executor, &reproducer);
     reproducer.input = smaller;
     let (_, traced) = reproducer.replay(&mut executor);
     reproducer.trace = traced.trace;

@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,12 +24,15 @@ use kvm_bindings::{
     CpuId, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
     KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MP_STATE_HALTED,
     KVM_MP_STATE_RUNNABLE, Msrs, kvm_enable_cap, kvm_guest_debug, kvm_mp_state, kvm_msi,
-    kvm_msr_entry, kvm_regs, kvm_run, kvm_segment, kvm_sregs, kvm_userspace_memory_region,
+    kvm_msr_entry, kvm_regs, kvm_run, kvm_sregs, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use super::input::{Input, Mode, Op, VcpuSetup};
+use super::bounds::{CpuTimer, Watcher, thread_cpu_time};
+use super::catch::capture_panics;
+use super::guest::{mode_sregs, write_tables};
+use super::input::{Input, Mode, Op, VcpuSetup, is_clock_msr};
 use super::oracle::{Finding, documented};
 use super::planted::{self, PlantedBug};
 use super::program::{CODE_ADDR, CODE_SIZE, EXTRA_SLOTS_ADDR, RAM_SIZE, STACK_TOP};
@@ -39,7 +41,6 @@ use crate::devices::fw_cfg::{self, FwCfg};
 use crate::devices::links::GuestPages;
 use crate::devices::pm_timer::{self, PmTimer};
 use crate::kick::{self, RunGuard};
-use crate::long_mode::descriptor;
 use crate::memory::GuestMemory;
 use crate::outcome::internal_error_reason;
 use crate::pci::{self, HostBridge, PciConfigIo, PciRoot};
@@ -54,7 +55,8 @@ pub struct ExecOptions {
     pub exit_budget: u32,
     /// CPU time the vCPUs of one input may use in the guest.
     pub cpu_budget: Duration,
-    /// How often a running vCPU is kicked out to check the bounds.
+    /// How often the watcher looks whether a running vCPU sleeps in the
+    /// kernel (a halted vCPU is found within about two of these).
     pub tick: Duration,
     /// A `KVM_RUN` that has not returned this long after it started is a hang.
     pub hang_after: Duration,
@@ -127,7 +129,8 @@ pub struct Executor {
     kvm: Kvm,
     cpuid: CpuId,
     options: ExecOptions,
-    timer: Timer,
+    cpu_timer: CpuTimer,
+    watcher: Watcher,
     reaper: SyncSender<Built>,
 }
 
@@ -161,15 +164,23 @@ impl Executor {
             what: "installing the kick signal handler",
             source: io::Error::from_raw_os_error(e.errno()),
         })?;
-        let timer = Timer::for_this_thread().map_err(|source| ExecError::Setup {
+        let cpu_timer = CpuTimer::for_this_thread().map_err(|source| ExecError::Setup {
             what: "timer_create",
             source,
         })?;
+        let watcher =
+            Watcher::for_this_thread(options.tick, options.hang_after).map_err(|source| {
+                ExecError::Setup {
+                    what: "starting the watcher thread",
+                    source,
+                }
+            })?;
         Ok(Executor {
             kvm,
             cpuid,
             options,
-            timer,
+            cpu_timer,
+            watcher,
             reaper: reaper(),
         })
     }
@@ -338,6 +349,7 @@ impl Executor {
             let entries: Vec<kvm_msr_entry> = setup
                 .msrs
                 .iter()
+                .filter(|(index, _)| !is_clock_msr(*index))
                 .map(|&(index, data)| kvm_msr_entry {
                     index,
                     data,
@@ -373,7 +385,9 @@ impl Executor {
         let vcpu = &mut built.vcpus[index];
         let run: *mut kvm_run = vcpu.fd.get_kvm_run();
         let _guard = RunGuard::new(run);
-        self.timer.arm(self.options.tick);
+        self.cpu_timer
+            .set(cpu_budget.max(Duration::from_micros(100)));
+        self.watcher.running();
         *calls.record.ioctls.entry("KVM_RUN").or_default() += 1;
         let mut handled = 0;
         let end = loop {
@@ -422,7 +436,8 @@ impl Executor {
                 }
             }
         };
-        self.timer.disarm();
+        self.cpu_timer.set(Duration::ZERO);
+        self.watcher.idle();
         let cpu_used = thread_cpu_time().saturating_sub(cpu_start);
         (end, handled, cpu_used)
     }
@@ -495,7 +510,7 @@ impl Executor {
             }
             Op::SetMsr {
                 index: msr, value, ..
-            } => {
+            } if !is_clock_msr(msr) => {
                 let fd = &built.vcpus[index].fd;
                 let entry = [kvm_msr_entry {
                     index: msr,
@@ -518,6 +533,7 @@ impl Executor {
                     }
                 }
             }
+            Op::SetMsr { .. } => {}
             Op::GetMsr { index: msr, .. } => {
                 let entry = [kvm_msr_entry {
                     index: msr,
@@ -1178,268 +1194,6 @@ pub fn exit_name(reason: u32) -> &'static str {
     }
 }
 
-// Guest memory layout of a fuzz VM, below the code at CODE_ADDR.
-const GDT_ADDR: u64 = 0x1000;
-const TSS_ADDR: u64 = 0x2000;
-const PML4_ADDR: u64 = 0x3000;
-const PDPT_ADDR: u64 = 0x4000;
-/// 2 MiB pages for 0-1 GiB (long mode and PAE).
-const PD_LOW_ADDR: u64 = 0x5000;
-/// 2 MiB pages for 3-4 GiB, uncached: the MMIO hole.
-const PD_HIGH_ADDR: u64 = 0x6000;
-/// 4 MiB pages for all 4 GiB (32-bit paging with PSE).
-const PD32_ADDR: u64 = 0x7000;
-const PAE_PDPT_ADDR: u64 = 0x8000;
-/// The real-mode interrupt handler (segment 0).
-const REAL_MODE_HANDLER: u64 = 0x0f00;
-
-// GDT selectors.
-const SEL_CODE64: u16 = 0x08;
-const SEL_DATA: u16 = 0x10;
-const SEL_CODE32: u16 = 0x18;
-const SEL_CODE16: u16 = 0x20;
-const SEL_USER_CODE64: u16 = 0x28;
-const SEL_USER_DATA: u16 = 0x30;
-const SEL_USER_CODE32: u16 = 0x38;
-const SEL_TSS: u16 = 0x40;
-const GDT_LIMIT: u16 = 0x4f;
-
-fn segment(selector: u16, type_: u8, base: u64, limit: u32, bits: u8) -> kvm_segment {
-    let big = limit > 0xf_ffff;
-    kvm_segment {
-        base,
-        limit,
-        selector,
-        type_,
-        present: 1,
-        dpl: (selector & 3) as u8,
-        db: u8::from(bits == 32),
-        s: 1,
-        l: u8::from(bits == 64),
-        g: u8::from(big),
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
-}
-
-const CODE: u8 = 0xb;
-const DATA: u8 = 0x3;
-const FLAT: u32 = 0xffff_ffff;
-
-fn tss() -> kvm_segment {
-    kvm_segment {
-        base: TSS_ADDR,
-        limit: 0x67,
-        selector: SEL_TSS,
-        type_: 0xb,
-        present: 1,
-        s: 0,
-        ..Default::default()
-    }
-}
-
-/// GDT, TSS and every page table the modes use (identity maps, user
-/// accessible, so CPL 3 code runs too).
-fn write_tables(memory: &GuestMemory) -> Result<(), vm_memory::GuestMemoryError> {
-    let gdt = [
-        0,
-        descriptor(&segment(SEL_CODE64, CODE, 0, FLAT, 64)),
-        descriptor(&segment(SEL_DATA, DATA, 0, FLAT, 32)),
-        descriptor(&segment(SEL_CODE32, CODE, 0, FLAT, 32)),
-        descriptor(&segment(SEL_CODE16, CODE, CODE_ADDR, 0xffff, 16)),
-        descriptor(&segment(SEL_USER_CODE64 | 3, CODE, 0, FLAT, 64)),
-        descriptor(&segment(SEL_USER_DATA | 3, DATA, 0, FLAT, 32)),
-        descriptor(&segment(SEL_USER_CODE32 | 3, CODE, 0, FLAT, 32)),
-        descriptor(&tss()),
-        0,
-    ];
-    let bytes: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
-    memory.write_slice(&bytes, GuestAddress(GDT_ADDR))?;
-    let mut tss = [0u8; 0x68];
-    tss[4..12].copy_from_slice(&STACK_TOP.to_le_bytes());
-    tss[8..10].copy_from_slice(&SEL_DATA.to_le_bytes());
-    tss[102..104].copy_from_slice(&0x68u16.to_le_bytes());
-    memory.write_slice(&tss, GuestAddress(TSS_ADDR))?;
-
-    const PRESENT_RW_USER: u64 = 0x7;
-    const HUGE: u64 = 0x80;
-    const UNCACHED: u64 = 0x18;
-    let entry = |v: u64| v.to_le_bytes();
-    memory.write_slice(&entry(PDPT_ADDR | PRESENT_RW_USER), GuestAddress(PML4_ADDR))?;
-    memory.write_slice(
-        &entry(PD_LOW_ADDR | PRESENT_RW_USER),
-        GuestAddress(PDPT_ADDR),
-    )?;
-    memory.write_slice(
-        &entry(PD_HIGH_ADDR | PRESENT_RW_USER),
-        GuestAddress(PDPT_ADDR + 3 * 8),
-    )?;
-    let low: Vec<u8> = (0..512u64)
-        .flat_map(|i| entry(i << 21 | PRESENT_RW_USER | HUGE))
-        .collect();
-    memory.write_slice(&low, GuestAddress(PD_LOW_ADDR))?;
-    let high: Vec<u8> = (0..512u64)
-        .flat_map(|i| entry((3 << 30) + (i << 21) | PRESENT_RW_USER | HUGE | UNCACHED))
-        .collect();
-    memory.write_slice(&high, GuestAddress(PD_HIGH_ADDR))?;
-    let pd32: Vec<u8> = (0..1024u32)
-        .flat_map(|i| (i << 22 | PRESENT_RW_USER as u32 | HUGE as u32).to_le_bytes())
-        .collect();
-    memory.write_slice(&pd32, GuestAddress(PD32_ADDR))?;
-    // Real mode: every interrupt vector leads to `out 0xf4, al; hlt`, so a
-    // fault ends the run at once instead of running whatever is at 0:0.
-    let ivt: Vec<u8> = (0..256u32)
-        .flat_map(|_| (REAL_MODE_HANDLER as u32).to_le_bytes())
-        .collect();
-    memory.write_slice(&ivt, GuestAddress(0))?;
-    memory.write_slice(&[0xe6, 0xf4, 0xf4], GuestAddress(REAL_MODE_HANDLER))?;
-    // PAE page-directory-pointer entries hold only the present bit.
-    memory.write_slice(&entry(PD_LOW_ADDR | 1), GuestAddress(PAE_PDPT_ADDR))?;
-    memory.write_slice(
-        &entry(PD_HIGH_ADDR | 1),
-        GuestAddress(PAE_PDPT_ADDR + 3 * 8),
-    )
-}
-
-const CR0_PE: u64 = 1;
-const CR0_ET: u64 = 1 << 4;
-const CR0_NE: u64 = 1 << 5;
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-
-/// The special registers of a vCPU starting in `setup.mode`.
-fn mode_sregs(mut s: kvm_sregs, setup: &VcpuSetup) -> kvm_sregs {
-    let user = setup.user && setup.mode != Mode::Real;
-    let data_sel = if user { SEL_USER_DATA | 3 } else { SEL_DATA };
-    let data = segment(data_sel, DATA, 0, FLAT, 32);
-    s.gdt.base = GDT_ADDR;
-    s.gdt.limit = GDT_LIMIT;
-    s.idt.base = 0;
-    s.idt.limit = 0;
-    let (cr0, cr4, efer, cr3) = match setup.mode {
-        Mode::Real => {
-            let real = |selector: u16, type_| kvm_segment {
-                base: u64::from(selector) << 4,
-                limit: 0xffff,
-                selector,
-                type_,
-                present: 1,
-                s: 1,
-                ..Default::default()
-            };
-            s.cs = real((CODE_ADDR >> 4) as u16, CODE);
-            s.ss = real((CODE_ADDR >> 4) as u16, DATA);
-            s.ds = real(0, DATA);
-            s.es = s.ds;
-            s.fs = s.ds;
-            s.gs = s.ds;
-            (CR0_ET, 0, 0, 0)
-        }
-        mode => {
-            s.cs = match (mode, user) {
-                (Mode::Protected16, _) => segment(SEL_CODE16, CODE, CODE_ADDR, 0xffff, 16),
-                (Mode::Long64, false) => segment(SEL_CODE64, CODE, 0, FLAT, 64),
-                (Mode::Long64, true) => segment(SEL_USER_CODE64 | 3, CODE, 0, FLAT, 64),
-                (_, false) => segment(SEL_CODE32, CODE, 0, FLAT, 32),
-                (_, true) => segment(SEL_USER_CODE32 | 3, CODE, 0, FLAT, 32),
-            };
-            s.ds = data;
-            s.es = data;
-            s.fs = data;
-            s.gs = data;
-            s.ss = if mode == Mode::Protected16 {
-                segment(SEL_DATA, DATA, 0, FLAT, 32)
-            } else {
-                data
-            };
-            s.tr = tss();
-            let pm = CR0_PE | CR0_ET | CR0_NE;
-            match mode {
-                Mode::Paged32 => (pm | CR0_PG | CR0_WP, CR4_PSE, 0, PD32_ADDR),
-                Mode::PagedPae => (pm | CR0_PG | CR0_WP, CR4_PAE, 0, PAE_PDPT_ADDR),
-                Mode::Long64 => (
-                    pm | CR0_PG | CR0_WP,
-                    CR4_PAE,
-                    EFER_LME | EFER_LMA,
-                    PML4_ADDR,
-                ),
-                _ => (pm, 0, 0, 0),
-            }
-        }
-    };
-    s.cr0 = cr0 ^ u64::from(setup.cr0_flip);
-    s.cr4 = cr4 ^ u64::from(setup.cr4_flip);
-    s.efer = efer ^ u64::from(setup.efer_flip);
-    s.cr3 = cr3;
-    s
-}
-
-/// CPU time this thread has used (guest time included).
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer; CLOCK_THREAD_CPUTIME_ID always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// A periodic POSIX timer whose signal (the kick signal) goes to the
-/// thread that made it, while a vCPU of that thread runs.
-struct Timer(libc::timer_t);
-
-impl Timer {
-    fn for_this_thread() -> io::Result<Self> {
-        // SAFETY: zeroed sigevent is a valid starting point; the fields
-        // below make it a thread-directed signal.
-        let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
-        event.sigev_notify = libc::SIGEV_THREAD_ID;
-        event.sigev_signo = vmm_sys_util::signal::SIGRTMIN();
-        // SAFETY: gettid has no preconditions.
-        event.sigev_notify_thread_id = unsafe { libc::gettid() };
-        let mut timer: libc::timer_t = std::ptr::null_mut();
-        // SAFETY: valid pointers to a sigevent and a timer_t.
-        if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Timer(timer))
-    }
-
-    fn set(&self, every: Duration) {
-        let ts = libc::timespec {
-            tv_sec: every.as_secs() as libc::time_t,
-            tv_nsec: every.subsec_nanos() as libc::c_long,
-        };
-        let spec = libc::itimerspec {
-            it_interval: ts,
-            it_value: ts,
-        };
-        // SAFETY: a timer made by timer_create and a valid itimerspec.
-        unsafe { libc::timer_settime(self.0, 0, &spec, std::ptr::null_mut()) };
-    }
-
-    fn arm(&self, every: Duration) {
-        self.set(every);
-    }
-
-    fn disarm(&self) {
-        self.set(Duration::ZERO);
-    }
-}
-
-impl Drop for Timer {
-    fn drop(&mut self) {
-        // SAFETY: the timer made in `for_this_thread`.
-        unsafe { libc::timer_delete(self.0) };
-    }
-}
-
 /// A thread that drops finished VMs.
 fn reaper() -> SyncSender<Built> {
     let (tx, rx) = sync_channel::<Built>(16);
@@ -1460,42 +1214,3 @@ fn reaper() -> SyncSender<Built> {
 // vCPU fds and devices are not used there, and KVM allows closing them
 // from any thread.
 unsafe impl Send for Built {}
-
-thread_local! {
-    static CAPTURING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    static PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Runs `f`, turning a panic on this thread into `Err(message)` without
-/// printing it (other threads' panics print as usual).
-fn capture_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(|| {
-        let previous = panic::take_hook();
-        panic::set_hook(Box::new(move |info| {
-            if CAPTURING.with(std::cell::Cell::get) {
-                let payload = info
-                    .payload()
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "(non-string panic)".into());
-                let place = info
-                    .location()
-                    .map(|l| format!(" ({}:{})", l.file(), l.line()))
-                    .unwrap_or_default();
-                PANIC.with(|p| *p.borrow_mut() = Some(format!("{payload}{place}")));
-            } else {
-                previous(info);
-            }
-        }));
-    });
-    CAPTURING.with(|c| c.set(true));
-    let result = panic::catch_unwind(AssertUnwindSafe(f));
-    CAPTURING.with(|c| c.set(false));
-    result.map_err(|_| {
-        PANIC
-            .with(|p| p.borrow_mut().take())
-            .unwrap_or_else(|| "panic".into())
-    })
-}

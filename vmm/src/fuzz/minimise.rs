@@ -4,15 +4,24 @@
 
 use super::exec::Executor;
 use super::input::Input;
-use super::oracle::Finding;
+use super::repro::Reproducer;
 
 /// Executions a minimisation may spend.
 pub const MAX_TRIES: usize = 2_000;
 
 /// The smallest input found that still produces a finding with the
-/// signature of `finding`, and the executions spent.
-pub fn minimise(executor: &mut Executor, input: &Input, finding: &Finding) -> (Input, usize) {
-    let signature = finding.signature();
+/// signature of the reproducer's, and the executions spent. The executor
+/// runs with the reproducer's harness settings (the planted bug).
+pub fn minimise(executor: &mut Executor, reproducer: &Reproducer) -> (Input, usize) {
+    let options = executor.options().clone();
+    executor.options_mut().plant_bug = reproducer.plant_bug;
+    executor.options_mut().trace = false;
+    let result = shrink(executor, &reproducer.input, &reproducer.finding.signature());
+    *executor.options_mut() = options;
+    result
+}
+
+fn shrink(executor: &mut Executor, input: &Input, signature: &str) -> (Input, usize) {
     let mut tries = 0;
     let still = |executor: &mut Executor, candidate: &Input, tries: &mut usize| {
         *tries += 1;

@@ -8,7 +8,10 @@
 //! the same [`stats::Counts`]); [`repro`] saves and replays findings and
 //! [`minimise`] shrinks them. See docs/fuzzing.md.
 
+pub mod bounds;
+mod catch;
 pub mod exec;
+pub mod guest;
 pub mod input;
 pub mod minimise;
 pub mod oracle;
