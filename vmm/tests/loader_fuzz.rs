@@ -2,27 +2,12 @@
 //! refuse them with an error or accept them, and never panic.
 
 use ktvmm_vmm::boot::Kernel;
+use ktvmm_vmm::fuzz::rng::SplitMix64 as Rng;
 use ktvmm_vmm::loader::{check_placement, is_guest_kernel, is_host_program};
 use ktvmm_vmm::multiboot;
 use ktvmm_vmm::test_images::{elf32_multiboot, elf64, exit_with};
 
 const ROUNDS: usize = 20_000;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// A few bytes of `image` changed: header fields, sizes and offsets are
 /// near the start, so mutations favour it.

@@ -31,11 +31,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::bounds::{CpuTimer, Watcher, thread_cpu_time};
 use super::catch::capture_panics;
-use super::guest::{mode_sregs, write_tables};
+use super::guest::{RamTemplate, mode_sregs};
 use super::input::{Input, Mode, Op, VcpuSetup, is_clock_msr};
 use super::oracle::{Finding, documented};
 use super::planted::{self, PlantedBug};
-use super::program::{CODE_ADDR, CODE_SIZE, EXTRA_SLOTS_ADDR, RAM_SIZE, STACK_TOP};
+use super::program::{CODE_ADDR, EXTRA_SLOTS_ADDR, RAM_SIZE, STACK_TOP};
 use crate::bus::Bus;
 use crate::devices::fw_cfg::{self, FwCfg};
 use crate::devices::links::GuestPages;
@@ -110,6 +110,9 @@ pub struct Execution {
     pub internal_errors: BTreeMap<String, u32>,
     /// Every exit and call, when tracing.
     pub trace: Vec<String>,
+    /// Times `KVM_RUN` was interrupted to check a bound (timing-dependent:
+    /// not part of the statistics).
+    pub kicks: u32,
 }
 
 /// Trace lines kept at most.
@@ -129,6 +132,7 @@ pub struct Executor {
     kvm: Kvm,
     cpuid: CpuId,
     options: ExecOptions,
+    ram: RamTemplate,
     cpu_timer: CpuTimer,
     watcher: Watcher,
     reaper: SyncSender<Built>,
@@ -179,6 +183,10 @@ impl Executor {
             kvm,
             cpuid,
             options,
+            ram: RamTemplate::new().map_err(|source| ExecError::Setup {
+                what: "building the guest RAM template",
+                source,
+            })?,
             cpu_timer,
             watcher,
             reaper: reaper(),
@@ -254,11 +262,10 @@ impl Executor {
     /// Creates the VM, its memory, devices and vCPUs.
     fn build(&mut self, input: &Input, calls: &mut Calls<'_>) -> Option<Built> {
         let vm = Arc::new(calls.call("KVM_CREATE_VM", self.kvm.create_vm())?);
-        let memory = GuestMemory::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)]).ok()?;
-        write_tables(&memory).ok()?;
-        let mut code = input.program.clone();
-        code.resize(CODE_SIZE as usize, 0xf4);
-        memory.write_slice(&code, GuestAddress(CODE_ADDR)).ok()?;
+        let memory = self.ram.instance().ok()?;
+        memory
+            .write_slice(&input.program, GuestAddress(CODE_ADDR))
+            .ok()?;
         let ram = memory.iter().next()?;
         let ram_host = ram.as_ptr() as u64;
         let mut built = Built {
@@ -409,6 +416,7 @@ impl Executor {
                     }
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    calls.record.kicks += 1;
                     let waited = started.elapsed();
                     if waited > self.options.hang_after {
                         calls.record.findings.push(Finding::Hang {

@@ -2,11 +2,17 @@
 //! TSS, page tables for every paging mode, a real-mode interrupt table)
 //! and the special registers of each starting mode.
 
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+
 use kvm_bindings::{kvm_segment, kvm_sregs};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestRegionMmap};
 
 use super::input::{Mode, VcpuSetup};
-use super::program::{CODE_ADDR, STACK_TOP};
+use super::program::{CODE_ADDR, RAM_SIZE, STACK_TOP};
 use crate::long_mode::descriptor;
 use crate::memory::GuestMemory;
 
@@ -112,7 +118,7 @@ pub fn write_tables(memory: &GuestMemory) -> Result<(), vm_memory::GuestMemoryEr
         .collect();
     memory.write_slice(&low, GuestAddress(PD_LOW_ADDR))?;
     let high: Vec<u8> = (0..512u64)
-        .flat_map(|i| entry((3 << 30) + (i << 21) | PRESENT_RW_USER | HUGE | UNCACHED))
+        .flat_map(|i| entry(((3 << 30) + (i << 21)) | PRESENT_RW_USER | HUGE | UNCACHED))
         .collect();
     memory.write_slice(&high, GuestAddress(PD_HIGH_ADDR))?;
     let pd32: Vec<u8> = (0..1024u32)
@@ -209,4 +215,49 @@ pub fn mode_sregs(mut s: kvm_sregs, setup: &VcpuSetup) -> kvm_sregs {
     s.efer = efer ^ u64::from(setup.efer_flip);
     s.cr3 = cr3;
     s
+}
+
+/// Guest RAM as every fuzz VM starts with it (tables, interrupt table,
+/// `hlt` everywhere else), kept in a memory file. Each VM maps it
+/// copy-on-write: nothing is copied or cleared per VM, and a jump to any
+/// address in RAM lands on `hlt` instead of a long run of zero bytes.
+pub struct RamTemplate(Arc<File>);
+
+impl RamTemplate {
+    /// Builds the template.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: a valid NUL-terminated name; the fd is checked and owned below.
+        let fd = unsafe { libc::memfd_create(c"ktvmm-fuzz-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd nothing else owns.
+        let mut file = unsafe { File::from_raw_fd(fd) };
+        let staging = GuestMemory::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)])
+            .map_err(io::Error::other)?;
+        let fill = vec![0xf4u8; RAM_SIZE as usize];
+        staging
+            .write_slice(&fill, GuestAddress(0))
+            .map_err(io::Error::other)?;
+        write_tables(&staging).map_err(io::Error::other)?;
+        let mut bytes = vec![0u8; RAM_SIZE as usize];
+        staging
+            .read_slice(&mut bytes, GuestAddress(0))
+            .map_err(io::Error::other)?;
+        file.write_all(&bytes)?;
+        Ok(RamTemplate(Arc::new(file)))
+    }
+
+    /// A private copy-on-write mapping of the template, as one VM's RAM.
+    pub fn instance(&self) -> io::Result<GuestMemory> {
+        let region = MmapRegionBuilder::<()>::new(RAM_SIZE as usize)
+            .with_file_offset(FileOffset::from_arc(self.0.clone(), 0))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(io::Error::other)?;
+        let region = GuestRegionMmap::new(region, GuestAddress(0))
+            .ok_or_else(|| io::Error::other("RAM region overflows"))?;
+        GuestMemory::from_regions(vec![region]).map_err(io::Error::other)
+    }
 }

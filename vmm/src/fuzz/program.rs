@@ -14,11 +14,6 @@ use super::rng::SplitMix64;
 
 /// Where the program is placed and every vCPU starts.
 pub const CODE_ADDR: u64 = 0x1_0000;
-/// The program and the `hlt` filling around it: the whole 64 KiB a
-/// real-mode code segment reaches, so a wild jump there halts at once
-/// instead of running a long sled of zero bytes (`add [bx+si], al`),
-/// whose end would depend on how fast the host emulates it.
-pub const CODE_SIZE: u64 = 0x1_0000;
 /// Top of the stack (below it, 4 KiB, inside the code segment's 64 KiB).
 pub const STACK_TOP: u64 = 0x1_f000;
 /// Scratch data that string instructions read and write.
