@@ -198,6 +198,15 @@ pub struct BenchArgs {
     /// Tests per round with --runner.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub tests: u32,
+    /// Measure the fuzz harness instead: executions per second and what a
+    /// fixed-seed run of --inputs reaches (twice, to check that it
+    /// repeats), against the raw create-VM-and-run floor, and how long the
+    /// planted bug takes to find.
+    #[arg(long)]
+    pub fuzz: bool,
+    /// Inputs of the fixed-seed run with --fuzz.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub inputs: u64,
 }
 
 /// Options of `ktvmm fuzz`.
@@ -380,6 +389,66 @@ mod tests {
         assert!(parse("ktvmm run g.elf -smp four").is_err());
         assert!(parse("ktvmm run g.elf --timeout -1").is_err());
         assert!(parse("ktvmm run").is_err());
+    }
+
+    /// The checked-in corpus of command lines (one argument per line),
+    /// then a fixed-seed batch of command lines made of real options,
+    /// values and junk: clap and the QEMU-style rewriting accept or
+    /// refuse each, and never panic.
+    #[test]
+    fn the_cli_corpus_and_a_seeded_batch_parse_or_fail_cleanly() {
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/cli");
+        for entry in std::fs::read_dir(corpus).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            let args: Vec<OsString> = text.lines().map(OsString::from).collect();
+            let _ = Cli::try_parse_from(qemu_style(args));
+        }
+        let words = [
+            "run",
+            "test",
+            "fuzz",
+            "bench",
+            "diff",
+            "-smp",
+            "--smp",
+            "-m",
+            "-m256",
+            "256M",
+            "-append",
+            "--append=x",
+            "-initrd",
+            "--timeout",
+            "0.5",
+            "-1",
+            "nan",
+            "--",
+            "-j",
+            "0",
+            "4",
+            "--shard",
+            "1/0",
+            "2/3",
+            "--seed",
+            "--iterations",
+            "--replay",
+            "x",
+            "-bogus",
+            "--tdp",
+            "on",
+            "maybe",
+            "-",
+            "=",
+            "-cpu",
+            "max,+x2apic",
+        ];
+        let mut rng = crate::select::SplitMix64(0xc11);
+        for _ in 0..2_000 {
+            let mut args = vec![OsString::from("ktvmm")];
+            for _ in 0..rng.below(8) {
+                args.push(words[rng.below(words.len())].into());
+            }
+            let _ = Cli::try_parse_from(qemu_style(args));
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub fn fuzz(args: FuzzArgs) -> Result<u8> {
         jobs: args.jobs,
         exec,
         out: Some(args.out.clone()),
-        stop_on_finding: args.stop_on_finding,
+        stop_on: args.stop_on_finding.then(String::new),
     };
     let report = campaign.run().context("fuzzing")?;
     print!("{}", report.stats);
@@ -60,8 +60,12 @@ pub fn fuzz(args: FuzzArgs) -> Result<u8> {
 }
 
 fn replay(file: &Path, exec: ExecOptions) -> Result<u8> {
-    let reproducer = Reproducer::load(file)?;
+    let bytes = std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
     let mut executor = Executor::new(exec)?;
+    if !bytes.starts_with(b"{") {
+        return replay_fuzzer_artifact(file, &bytes, &mut executor);
+    }
+    let reproducer = Reproducer::load(file)?;
     let (again, execution) = reproducer.replay(&mut executor);
     for line in &execution.trace {
         println!("  {line}");
@@ -77,6 +81,26 @@ fn replay(file: &Path, exec: ExecOptions) -> Result<u8> {
         println!("not reproduced: {}", reproducer.finding);
         Ok(0)
     }
+}
+
+/// A libFuzzer artifact of the `kvm_api` target: decoded, executed, and
+/// saved as a reproducer next to it when it finds something.
+fn replay_fuzzer_artifact(file: &Path, bytes: &[u8], executor: &mut Executor) -> Result<u8> {
+    let Some(reproducer) = Reproducer::from_fuzzer_bytes(bytes, executor) else {
+        println!("{}: no finding (as kvm_api fuzzer input)", file.display());
+        return Ok(0);
+    };
+    for line in &reproducer.trace {
+        println!("  {line}");
+    }
+    let out = file.with_extension("json");
+    reproducer.save(&out)?;
+    println!("REPRODUCED: {}", reproducer.finding);
+    println!(
+        "wrote {} (replay and minimise it like any reproducer)",
+        out.display()
+    );
+    Ok(FOUND)
 }
 
 fn minimise_file(file: &Path, exec: ExecOptions) -> Result<u8> {

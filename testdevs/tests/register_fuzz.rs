@@ -212,3 +212,23 @@ fn pc_testdev_and_postfix_survive_any_traffic() {
         }
     }
 }
+
+/// The checked-in cargo-fuzz corpus, then a fixed-seed batch of random
+/// access streams, through the same player the fuzz target uses.
+#[test]
+fn the_register_corpus_and_a_seeded_batch_replay() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/testdev_registers");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        ktvmm_testdevs::fuzzing::play(&std::fs::read(entry.unwrap().path()).unwrap());
+        files += 1;
+    }
+    assert!(files > 0);
+    let mut rng = Rng(0xfeed);
+    for _ in 0..500 {
+        let len = rng.below(512) as usize;
+        let bytes = rng.bytes(len);
+        ktvmm_testdevs::fuzzing::play(&bytes);
+    }
+}

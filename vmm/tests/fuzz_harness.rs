@@ -18,7 +18,7 @@ fn campaign(seed: u64, iterations: u64, plant_bug: bool) -> Campaign {
             ..ExecOptions::default()
         },
         out: None,
-        stop_on_finding: false,
+        stop_on: None,
     }
 }
 
@@ -93,7 +93,7 @@ fn the_planted_bug_is_found_and_its_reproducer_replays_and_shrinks() {
     let dir = std::env::temp_dir().join(format!("ktvmm-fuzz-test-{}", std::process::id()));
     let mut run = campaign(1, 700, true);
     run.out = Some(dir.clone());
-    run.stop_on_finding = true;
+    run.stop_on = Some("vmm-panic".into());
     let report = run.run().unwrap();
     let found = report
         .found
@@ -125,4 +125,39 @@ fn the_planted_bug_is_found_and_its_reproducer_replays_and_shrinks() {
     .replay(&mut executor);
     assert!(still);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The files of one cargo-fuzz corpus directory.
+fn corpus(target: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+}
+
+#[test]
+fn the_kvm_api_corpus_replays_without_a_vmm_panic() {
+    use arbitrary::{Arbitrary, Unstructured};
+    let mut executor = Executor::new(ExecOptions::default()).unwrap();
+    let files = corpus("kvm_api");
+    assert!(!files.is_empty());
+    for bytes in files {
+        let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(&bytes)) else {
+            continue;
+        };
+        let execution = executor.execute(&input);
+        assert!(
+            !execution
+                .findings
+                .iter()
+                .any(|f| matches!(f, Finding::VmmPanic { .. })),
+            "{:?}",
+            execution.findings
+        );
+    }
 }

@@ -15,6 +15,7 @@ pub mod guest;
 pub mod input;
 pub mod minimise;
 pub mod oracle;
+pub mod parsers;
 pub mod planted;
 pub mod program;
 pub mod repro;
@@ -51,8 +52,9 @@ pub struct Campaign {
     pub exec: ExecOptions,
     /// Where reproducers go (none saved without).
     pub out: Option<PathBuf>,
-    /// Stop at the first finding.
-    pub stop_on_finding: bool,
+    /// Stop at the first finding whose signature starts with this (`""`:
+    /// any finding).
+    pub stop_on: Option<String>,
 }
 
 /// A finding of a campaign, with its reproducer.
@@ -109,6 +111,7 @@ struct Shared {
     found: Mutex<Vec<Found>>,
     watch: Mutex<HostWatch>,
     stop: AtomicBool,
+    unstable: std::sync::atomic::AtomicU64,
     errors: Mutex<Vec<CampaignError>>,
 }
 
@@ -130,6 +133,7 @@ impl Campaign {
             found: Mutex::new(Vec::new()),
             watch: Mutex::new(HostWatch::start()),
             stop: AtomicBool::new(false),
+            unstable: Default::default(),
             errors: Mutex::new(Vec::new()),
         };
         let kernel_log = crate::bus::lock(&shared.watch).reads_kernel_log();
@@ -155,6 +159,7 @@ impl Campaign {
             seconds,
             executions_per_second: counts.executions as f64 / seconds.max(1e-9),
             jobs,
+            unstable: shared.unstable.load(Ordering::Acquire),
         };
         let mut found = std::mem::take(&mut *crate::bus::lock(&shared.found));
         found.sort_by_key(|f| f.iteration);
@@ -186,13 +191,21 @@ impl Campaign {
                 .findings
                 .extend(crate::bus::lock(&shared.watch).check());
             crate::bus::lock(&shared.counts).add(&execution);
+            if execution.unstable {
+                shared.unstable.fetch_add(1, Ordering::AcqRel);
+            }
             for finding in &execution.findings {
                 let new = crate::bus::lock(&shared.seen).insert(finding.signature());
                 if new {
                     self.keep(&mut executor, shared, &input, iteration, finding, started)?;
                 }
             }
-            if self.stop_on_finding && !execution.findings.is_empty() {
+            if let Some(prefix) = &self.stop_on
+                && execution
+                    .findings
+                    .iter()
+                    .any(|f| f.signature().starts_with(prefix.as_str()))
+            {
                 shared.stop.store(true, Ordering::Release);
             }
             iteration += u64::from(jobs);

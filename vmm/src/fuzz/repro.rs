@@ -182,6 +182,27 @@ impl Reproducer {
         std::fs::write(path, text + "\n").map_err(io)
     }
 
+    /// The reproducer of a libFuzzer artifact (raw bytes the `kvm_api`
+    /// target decoded with `arbitrary`): its input executed once, traced;
+    /// `None` when the execution finds nothing about the input.
+    pub fn from_fuzzer_bytes(bytes: &[u8], executor: &mut Executor) -> Option<Self> {
+        use arbitrary::{Arbitrary, Unstructured};
+        let input = Input::arbitrary_take_rest(Unstructured::new(bytes)).ok()?;
+        let options = executor.options().clone();
+        executor.options_mut().trace = true;
+        let execution = executor.execute(&input);
+        *executor.options_mut() = options.clone();
+        let finding = execution.findings.into_iter().find(|f| !f.is_host_wide())?;
+        Some(Reproducer::new(
+            finding,
+            input,
+            None,
+            None,
+            options.plant_bug,
+            execution.trace,
+        ))
+    }
+
     /// Runs the input again (traced) and says whether the finding came back.
     pub fn replay(&self, executor: &mut Executor) -> (bool, Execution) {
         let options = executor.options().clone();

@@ -39,6 +39,9 @@ pub struct Speed {
     pub executions_per_second: f64,
     /// Threads.
     pub jobs: u32,
+    /// Executions whose first try ran into the CPU budget and whose second
+    /// did not (see `Executor::execute`): how much the host's timing shows.
+    pub unstable: u64,
 }
 
 /// Both parts, as `--json` writes them.
@@ -96,6 +99,14 @@ impl fmt::Display for Stats {
         histogram(f, "exit reasons", &c.exit_reasons)?;
         histogram(f, "ioctls", &c.ioctls)?;
         histogram(f, "internal errors (counted, not bugs)", &c.internal_errors)?;
-        histogram(f, "findings", &c.findings)
+        histogram(f, "findings", &c.findings)?;
+        if self.speed.unstable > 0 {
+            writeln!(
+                f,
+                "{} execution(s) ran into the CPU budget once, then ended otherwise",
+                self.speed.unstable
+            )?;
+        }
+        Ok(())
     }
 }
