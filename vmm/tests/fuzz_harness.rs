@@ -8,18 +8,9 @@ use ktvmm_vmm::fuzz::input::{Mode, Op, Shape, VcpuSetup};
 use ktvmm_vmm::fuzz::{Campaign, ExecOptions, Executor, Finding, Input, Reproducer, minimise};
 
 fn campaign(seed: u64, iterations: u64, plant_bug: bool) -> Campaign {
-    Campaign {
-        seed,
-        iterations,
-        time: None,
-        jobs: 1,
-        exec: ExecOptions {
-            plant_bug,
-            ..ExecOptions::default()
-        },
-        out: None,
-        stop_on: None,
-    }
+    let mut campaign = Campaign::new(seed, iterations);
+    campaign.exec.plant_bug = plant_bug;
+    campaign
 }
 
 #[test]

@@ -378,7 +378,7 @@ impl Input {
             extra_slots: if rng.one_in(4) { rng.below(3) as u8 } else { 0 },
         };
         let vcpus: Vec<VcpuSetup> = (0..cpus).map(|_| VcpuSetup::generate(rng)).collect();
-        let program = program::generate(rng, vcpus[0].mode, vcpus[0].user);
+        let program = program::generate(rng, vcpus[0].mode);
         let count = 1 + rng.below(10);
         let mut ops: Vec<Op> = (0..count).map(|_| Op::generate(rng, cpus)).collect();
         // Every input runs its guest at least once, and usually last.

@@ -105,6 +105,22 @@ pub fn input_for(seed: u64, iteration: u64) -> Input {
     Input::generate(&mut SplitMix64::for_item(seed, iteration))
 }
 
+impl Campaign {
+    /// `iterations` inputs of `seed` on one thread with the default
+    /// bounds, nothing saved, no early stop.
+    pub fn new(seed: u64, iterations: u64) -> Self {
+        Campaign {
+            seed,
+            iterations,
+            time: None,
+            jobs: 1,
+            exec: ExecOptions::default(),
+            out: None,
+            stop_on: None,
+        }
+    }
+}
+
 struct Shared {
     counts: Mutex<Counts>,
     seen: Mutex<BTreeSet<String>>,

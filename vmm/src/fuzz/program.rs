@@ -338,7 +338,7 @@ impl Asm {
 
 /// A program for a vCPU in `mode`: a few instructions, then a write to
 /// isa-debug-exit (which ends the run), then `hlt`.
-pub fn generate(rng: &mut SplitMix64, mode: Mode, _user: bool) -> Vec<u8> {
+pub fn generate(rng: &mut SplitMix64, mode: Mode) -> Vec<u8> {
     let mut asm = Asm {
         bits: mode.bits(),
         out: Vec::new(),
@@ -363,7 +363,7 @@ mod tests {
         let mut rng = SplitMix64(9);
         for mode in Mode::ALL {
             for _ in 0..200 {
-                let program = generate(&mut rng, mode, false);
+                let program = generate(&mut rng, mode);
                 assert!(!program.is_empty() && program.len() <= input::MAX_PROGRAM);
             }
         }
