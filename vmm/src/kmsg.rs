@@ -1,8 +1,8 @@
-//! The host kernel's log (`/dev/kmsg`) during a run, for hang reports and
-//! the fuzz harness's oracles: a
+//! The host kernel's log (`/dev/kmsg`) during a run, for hang reports (a
 //! KVM warning or a soft lockup on the host is often the reason a guest
-//! stopped making progress. Needs permission to read `/dev/kmsg`; without
-//! it there is simply nothing to add.
+//! stopped making progress) and for the fuzz harness's oracles. Needs
+//! permission to read `/dev/kmsg`; without it there is simply nothing to
+//! add.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read};

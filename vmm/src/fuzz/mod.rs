@@ -134,12 +134,6 @@ struct Shared {
 impl Campaign {
     /// Runs it.
     pub fn run(&self) -> Result<Report, CampaignError> {
-        if let Some(out) = &self.out {
-            std::fs::create_dir_all(out).map_err(|source| CampaignError::Out {
-                path: out.display().to_string(),
-                source,
-            })?;
-        }
         let shared = Shared {
             counts: Mutex::new(Counts {
                 seed: self.seed,
@@ -253,6 +247,10 @@ impl Campaign {
         );
         let path = match &self.out {
             Some(out) => {
+                std::fs::create_dir_all(out).map_err(|source| CampaignError::Out {
+                    path: out.display().to_string(),
+                    source,
+                })?;
                 let path = out.join(reproducer.file_name());
                 reproducer.save(&path)?;
                 Some(path)
