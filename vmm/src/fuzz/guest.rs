@@ -13,7 +13,9 @@ use vm_memory::{Bytes, FileOffset, GuestAddress, GuestRegionMmap};
 
 use super::input::{Mode, VcpuSetup};
 use super::program::{CODE_ADDR, RAM_SIZE, STACK_TOP};
-use crate::long_mode::descriptor;
+use crate::long_mode::{
+    CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME, descriptor,
+};
 use crate::memory::GuestMemory;
 
 // Guest memory layout of a fuzz VM, below the code at CODE_ADDR.
@@ -140,15 +142,8 @@ pub fn write_tables(memory: &GuestMemory) -> Result<(), vm_memory::GuestMemoryEr
     )
 }
 
-const CR0_PE: u64 = 1;
-const CR0_ET: u64 = 1 << 4;
-const CR0_NE: u64 = 1 << 5;
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
+/// 4 MiB pages in 32-bit paging.
 const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
 
 /// The special registers of a vCPU starting in `setup.mode`.
 pub fn mode_sregs(mut s: kvm_sregs, setup: &VcpuSetup) -> kvm_sregs {
