@@ -1,12 +1,26 @@
-//! KVM's API through ktvmm: each input is a fresh VM; any finding (a VMM
-//! panic, an undocumented errno, a failed entry, a hang, a broken round
-//! trip, a kernel warning) stops the fuzzer with its description.
+//! KVM's API through the ktvmm harness: libFuzzer's bytes become a typed
+//! input (VM shape, vCPU state, guest program, KVM calls) by `arbitrary`;
+//! a finding about the input (not the host at large) is a crash.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if let Some(execution) = ktvmm_vmm::fuzz::targets::kvm_api(data) {
-        if let Some(finding) = execution.findings.first() {
+use std::cell::RefCell;
+
+use ktvmm_vmm::fuzz::{ExecOptions, Executor, Input};
+use libfuzzer_sys::fuzz_target;
+
+thread_local! {
+    static EXECUTOR: RefCell<Option<Executor>> = const { RefCell::new(None) };
+}
+
+fuzz_target!(|input: Input| {
+    EXECUTOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let executor = cell.get_or_insert_with(|| {
+            Executor::new(ExecOptions::default()).expect("the fuzz harness needs /dev/kvm")
+        });
+        let execution = executor.execute(&input);
+        if let Some(finding) = execution.findings.iter().find(|f| !f.is_host_wide()) {
             panic!("{finding}");
         }
-    }
+    });
 });

@@ -1,6 +1,9 @@
-//! The ELF64 and multiboot loaders on arbitrary files.
+//! The ELF64 and multiboot loaders: any bytes are refused with an error or
+//! accepted, never a panic.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    ktvmm_vmm::fuzz::targets::loaders(data);
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|image: &[u8]| {
+    ktvmm_vmm::fuzz::parsers::loaders(image);
 });

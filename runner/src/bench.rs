@@ -57,6 +57,9 @@ pub fn bench(args: BenchArgs) -> Result<u8> {
     if args.runner {
         return runner_overhead(&exe, args.tests, args.runs.min(RUNNER_ROUNDS));
     }
+    if args.fuzz {
+        return fuzz_bench(args.inputs, args.runs);
+    }
     let mut floor = Vec::new();
     let mut ktvmm = Vec::new();
     // One untimed round first: page cache, binary mapping, KVM module state.
@@ -191,4 +194,92 @@ fn breakdown(runs: u32) -> Result<()> {
         ms(min_median(&mut teardowns).1)
     );
     Ok(())
+}
+
+/// Seeds whose time to the planted bug is measured (0, the smoke seed, first).
+const PLANTED_SEEDS: u64 = 5;
+
+/// The fuzz harness: throughput against the in-process floor, coverage of
+/// a fixed-seed run and whether it repeats, time to the planted bug.
+fn fuzz_bench(inputs: u64, runs: u32) -> Result<u8> {
+    use ktvmm_vmm::fuzz::Campaign;
+    let started = Instant::now();
+    for _ in 0..runs * 10 {
+        ktvmm_vmm::floor::run_once().map_err(|e| anyhow::anyhow!("raw KVM floor: {e}"))?;
+    }
+    let floor = f64::from(runs * 10) / started.elapsed().as_secs_f64();
+    println!("raw floor (create VM + vCPU, run to HLT, in process): {floor:.0} per second");
+
+    let campaign = |seed, iterations, plant_bug: bool| {
+        let mut campaign = Campaign::new(seed, iterations);
+        campaign.exec.plant_bug = plant_bug;
+        // The planted bug is a panic; other findings do not stop the search.
+        campaign.stop_on = plant_bug.then(|| "vmm-panic".to_string());
+        campaign
+    };
+    let first = campaign(0, inputs, false).run()?;
+    let second = campaign(0, inputs, false).run()?;
+    let counts = &first.stats.counts;
+    println!(
+        "fuzz, seed 0, {inputs} inputs, 1 job: {:.0} and {:.0} executions per second (target: 500)",
+        first.stats.speed.executions_per_second, second.stats.speed.executions_per_second
+    );
+    println!(
+        "  {} distinct exit reasons (target: 6): {}",
+        counts.exit_reasons.len(),
+        counts
+            .exit_reasons
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("  {} distinct ioctls (target: 15)", counts.ioctls.len());
+    println!(
+        "  outcomes: {}",
+        counts
+            .outcomes
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  findings: {}",
+        if counts.findings.is_empty() {
+            "none".to_string()
+        } else {
+            format!("{:?}", counts.findings)
+        }
+    );
+    println!(
+        "  executions that ran into the CPU budget, then ended otherwise: {} and {}",
+        first.stats.speed.unstable, second.stats.speed.unstable
+    );
+    let same = first.stats.counts == second.stats.counts;
+    println!(
+        "  same statistics on the second run: {}",
+        if same { "yes" } else { "NO" }
+    );
+
+    for seed in 0..PLANTED_SEEDS {
+        let report = campaign(seed, 200_000, true).run()?;
+        match report.found.iter().find(|f| {
+            matches!(
+                f.reproducer.finding,
+                ktvmm_vmm::fuzz::Finding::VmmPanic { .. }
+            )
+        }) {
+            Some(found) => println!(
+                "planted bug, seed {seed}: found after {:.2} s ({} inputs)",
+                found.after.as_secs_f64(),
+                found.iteration + 1
+            ),
+            None => println!(
+                "planted bug, seed {seed}: stopped at {:?} first",
+                report.stats.counts.findings
+            ),
+        }
+    }
+    Ok(if same { 0 } else { 1 })
 }

@@ -29,8 +29,8 @@ pub enum Command {
     /// Compare two runs (output directories or results.json files): exit 1
     /// when a test or subtest regressed.
     Diff(DiffArgs),
-    /// Fuzz KVM's API through ktvmm's devices, from a seed; replay or
-    /// shrink a finding.
+    /// Fuzz KVM's API and ktvmm's devices from a seed, for a bounded number
+    /// of inputs; replay or minimise a saved reproducer.
     Fuzz(FuzzArgs),
     /// One run of the raw KVM floor (what `bench` times as its baseline).
     #[command(hide = true)]
@@ -191,62 +191,6 @@ pub struct DiffArgs {
     pub after: PathBuf,
 }
 
-/// Options of `ktvmm fuzz`.
-#[derive(Debug, Args)]
-pub struct FuzzArgs {
-    /// The seed: the same seed gives the same inputs, outcomes and
-    /// statistics on the same host.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// How many inputs.
-    #[arg(long, default_value_t = 10_000)]
-    pub iterations: u64,
-    /// Stop after this many seconds even if inputs are left.
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
-    pub time: Option<Duration>,
-    /// Where reproducers go.
-    #[arg(long, value_name = "DIR", default_value = "ktvmm-fuzz")]
-    pub out: PathBuf,
-    /// Also write the statistics as JSON to FILE.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-    /// Put a device on port 0x5f0 that panics when 0x5a is written there:
-    /// checks that the harness finds, saves and replays a bug.
-    #[arg(long)]
-    pub plant_bug: bool,
-    /// Turn a `cargo fuzz run kvm_api` artifact (raw bytes) into a
-    /// reproducer (FILE.json) and run it.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["replay", "minimise"])]
-    pub artifact: Option<PathBuf>,
-    /// Show input N of the seed (as a reproducer's `input`) and run it
-    /// alone.
-    #[arg(long, value_name = "N", conflicts_with_all = ["replay", "minimise"])]
-    pub input: Option<u64>,
-    /// Run the input of a reproducer again; exit 1 if it still finds
-    /// something, 0 if not.
-    #[arg(long, value_name = "FILE", conflicts_with = "minimise")]
-    pub replay: Option<PathBuf>,
-    /// Shrink a reproducer's input while it still finds the same kinds of
-    /// things; writes FILE with `.min.json` in place of `.json`.
-    #[arg(long, value_name = "FILE")]
-    pub minimise: Option<PathBuf>,
-    /// Exits handled per run of a vCPU.
-    #[arg(long, default_value_t = 32)]
-    pub exits_per_run: u32,
-    /// Longest single KVM_RUN, in microseconds, before it is kicked and the
-    /// vCPU asked whether it is halted.
-    #[arg(long, default_value_t = 2000)]
-    pub slice_us: u64,
-    /// How long, in milliseconds, a runnable vCPU may go without an exit
-    /// before it counts as spinning (0: one slice).
-    #[arg(long, default_value_t = 0)]
-    pub spin_ms: u64,
-    /// Guest time per input, in milliseconds: runs past it are skipped (a
-    /// safety net; the exit budget bounds inputs).
-    #[arg(long, default_value_t = 200)]
-    pub guest_ms: u64,
-}
-
 /// Options of `ktvmm bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -263,6 +207,58 @@ pub struct BenchArgs {
     /// Tests per round with --runner.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub tests: u32,
+    /// Measure the fuzz harness instead: executions per second and what a
+    /// fixed-seed run of --inputs reaches (twice, to check that it
+    /// repeats), against the raw create-VM-and-run floor, and how long the
+    /// planted bug takes to find.
+    #[arg(long)]
+    pub fuzz: bool,
+    /// Inputs of the fixed-seed run with --fuzz.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub inputs: u64,
+}
+
+/// Options of `ktvmm fuzz`.
+#[derive(Debug, Args)]
+pub struct FuzzArgs {
+    /// The seed inputs are drawn from (the same seed, the same inputs).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Inputs to execute.
+    #[arg(long, default_value_t = 10_000)]
+    pub iterations: u64,
+    /// Stop after SECS seconds even if inputs are left.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub time: Option<Duration>,
+    /// Threads, each with its own VMs.
+    #[arg(short = 'j', long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: u32,
+    /// Where reproducers of findings are saved.
+    #[arg(long, value_name = "DIR", default_value = "ktvmm-fuzz")]
+    pub out: PathBuf,
+    /// Also write the statistics as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Replay a reproducer: exit 1 if its finding comes back, 0 if not.
+    #[arg(long, value_name = "FILE", conflicts_with = "minimise")]
+    pub replay: Option<PathBuf>,
+    /// Shrink a reproducer's input; writes FILE with .min.json.
+    #[arg(long, value_name = "FILE")]
+    pub minimise: Option<PathBuf>,
+    /// Stop at the first finding.
+    #[arg(long)]
+    pub stop_on_finding: bool,
+    /// VM exits one input may cause at most.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub exit_budget: u32,
+    /// Guest CPU time one input may use, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 4)]
+    pub cpu_budget_ms: u64,
+    /// Harness self-test: put a bug on purpose in front of pc-testdev's
+    /// register port (a panic when the guest writes the value 13), which
+    /// the run must find.
+    #[arg(long)]
+    pub plant_bug: bool,
 }
 
 /// `128`, `128M`, `128MiB`, `1G`, `1GiB`: a size in MiB.
@@ -402,6 +398,66 @@ mod tests {
         assert!(parse("ktvmm run g.elf -smp four").is_err());
         assert!(parse("ktvmm run g.elf --timeout -1").is_err());
         assert!(parse("ktvmm run").is_err());
+    }
+
+    /// The checked-in corpus of command lines (one argument per line),
+    /// then a fixed-seed batch of command lines made of real options,
+    /// values and junk: clap and the QEMU-style rewriting accept or
+    /// refuse each, and never panic.
+    #[test]
+    fn the_cli_corpus_and_a_seeded_batch_parse_or_fail_cleanly() {
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/cli");
+        for entry in std::fs::read_dir(corpus).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            let args: Vec<OsString> = text.lines().map(OsString::from).collect();
+            let _ = Cli::try_parse_from(qemu_style(args));
+        }
+        let words = [
+            "run",
+            "test",
+            "fuzz",
+            "bench",
+            "diff",
+            "-smp",
+            "--smp",
+            "-m",
+            "-m256",
+            "256M",
+            "-append",
+            "--append=x",
+            "-initrd",
+            "--timeout",
+            "0.5",
+            "-1",
+            "nan",
+            "--",
+            "-j",
+            "0",
+            "4",
+            "--shard",
+            "1/0",
+            "2/3",
+            "--seed",
+            "--iterations",
+            "--replay",
+            "x",
+            "-bogus",
+            "--tdp",
+            "on",
+            "maybe",
+            "-",
+            "=",
+            "-cpu",
+            "max,+x2apic",
+        ];
+        let mut rng = crate::select::SplitMix64(0xc11);
+        for _ in 0..2_000 {
+            let mut args = vec![OsString::from("ktvmm")];
+            for _ in 0..rng.below(8) {
+                args.push(words[rng.below(words.len())].into());
+            }
+            let _ = Cli::try_parse_from(qemu_style(args));
+        }
     }
 
     #[test]

@@ -5,8 +5,6 @@ use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
-use ktvmm_vmm::rng::SplitMix64;
-
 use crate::suite::TestSpec;
 
 /// The selection options of `ktvmm test`.
@@ -76,6 +74,8 @@ impl Selection {
         }
     }
 }
+
+pub use ktvmm_vmm::fuzz::rng::SplitMix64;
 
 /// Puts `tests` in an order drawn from `seed` (Fisher-Yates with
 /// SplitMix64): reproducible across runs and machines.

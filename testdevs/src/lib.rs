@@ -10,6 +10,7 @@ mod access;
 pub mod bus_device;
 pub mod debug_exit;
 pub mod edu;
+pub mod fuzzing;
 pub mod interrupt;
 pub mod pc_testdev;
 pub mod pci;

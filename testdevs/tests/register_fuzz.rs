@@ -2,12 +2,13 @@
 //! fixed seeds (the same sequences every run): no panic, whatever the guest
 //! writes, and the invariants a guest relies on keep holding.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use ktvmm_testdevs::fuzzing::{FakeRam, NoLinks as Nothing};
 use ktvmm_testdevs::pci::reg;
 use ktvmm_testdevs::{
-    BusDevice, Deferred, DmaError, DmaMemory, Edu, EduLinks, InterruptLine, MsiSender, PageFlush,
-    PcTestdevIomem, PcTestdevIrqs, PcTestdevPorts, PciDevice, PciTestdev, Postfix,
+    BusDevice, Edu, EduLinks, InterruptLine, PcTestdevIomem, PcTestdevIrqs, PcTestdevPorts,
+    PciDevice, PciTestdev, Postfix,
 };
 
 /// Operations per device and seed.
@@ -53,54 +54,6 @@ impl Rng {
                 _ => self.next() as u8,
             })
             .collect()
-    }
-}
-
-struct Nothing;
-
-impl InterruptLine for Nothing {
-    fn set_level(&self, _high: bool) {}
-}
-
-impl MsiSender for Nothing {
-    fn send(&self, _address: u64, _data: u32) {}
-}
-
-impl PageFlush for Nothing {
-    fn flush_page(&self, _gpa: u64) {}
-}
-
-impl Deferred for Nothing {
-    fn defer(&self, work: Box<dyn FnOnce() + Send>) {
-        work();
-    }
-}
-
-/// 64 KiB of bounds-checked RAM, as the VMM's DMA window is.
-struct Ram(Mutex<Vec<u8>>);
-
-impl Ram {
-    fn range(&self, addr: u64, len: usize) -> Result<std::ops::Range<usize>, DmaError> {
-        let size = self.0.lock().unwrap().len();
-        usize::try_from(addr)
-            .ok()
-            .and_then(|s| Some(s..s.checked_add(len)?))
-            .filter(|r| r.end <= size)
-            .ok_or(DmaError { addr, len })
-    }
-}
-
-impl DmaMemory for Ram {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError> {
-        let range = self.range(addr, buf.len())?;
-        buf.copy_from_slice(&self.0.lock().unwrap()[range]);
-        Ok(())
-    }
-
-    fn write(&self, addr: u64, buf: &[u8]) -> Result<(), DmaError> {
-        let range = self.range(addr, buf.len())?;
-        self.0.lock().unwrap()[range].copy_from_slice(buf);
-        Ok(())
     }
 }
 
@@ -157,7 +110,7 @@ fn fuzz_bus(device: &mut dyn BusDevice, rng: &mut Rng, span: u64) {
 #[test]
 fn edu_survives_any_register_traffic() {
     for seed in SEEDS {
-        let ram = Arc::new(Ram(Mutex::new(vec![0; 64 << 10])));
+        let ram = Arc::new(FakeRam::new(64 << 10));
         let links = EduLinks {
             intx: Arc::new(Nothing),
             msi: Arc::new(Nothing),
@@ -210,5 +163,25 @@ fn pc_testdev_and_postfix_survive_any_traffic() {
             };
             let _ = postfix.push(byte);
         }
+    }
+}
+
+/// The checked-in cargo-fuzz corpus, then a fixed-seed batch of random
+/// access streams, through the same player the fuzz target uses.
+#[test]
+fn the_register_corpus_and_a_seeded_batch_replay() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/testdev_registers");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        ktvmm_testdevs::fuzzing::play(&std::fs::read(entry.unwrap().path()).unwrap());
+        files += 1;
+    }
+    assert!(files > 0);
+    let mut rng = Rng(0xfeed);
+    for _ in 0..500 {
+        let len = rng.below(512) as usize;
+        let bytes = rng.bytes(len);
+        ktvmm_testdevs::fuzzing::play(&bytes);
     }
 }

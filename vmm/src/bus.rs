@@ -85,6 +85,20 @@ impl Bus {
         windows.remove(&base).is_some()
     }
 
+    /// Puts what `wrap` makes of the device at `base` in its place (a
+    /// wrapper that watches or changes its accesses); returns whether a
+    /// window starts at `base`.
+    pub fn wrap(&self, base: u64, wrap: impl FnOnce(SharedDevice) -> SharedDevice) -> bool {
+        let mut windows = self.windows.write().unwrap_or_else(|p| p.into_inner());
+        match windows.get_mut(&base) {
+            Some(window) => {
+                window.device = wrap(window.device.clone());
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The device whose window holds the whole access `[addr, addr + size)`,
     /// and the offset of `addr` inside that window.
     fn resolve(&self, addr: u64, size: usize) -> Option<(SharedDevice, u64)> {

@@ -1,6 +1,6 @@
-//! The host kernel's log (`/dev/kmsg`) during a run: for hang reports (a
+//! The host kernel's log (`/dev/kmsg`) during a run, for hang reports (a
 //! KVM warning or a soft lockup on the host is often the reason a guest
-//! stopped making progress) and for the fuzzer's kernel-log oracle. Needs
+//! stopped making progress) and for the fuzz harness's oracles. Needs
 //! permission to read `/dev/kmsg`; without it there is simply nothing to
 //! add.
 

@@ -22,7 +22,6 @@ pub mod multiboot;
 pub mod outcome;
 pub mod pci;
 pub mod platform;
-pub mod rng;
 pub mod test_images;
 pub mod vcpu;
 pub mod vm;

@@ -173,7 +173,7 @@ fn handle_exit(buses: &Buses, cpu: u32, run: *mut kvm_run, exit: VcpuExit<'_>) -
 }
 
 /// The element size of the port I/O exit being handled (1, 2 or 4).
-fn io_size(run: *mut kvm_run) -> usize {
+pub(crate) fn io_size(run: *mut kvm_run) -> usize {
     // SAFETY: called only while handling KVM_EXIT_IO, when KVM filled in the
     // `io` member; kvm-ioctls hands us the data but not the element size.
     usize::from(unsafe { (*run).__bindgen_anon_1.io.size }).max(1)

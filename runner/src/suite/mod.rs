@@ -186,7 +186,7 @@ pub enum SuiteError {
 mod fuzz {
     use std::path::Path;
 
-    use ktvmm_vmm::rng::SplitMix64;
+    use ktvmm_vmm::fuzz::rng::SplitMix64;
 
     const SUITE: &str = "[defaults]\ntimeout = 30\ngroups = [\"a\"]\n\n[[test]]\nname = \"x\"\n\
         guest = \"bundled:exitcode\"\nsmp = 2\nmemory = \"256M\"\nappend = \"pass\"\n\n\
@@ -210,6 +210,31 @@ mod fuzz {
             }
         }
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The checked-in corpus of the cargo-fuzz suite-file and
+    /// unittests.cfg inputs: each parses or names a line.
+    #[test]
+    fn the_parser_corpus_replays() {
+        let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+        let dir = Path::new("/nonexistent-ktvmm-fuzz");
+        for (target, name) in [
+            ("suite_file", "f.ktvmm.toml"),
+            ("unittests_cfg", "unittests.cfg"),
+        ] {
+            for entry in std::fs::read_dir(corpus.join(target)).unwrap() {
+                let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+                let text = String::from_utf8_lossy(&bytes);
+                let result = if target == "suite_file" {
+                    super::file::parse(&dir.join(name), &text).map(|_| ())
+                } else {
+                    super::kut::parse(&dir.join(name), &text).map(|_| ())
+                };
+                if let Err(e) = result {
+                    assert!(e.to_string().contains(name), "{e}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,101 +1,153 @@
-//! One fuzz input, as a typed description: the VM's shape, each vCPU's
-//! starting state, the guest program, and the ioctls issued around the
-//! runs. It is what a reproducer file holds, what `arbitrary` builds for
-//! `cargo fuzz`, and what [`Input::generate`] draws from a seed.
+//! One fuzz input: the VM's shape, each vCPU's starting state, a guest
+//! program, and the KVM calls to make, with guest runs among them.
+//!
+//! Every field is a plain value (no KVM structures) so an input serialises
+//! to a reproducer as it is, derives `Arbitrary` for libFuzzer, and is
+//! drawn from a seed by [`Input::generate`]. Out-of-range values (a vCPU
+//! index past the last vCPU, a register number past the last register)
+//! are folded into range where they are used, so any value is an input.
 
 use arbitrary::Arbitrary;
 use serde::{Deserialize, Serialize};
 
 use super::program;
-use crate::rng::SplitMix64;
+use super::rng::SplitMix64;
 
-/// Most vCPUs an input has.
-pub const MAX_VCPUS: usize = 3;
-/// Most ioctl operations after setup.
-pub const MAX_OPS: usize = 24;
+/// vCPUs an input may have (KVM's recommended count on the machines here).
+pub const MAX_VCPUS: usize = 2;
+/// Guest program bytes kept at most.
+pub const MAX_PROGRAM: usize = 512;
+/// Operations kept at most.
+pub const MAX_OPS: usize = 48;
 
-/// The CPU mode a vCPU starts in.
-#[derive(Arbitrary, Clone, Copy, Debug, Deserialize, PartialEq, Eq, Serialize)]
+/// The whole input.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Arbitrary)]
+pub struct Input {
+    /// The VM.
+    pub shape: Shape,
+    /// Each vCPU's starting state (at least one is created).
+    pub vcpus: Vec<VcpuSetup>,
+    /// Guest code, placed at the code address every vCPU starts at.
+    pub program: Vec<u8>,
+    /// What to do, in order, once the VM is built.
+    pub ops: Vec<Op>,
+}
+
+/// The VM's shape.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Arbitrary)]
+pub struct Shape {
+    /// An in-kernel irqchip (PIC, IOAPIC, LAPIC) and with it every
+    /// platform and test device; without it, the devices that need no
+    /// interrupt wiring.
+    pub irqchip: bool,
+    /// Extra 64 KiB memory slots above RAM (at most 2).
+    pub extra_slots: u8,
+}
+
+/// The execution mode a vCPU starts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Arbitrary)]
 pub enum Mode {
-    /// Real mode, CS base 0.
+    /// Real mode.
     Real,
-    /// 16-bit protected mode, flat segments, paging off.
+    /// 16-bit protected mode.
     Protected16,
-    /// 32-bit protected mode, flat segments, paging off.
+    /// 32-bit protected mode, paging off.
     Protected32,
-    /// 32-bit protected mode with PAE paging over the identity map.
+    /// 32-bit protected mode with two-level (4 MiB page) paging.
     Paged32,
-    /// 64-bit long mode over the identity map.
+    /// 32-bit protected mode with PAE paging.
+    PagedPae,
+    /// 64-bit long mode.
     Long64,
 }
 
 impl Mode {
-    /// Every mode, for the generator.
-    pub const ALL: [Mode; 5] = [
+    /// The default operand and address size of code in this mode.
+    pub fn bits(self) -> u8 {
+        match self {
+            Mode::Real | Mode::Protected16 => 16,
+            Mode::Protected32 | Mode::Paged32 | Mode::PagedPae => 32,
+            Mode::Long64 => 64,
+        }
+    }
+
+    /// Every mode, for generators.
+    pub const ALL: [Mode; 6] = [
         Mode::Real,
         Mode::Protected16,
         Mode::Protected32,
         Mode::Paged32,
+        Mode::PagedPae,
         Mode::Long64,
     ];
-
-    /// Whether code runs with 16-bit default operand size.
-    pub fn is_16bit(self) -> bool {
-        matches!(self, Mode::Real | Mode::Protected16)
-    }
 }
 
-/// How one vCPU starts.
-#[derive(Arbitrary, Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
+/// A vCPU's starting state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Arbitrary)]
 pub struct VcpuSetup {
-    /// Its mode.
+    /// The mode.
     pub mode: Mode,
-    /// Run at CPL 3 (not in real mode).
+    /// Start at CPL 3 (protected and long modes only).
     pub user: bool,
-    /// RAX, RBX, RCX, RDX, RSI, RDI, RBP, R8 at entry.
-    pub gprs: [u64; 8],
-    /// Interrupts enabled at entry.
-    pub interrupts: bool,
-    /// Where in the program it starts (bytes; taken modulo its length).
-    pub entry: u16,
+    /// RAX, RBX, RCX, RDX, RSI, RDI at entry.
+    pub gprs: [u64; 6],
+    /// Bits flipped in the mode's CR0 (0: the architectural value).
+    pub cr0_flip: u32,
+    /// Bits flipped in the mode's CR4.
+    pub cr4_flip: u32,
+    /// Bits flipped in the mode's EFER.
+    pub efer_flip: u16,
     /// MSRs written before the first run.
     pub msrs: Vec<(u32, u64)>,
-    /// A CPUID edit before the first run: leaf, register (0-3), XOR mask.
-    pub cpuid_edit: Option<(u32, u8, u32)>,
+    /// CPUID edits: (leaf, register 0-3 = EAX..EDX, bits flipped).
+    pub cpuid: Vec<(u32, u8, u32)>,
 }
 
-/// One ioctl (or a run) after setup. vCPU and slot numbers are taken
-/// modulo what exists, so every value means something.
-#[derive(Arbitrary, Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
+/// One step of an input.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Arbitrary)]
 pub enum Op {
-    /// `KVM_RUN` until the vCPU's exit budget or a final exit.
+    /// `KVM_RUN` vCPU `cpu` until it ends its run or has exited `exits`
+    /// times to the VMM.
     Run {
-        /// Which vCPU.
-        vcpu: u8,
+        /// The vCPU.
+        cpu: u8,
+        /// Exits handled at most.
+        exits: u8,
     },
-    /// `KVM_SET_REGS` with one register changed, then `KVM_GET_REGS`.
+    /// Read-modify-write of one general register (0-15 GPRs, 16 RIP,
+    /// 17 RFLAGS) through `KVM_GET_REGS`/`KVM_SET_REGS`, then read back.
     SetReg {
-        /// Which vCPU.
-        vcpu: u8,
-        /// 0-15: a GPR; 16: RIP; 17: RFLAGS.
+        /// The vCPU.
+        cpu: u8,
+        /// The register.
         reg: u8,
-        /// The value.
+        /// Its new value.
         value: u64,
     },
-    /// `KVM_SET_SREGS` with one field changed, then `KVM_GET_SREGS`.
+    /// `KVM_GET_REGS`.
+    GetRegs {
+        /// The vCPU.
+        cpu: u8,
+    },
+    /// Read-modify-write of one special-register field through
+    /// `KVM_GET_SREGS`/`KVM_SET_SREGS` (see `exec::SREG_FIELDS`).
     SetSreg {
-        /// Which vCPU.
-        vcpu: u8,
-        /// 0 CR0, 1 CR2, 2 CR3, 3 CR4, 4 CR8, 5 EFER, 6 CS selector,
-        /// 7 CS attributes, 8 SS attributes, 9 APIC base.
+        /// The vCPU.
+        cpu: u8,
+        /// The field.
         field: u8,
-        /// The value.
+        /// Its new value.
         value: u64,
+    },
+    /// `KVM_GET_SREGS`.
+    GetSregs {
+        /// The vCPU.
+        cpu: u8,
     },
     /// `KVM_SET_MSRS` of one MSR, then `KVM_GET_MSRS` of it.
     SetMsr {
-        /// Which vCPU.
-        vcpu: u8,
+        /// The vCPU.
+        cpu: u8,
         /// The MSR.
         index: u32,
         /// The value.
@@ -103,396 +155,513 @@ pub enum Op {
     },
     /// `KVM_GET_MSRS` of one MSR.
     GetMsr {
-        /// Which vCPU.
-        vcpu: u8,
+        /// The vCPU.
+        cpu: u8,
         /// The MSR.
         index: u32,
     },
-    /// `KVM_SET_CPUID2` with one register of one leaf edited.
+    /// `KVM_SET_CPUID2` with one more edit (after a run KVM refuses changes).
     SetCpuid {
-        /// Which vCPU.
-        vcpu: u8,
-        /// Leaf, register (0-3), XOR mask.
-        edit: (u32, u8, u32),
+        /// The vCPU.
+        cpu: u8,
+        /// The leaf.
+        leaf: u32,
+        /// EAX..EDX as 0-3.
+        reg: u8,
+        /// Bits flipped.
+        flip: u32,
     },
-    /// `KVM_SET_DEBUGREGS` with DR0-3, DR6, DR7, then `KVM_GET_DEBUGREGS`.
-    SetDebugRegs {
-        /// Which vCPU.
-        vcpu: u8,
-        /// DR0-DR3.
-        db: [u64; 4],
-        /// DR7.
-        dr7: u64,
+    /// `KVM_GET_CPUID2`.
+    GetCpuid {
+        /// The vCPU.
+        cpu: u8,
     },
-    /// `KVM_SET_XCRS` with XCR0, then `KVM_GET_XCRS`.
+    /// One LAPIC register (its 16-byte slot number) changed through
+    /// `KVM_GET_LAPIC`/`KVM_SET_LAPIC`; the timer registers are left alone
+    /// so that no wall-clock interrupt makes a run unrepeatable.
+    SetLapic {
+        /// The vCPU.
+        cpu: u8,
+        /// The register slot (0-63).
+        reg: u8,
+        /// Its value.
+        value: u32,
+    },
+    /// `KVM_GET_LAPIC`.
+    GetLapic {
+        /// The vCPU.
+        cpu: u8,
+    },
+    /// `KVM_SET_XCRS` of XCR0.
     SetXcr0 {
-        /// Which vCPU.
-        vcpu: u8,
+        /// The vCPU.
+        cpu: u8,
         /// The value.
         value: u64,
     },
-    /// `KVM_GET_VCPU_EVENTS`, then `KVM_SET_VCPU_EVENTS` injecting an
-    /// exception or an NMI.
-    InjectEvent {
-        /// Which vCPU.
-        vcpu: u8,
-        /// An exception vector, or `None` for an NMI.
-        exception: Option<u8>,
-        /// Its error code, if it has one.
-        error_code: Option<u32>,
+    /// `KVM_GET_XCRS`.
+    GetXcrs {
+        /// The vCPU.
+        cpu: u8,
     },
-    /// `KVM_SET_MP_STATE`, then `KVM_GET_MP_STATE`.
+    /// One of DR0-3, DR6, DR7 (0-5) through `KVM_GET/SET_DEBUGREGS`.
+    SetDebugReg {
+        /// The vCPU.
+        cpu: u8,
+        /// The register.
+        reg: u8,
+        /// Its value.
+        value: u64,
+    },
+    /// `KVM_GET_DEBUGREGS`.
+    GetDebugRegs {
+        /// The vCPU.
+        cpu: u8,
+    },
+    /// `KVM_SET_VCPU_EVENTS`: an exception, interrupt or NMI to inject.
+    SetEvents {
+        /// The vCPU.
+        cpu: u8,
+        /// 0 exception, 1 interrupt, 2 NMI, 3 clear everything.
+        kind: u8,
+        /// The vector.
+        vector: u8,
+        /// Whether an exception carries an error code.
+        error_code: bool,
+    },
+    /// `KVM_GET_VCPU_EVENTS`.
+    GetEvents {
+        /// The vCPU.
+        cpu: u8,
+    },
+    /// `KVM_SET_MP_STATE`.
     SetMpState {
-        /// Which vCPU.
-        vcpu: u8,
-        /// The state (any number).
-        state: u32,
+        /// The vCPU.
+        cpu: u8,
+        /// The state.
+        state: u8,
     },
-    /// `KVM_GET_LAPIC`, one register changed, `KVM_SET_LAPIC` (with an
-    /// in-kernel irqchip).
-    SetLapic {
-        /// Which vCPU.
-        vcpu: u8,
-        /// Register offset (taken modulo 1 KiB, 16-byte aligned).
-        offset: u16,
-        /// The value.
-        value: u32,
+    /// `KVM_GET_MP_STATE`.
+    GetMpState {
+        /// The vCPU.
+        cpu: u8,
     },
-    /// `KVM_IRQ_LINE` (with an in-kernel irqchip).
+    /// `KVM_IRQ_LINE`.
     IrqLine {
-        /// The GSI (any number).
-        gsi: u32,
-        /// The level.
+        /// The GSI.
+        irq: u8,
+        /// Its level.
         level: bool,
     },
-    /// `KVM_SIGNAL_MSI` (with an in-kernel irqchip).
+    /// `KVM_SIGNAL_MSI`.
     SignalMsi {
-        /// The address.
-        address: u64,
+        /// The address (low 32 bits).
+        address: u32,
         /// The data.
         data: u32,
     },
-    /// `KVM_INTERRUPT` (without an in-kernel irqchip).
-    Interrupt {
-        /// Which vCPU.
-        vcpu: u8,
-        /// The vector.
-        vector: u32,
+    /// `KVM_SET_USER_MEMORY_REGION`: slot 1-3 (re)placed, or deleted when
+    /// `pages` is 0; slot 0 (RAM) only moved or made read-only.
+    SetSlot {
+        /// The slot.
+        slot: u8,
+        /// Guest-physical address in 64 KiB units.
+        gpa: u16,
+        /// Size in 4 KiB pages.
+        pages: u8,
+        /// Read-only (`KVM_MEM_READONLY`).
+        readonly: bool,
+        /// Dirty logging (`KVM_MEM_LOG_DIRTY_PAGES`).
+        dirty_log: bool,
     },
+    /// `KVM_SET_GUEST_DEBUG`.
+    GuestDebug {
+        /// The vCPU.
+        cpu: u8,
+        /// Single-step.
+        single_step: bool,
+        /// Hardware breakpoint at this address (DR0), or none when 0.
+        breakpoint: u64,
+    },
+    /// Ask for `KVM_EXIT_IRQ_WINDOW_OPEN` on the next run (no irqchip).
+    RequestIrqWindow {
+        /// The vCPU.
+        cpu: u8,
+    },
+    /// `KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)`: unknown and refused
+    /// MSR accesses exit to the VMM.
+    UserSpaceMsr,
     /// `KVM_NMI`.
     Nmi {
-        /// Which vCPU.
-        vcpu: u8,
+        /// The vCPU.
+        cpu: u8,
     },
-    /// `KVM_SET_USER_MEMORY_REGION` on the extra slot while the vCPUs are
-    /// stopped: map it (at a guest address, possibly read-only) or delete
-    /// it.
-    SetSlot {
-        /// Where (page number, taken into a sane range), or `None` to
-        /// delete the slot.
-        page: Option<u16>,
-        /// Read-only (`KVM_MEM_READONLY`).
-        read_only: bool,
+    /// `KVM_TRANSLATE`.
+    Translate {
+        /// The vCPU.
+        cpu: u8,
+        /// The linear address.
+        address: u64,
     },
 }
 
-/// Which interrupt controllers KVM provides.
-#[derive(Arbitrary, Clone, Copy, Debug, Deserialize, PartialEq, Eq, Serialize)]
-pub enum Irqchip {
-    /// None: the VMM injects interrupts with `KVM_INTERRUPT`.
-    None,
-    /// `KVM_CREATE_IRQCHIP`: PIC, IOAPIC and LAPICs in the kernel.
-    Kernel,
-    /// `KVM_CAP_SPLIT_IRQCHIP`: LAPICs in the kernel, the rest not.
-    Split,
-}
-
-impl Irqchip {
-    /// Whether the LAPICs are in the kernel.
-    pub fn has_lapic(self) -> bool {
-        self != Irqchip::None
-    }
-}
-
-/// A whole input.
-#[derive(Arbitrary, Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
-pub struct Input {
-    /// The interrupt controllers.
-    pub irqchip: Irqchip,
-    /// RAM size in 64 KiB units (taken into 1..=16).
-    pub mem_64k: u8,
-    /// The vCPUs (1 to [`MAX_VCPUS`] are used).
-    pub vcpus: Vec<VcpuSetup>,
-    /// Guest code, copied to the code page (at most 4 KiB are used).
-    pub program: Vec<u8>,
-    /// What happens after setup.
-    pub ops: Vec<Op>,
-}
-
-/// MSRs that are interesting to read and write.
-pub const MSRS: [u32; 24] = [
+/// MSRs worth writing: the ones guests and KVM care about, and their
+/// neighbours. KVM's clock MSRs are not among them (see [`is_clock_msr`]).
+pub const INTERESTING_MSRS: [u32; 23] = [
     0x10,        // TSC
     0x1b,        // APIC_BASE
     0x3a,        // FEATURE_CONTROL
     0x48,        // SPEC_CTRL
-    0x49,        // PRED_CMD
-    0x8b,        // BIOS_SIGN_ID
+    0x8b,        // microcode revision
     0x174,       // SYSENTER_CS
     0x175,       // SYSENTER_ESP
     0x176,       // SYSENTER_EIP
+    0x1a0,       // MISC_ENABLE
     0x1d9,       // DEBUGCTL
     0x277,       // PAT
-    0x2ff,       // MTRR_DEF_TYPE
+    0x2ff,       // MTRRdefType
     0x6e0,       // TSC_DEADLINE
     0x802,       // x2APIC ID
+    0x808,       // x2APIC TPR
     0x830,       // x2APIC ICR
     0xc000_0080, // EFER
     0xc000_0081, // STAR
     0xc000_0082, // LSTAR
-    0xc000_0084, // FMASK
+    0xc000_0084, // SFMASK
     0xc000_0100, // FS_BASE
     0xc000_0102, // KERNEL_GS_BASE
     0xc000_0103, // TSC_AUX
-    0x4b56_4d00, // KVM wall clock
-    0x4b56_4d02, // KVM system time
 ];
 
-/// Values that tend to sit on edges.
-const VALUES: [u64; 12] = [
-    0,
-    1,
-    0xff,
-    0x8000_0000,
-    0xffff_ffff,
-    0x1_0000_0000,
-    0x7fff_ffff_ffff_ffff,
-    0x8000_0000_0000_0000,
-    0xffff_8000_0000_0000,
-    0x0000_7fff_ffff_f000,
-    0xfee0_0000,
-    u64::MAX,
-];
+/// KVM's paravirtual clock MSRs: writing one makes KVM write the host's
+/// time into guest memory, and the run would not repeat. Inputs keep
+/// them, the executor leaves them out.
+pub fn is_clock_msr(index: u32) -> bool {
+    matches!(index, 0x11 | 0x12 | 0x4b56_4d00 | 0x4b56_4d01)
+}
 
-fn value(rng: &mut SplitMix64) -> u64 {
-    match rng.below(4) {
-        0 => rng.next(),
-        1 => rng.next() & 0xffff,
-        _ => *rng.pick(&VALUES),
+/// A value from a mix of edges, small numbers and noise.
+pub fn value(rng: &mut SplitMix64) -> u64 {
+    match rng.below(8) {
+        0 => 0,
+        1 => rng.below(16) as u64,
+        2 => rng.pick(&[0xff, 0xffff, 0xffff_ffff, u64::MAX, 1 << 63, 0x8000_0000]),
+        3 => 1 << rng.below(64),
+        4 => rng.next() & 0xff,
+        5 => rng.next() & 0xffff_ffff,
+        _ => rng.next(),
     }
 }
 
-/// KVM's clock MSRs make KVM write the time into guest memory at the
-/// address they are given.
-const CLOCK_MSRS: [u32; 4] = [0x11, 0x12, 0x4b56_4d00, 0x4b56_4d01];
-/// Where the generator points them: past RAM, so the time KVM would write
-/// there cannot change what an input does (stray code can run anywhere in
-/// RAM).
-pub const CLOCK_AREA: u64 = 0x8000_0000;
+/// An MSR index: mostly interesting ones, sometimes a neighbour or noise.
+pub fn msr(rng: &mut SplitMix64) -> u32 {
+    let base = rng.pick(&INTERESTING_MSRS);
+    let index = match rng.below(6) {
+        0 => base.wrapping_add(rng.below(4) as u32),
+        1 => rng.next() as u32,
+        _ => base,
+    };
+    if is_clock_msr(index) { base } else { index }
+}
 
-/// A value for `msr`.
-fn msr_value(rng: &mut SplitMix64, msr: u32) -> u64 {
-    if CLOCK_MSRS.contains(&msr) || msr == 0x4b56_4d02 {
-        CLOCK_AREA | (rng.next() & 1)
-    } else {
-        value(rng)
+fn cpu(rng: &mut SplitMix64, cpus: usize) -> u8 {
+    rng.below(cpus) as u8
+}
+
+impl Input {
+    /// The input a seeded generator draws: mostly well-formed, sometimes
+    /// odd, so that runs get past setup and still reach the edges.
+    pub fn generate(rng: &mut SplitMix64) -> Self {
+        let cpus = if rng.one_in(4) { 2 } else { 1 };
+        let shape = Shape {
+            irqchip: !rng.one_in(3),
+            extra_slots: if rng.one_in(4) { rng.below(3) as u8 } else { 0 },
+        };
+        let vcpus: Vec<VcpuSetup> = (0..cpus).map(|_| VcpuSetup::generate(rng)).collect();
+        let program = program::generate(rng, vcpus[0].mode);
+        let count = 1 + rng.below(10);
+        let mut ops: Vec<Op> = (0..count).map(|_| Op::generate(rng, cpus)).collect();
+        // Every input runs its guest at least once, and usually last.
+        if !ops.iter().any(|op| matches!(op, Op::Run { .. })) || rng.below(3) != 0 {
+            ops.push(Op::Run {
+                cpu: 0,
+                exits: 16 + rng.below(48) as u8,
+            });
+        }
+        Input {
+            shape,
+            vcpus,
+            program,
+            ops,
+        }
+    }
+
+    /// The input cut down to the sizes the executor takes.
+    pub fn clamped(mut self) -> Self {
+        self.vcpus.truncate(MAX_VCPUS);
+        if self.vcpus.is_empty() {
+            self.vcpus.push(VcpuSetup::default());
+        }
+        for vcpu in &mut self.vcpus {
+            vcpu.msrs.truncate(8);
+            vcpu.cpuid.truncate(8);
+        }
+        self.program.truncate(MAX_PROGRAM);
+        self.ops.truncate(MAX_OPS);
+        self.shape.extra_slots = self.shape.extra_slots.min(2);
+        self
     }
 }
 
-fn msr(rng: &mut SplitMix64) -> u32 {
-    if rng.one_in(8) {
-        rng.next() as u32
-    } else {
-        *rng.pick(&MSRS)
+impl Default for VcpuSetup {
+    fn default() -> Self {
+        VcpuSetup {
+            mode: Mode::Long64,
+            user: false,
+            gprs: [0; 6],
+            cr0_flip: 0,
+            cr4_flip: 0,
+            efer_flip: 0,
+            msrs: Vec::new(),
+            cpuid: Vec::new(),
+        }
     }
 }
 
 impl VcpuSetup {
-    fn generate(rng: &mut SplitMix64, program_len: usize) -> Self {
-        let mode = *rng.pick(&Mode::ALL);
-        let msrs = (0..rng.below(3))
-            .map(|_| {
-                let index = msr(rng);
-                (index, msr_value(rng, index))
-            })
-            .collect();
-        VcpuSetup {
-            mode,
-            user: mode != Mode::Real && rng.one_in(3),
-            gprs: std::array::from_fn(|_| if rng.one_in(2) { 0 } else { value(rng) }),
-            interrupts: rng.one_in(3),
-            entry: if rng.one_in(4) {
-                rng.below(program_len.max(1)) as u16
+    fn generate(rng: &mut SplitMix64) -> Self {
+        let mode = rng.pick(&Mode::ALL);
+        let user = mode != Mode::Real && rng.one_in(4);
+        let mut gprs = [0u64; 6];
+        for g in &mut gprs {
+            *g = value(rng);
+        }
+        let flip32 = |rng: &mut SplitMix64| {
+            if rng.one_in(12) {
+                1u32 << rng.below(32)
             } else {
                 0
-            },
+            }
+        };
+        let cr0_flip = flip32(rng);
+        let cr4_flip = flip32(rng);
+        let efer_flip = if rng.one_in(16) {
+            1u16 << rng.below(16)
+        } else {
+            0
+        };
+        let mut msrs = Vec::new();
+        for _ in 0..rng.below(3) {
+            if rng.one_in(2) {
+                msrs.push((msr(rng), value(rng)));
+            }
+        }
+        let cpuid = if rng.one_in(6) {
+            vec![(
+                rng.pick(&[0, 1, 7, 0xd, 0x8000_0001, 0x4000_0001]),
+                rng.below(4) as u8,
+                1 << rng.below(32),
+            )]
+        } else {
+            Vec::new()
+        };
+        VcpuSetup {
+            mode,
+            user,
+            gprs,
+            cr0_flip,
+            cr4_flip,
+            efer_flip,
             msrs,
-            cpuid_edit: rng.one_in(6).then(|| {
-                (
-                    *rng.pick(&[0, 1, 7, 0xd, 0x8000_0001]),
-                    rng.below(4) as u8,
-                    1 << rng.below(32),
-                )
-            }),
+            cpuid,
         }
     }
 }
 
 impl Op {
-    fn generate(rng: &mut SplitMix64, vcpus: usize, irqchip: bool) -> Self {
-        let vcpu = rng.below(vcpus) as u8;
-        match rng.below(if irqchip { 16 } else { 14 }) {
-            0..=2 => Op::Run { vcpu },
-            3 => Op::SetReg {
-                vcpu,
+    fn generate(rng: &mut SplitMix64, cpus: usize) -> Self {
+        let c = cpu(rng, cpus);
+        match rng.below(30) {
+            0..=5 => Op::Run {
+                cpu: c,
+                exits: 1 + rng.below(32) as u8,
+            },
+            6 => Op::SetReg {
+                cpu: c,
                 reg: rng.below(18) as u8,
                 value: value(rng),
             },
-            4 => Op::SetSreg {
-                vcpu,
-                field: rng.below(10) as u8,
+            7 => Op::GetRegs { cpu: c },
+            8 | 9 => Op::SetSreg {
+                cpu: c,
+                field: rng.below(16) as u8,
                 value: value(rng),
             },
-            5 => {
-                let index = msr(rng);
-                Op::SetMsr {
-                    vcpu,
-                    index,
-                    value: msr_value(rng, index),
-                }
-            }
-            6 => Op::GetMsr {
-                vcpu,
+            10 => Op::GetSregs { cpu: c },
+            11 | 12 => Op::SetMsr {
+                cpu: c,
+                index: msr(rng),
+                value: value(rng),
+            },
+            13 => Op::GetMsr {
+                cpu: c,
                 index: msr(rng),
             },
-            7 => Op::SetCpuid {
-                vcpu,
-                edit: (
-                    *rng.pick(&[0, 1, 7, 0xd, 0x4000_0000, 0x8000_0001, 0x8000_0008]),
-                    rng.below(4) as u8,
-                    1 << rng.below(32),
-                ),
+            14 => Op::SetCpuid {
+                cpu: c,
+                leaf: rng.pick(&[0, 1, 7, 0xd, 0x8000_0001]),
+                reg: rng.below(4) as u8,
+                flip: 1 << rng.below(32),
             },
-            8 => Op::SetDebugRegs {
-                vcpu,
-                db: std::array::from_fn(|_| value(rng)),
-                dr7: *rng.pick(&[0x400, 0x401, 0x403, 0x2_0401, 0xffff_0403]),
+            15 => Op::GetCpuid { cpu: c },
+            16 => Op::SetLapic {
+                cpu: c,
+                reg: rng.pick(&[2, 3, 8, 0xb, 0xd, 0xe, 0xf, 0x28, 0x30, 0x31, 0x35]),
+                value: value(rng) as u32,
             },
-            9 => Op::SetXcr0 {
-                vcpu,
-                value: *rng.pick(&[1, 3, 7, 0x7, 0xe7, 0x2, 0x1_0000_0001]),
+            17 => Op::GetLapic { cpu: c },
+            18 => Op::SetXcr0 {
+                cpu: c,
+                value: rng.pick(&[1, 3, 7, 0x207, 0, 2, 0xe7]),
             },
-            10 => Op::InjectEvent {
-                vcpu,
-                exception: (!rng.one_in(4)).then(|| rng.below(32) as u8),
-                error_code: rng.one_in(2).then(|| rng.next() as u32 & 0xffff),
+            19 => Op::GetXcrs { cpu: c },
+            20 => Op::SetDebugReg {
+                cpu: c,
+                reg: rng.below(6) as u8,
+                value: value(rng),
             },
-            11 => Op::SetMpState {
-                vcpu,
-                state: if rng.one_in(4) {
-                    rng.next() as u32
-                } else {
-                    rng.below(5) as u32
-                },
+            21 => Op::GetDebugRegs { cpu: c },
+            22 => Op::SetEvents {
+                cpu: c,
+                kind: rng.below(4) as u8,
+                vector: rng.pick(&[0, 1, 2, 3, 6, 8, 13, 14, 18, 32, 0x80, 0xff]),
+                error_code: rng.one_in(2),
             },
-            12 => {
-                if irqchip {
-                    Op::Nmi { vcpu }
-                } else {
-                    Op::Interrupt {
-                        vcpu,
-                        vector: if rng.one_in(8) {
-                            rng.next() as u32
-                        } else {
-                            32 + rng.below(224) as u32
-                        },
+            23 => Op::GetEvents { cpu: c },
+            24 => {
+                if rng.one_in(2) {
+                    Op::SetMpState {
+                        cpu: c,
+                        state: rng.below(9) as u8,
                     }
+                } else {
+                    Op::GetMpState { cpu: c }
                 }
             }
-            13 => Op::SetSlot {
-                page: (!rng.one_in(3)).then(|| rng.below(0x400) as u16),
-                read_only: rng.one_in(2),
-            },
-            14 => {
+            25 => {
                 if rng.one_in(2) {
                     Op::IrqLine {
-                        gsi: if rng.one_in(8) {
-                            rng.next() as u32
-                        } else {
-                            rng.below(24) as u32
-                        },
+                        irq: rng.below(26) as u8,
                         level: rng.one_in(2),
                     }
                 } else {
                     Op::SignalMsi {
-                        address: if rng.one_in(4) {
-                            value(rng)
-                        } else {
-                            0xfee0_0000 | (rng.below(4) as u64) << 12
-                        },
-                        data: if rng.one_in(4) {
-                            rng.next() as u32
-                        } else {
-                            32 + rng.below(224) as u32
-                        },
+                        address: 0xfee0_0000 | (rng.below(4) as u32) << 12,
+                        data: rng.pick(&[0x20, 0x30, 0x4000 | 0x40, 0x400, 0x500, 0x600])
+                            | rng.below(0x100) as u32,
                     }
                 }
             }
-            _ => Op::SetLapic {
-                vcpu,
-                offset: (rng.below(64) * 16) as u16,
-                value: rng.next() as u32,
+            26 => Op::SetSlot {
+                slot: rng.below(4) as u8,
+                gpa: rng.pick(&[0x30, 0x40, 0x41, 0x50, 0, 0x10]),
+                pages: rng.pick(&[0, 1, 4, 16]),
+                readonly: rng.one_in(3),
+                dirty_log: rng.one_in(4),
             },
+            27 => Op::GuestDebug {
+                cpu: c,
+                single_step: rng.one_in(2),
+                breakpoint: if rng.one_in(2) {
+                    0
+                } else {
+                    program::CODE_ADDR + rng.below(32) as u64
+                },
+            },
+            28 => {
+                if rng.one_in(2) {
+                    Op::RequestIrqWindow { cpu: c }
+                } else {
+                    Op::UserSpaceMsr
+                }
+            }
+            _ => {
+                if rng.one_in(2) {
+                    Op::Nmi { cpu: c }
+                } else {
+                    Op::Translate {
+                        cpu: c,
+                        address: program::CODE_ADDR + value(rng) % 0x40_0000,
+                    }
+                }
+            }
+        }
+    }
+
+    /// The vCPU the operation is about, if any.
+    pub fn cpu(&self) -> Option<u8> {
+        match *self {
+            Op::Run { cpu, .. }
+            | Op::SetReg { cpu, .. }
+            | Op::GetRegs { cpu }
+            | Op::SetSreg { cpu, .. }
+            | Op::GetSregs { cpu }
+            | Op::SetMsr { cpu, .. }
+            | Op::GetMsr { cpu, .. }
+            | Op::SetCpuid { cpu, .. }
+            | Op::GetCpuid { cpu }
+            | Op::SetLapic { cpu, .. }
+            | Op::GetLapic { cpu }
+            | Op::SetXcr0 { cpu, .. }
+            | Op::GetXcrs { cpu }
+            | Op::SetDebugReg { cpu, .. }
+            | Op::GetDebugRegs { cpu }
+            | Op::SetEvents { cpu, .. }
+            | Op::GetEvents { cpu }
+            | Op::SetMpState { cpu, .. }
+            | Op::GetMpState { cpu }
+            | Op::GuestDebug { cpu, .. }
+            | Op::RequestIrqWindow { cpu }
+            | Op::Nmi { cpu }
+            | Op::Translate { cpu, .. } => Some(cpu),
+            Op::IrqLine { .. } | Op::SignalMsi { .. } | Op::SetSlot { .. } | Op::UserSpaceMsr => {
+                None
+            }
         }
     }
 }
 
-impl Input {
-    /// An input drawn from `rng`: mostly well-formed machines running
-    /// generated code, with a share of raw values everywhere.
-    pub fn generate(rng: &mut SplitMix64) -> Self {
-        // An in-kernel irqchip makes VM creation some thirty times slower
-        // here (4-8 ms against 0.1 ms: its setup waits for RCU grace
-        // periods), so it is the exception.
-        let irqchip = match rng.below(32) {
-            0 => Irqchip::Kernel,
-            1 => Irqchip::Split,
-            _ => Irqchip::None,
-        };
-        // Each vCPU costs its creation and setup ioctls: most inputs have one.
-        let vcpu_count = match rng.below(8) {
-            0 => MAX_VCPUS,
-            1 | 2 => 2,
-            _ => 1,
-        };
-        let mode = *rng.pick(&Mode::ALL);
-        let program = program::generate(rng, mode, irqchip.has_lapic());
-        let mut vcpus: Vec<VcpuSetup> = (0..vcpu_count)
-            .map(|_| VcpuSetup::generate(rng, program.len()))
-            .collect();
-        // The program was written for one mode: most vCPUs run in it.
-        for vcpu in &mut vcpus {
-            if !rng.one_in(4) {
-                vcpu.mode = mode;
-                vcpu.user &= mode != Mode::Real;
-            }
-        }
-        let mut ops: Vec<Op> = (0..rng.below(MAX_OPS))
-            .map(|_| Op::generate(rng, vcpu_count, irqchip.has_lapic()))
-            .collect();
-        // Every input runs its vCPUs at least once.
-        for vcpu in 0..vcpu_count {
-            ops.insert(rng.below(ops.len() + 1), Op::Run { vcpu: vcpu as u8 });
-        }
-        Input {
-            irqchip,
-            mem_64k: if rng.one_in(8) {
-                1 + rng.below(16) as u8
-            } else {
-                1 + rng.below(2) as u8
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_names_one_input() {
+        let a = Input::generate(&mut SplitMix64::for_item(7, 3));
+        let b = Input::generate(&mut SplitMix64::for_item(7, 3));
+        assert_eq!(a, b);
+        let c = Input::generate(&mut SplitMix64::for_item(7, 4));
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn inputs_round_trip_through_json_and_clamp() {
+        let input = Input::generate(&mut SplitMix64(1));
+        let text = serde_json::to_string(&input).unwrap();
+        let back: Input = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, input);
+        let empty = Input {
+            shape: Shape {
+                irqchip: false,
+                extra_slots: 200,
             },
-            vcpus,
-            program,
-            ops,
+            vcpus: Vec::new(),
+            program: vec![0; 4096],
+            ops: Vec::new(),
         }
+        .clamped();
+        assert_eq!(empty.vcpus.len(), 1);
+        assert_eq!(empty.program.len(), MAX_PROGRAM);
+        assert_eq!(empty.shape.extra_slots, 2);
     }
 }

@@ -1,100 +1,95 @@
-//! Shrinking a reproducer: drop operations, vCPUs, MSR writes and program
-//! bytes, and simplify the VM, as long as the same kinds of findings
-//! still happen. Greedy and deterministic: each candidate is run once.
+//! Shrinking a reproducer's input while its finding stays: fewer
+//! operations, fewer vCPUs, a shorter program, a plainer starting state.
+//! Greedy and bounded: each candidate is one execution.
 
 use super::exec::Executor;
-use super::host::HostWatch;
 use super::input::Input;
-use super::repro::kinds;
+use super::repro::Reproducer;
 
-/// The smallest input found that still shows `wanted` (finding kinds,
-/// sorted), and how many candidates were run.
-pub fn minimise(
-    executor: &mut Executor,
-    input: &Input,
-    wanted: &[&'static str],
-    max_runs: usize,
-) -> (Input, usize) {
-    let mut watch = HostWatch::start();
-    let mut best = input.clone();
-    let mut runs = 0;
-    let mut still_fails = |candidate: &Input, runs: &mut usize| {
-        *runs += 1;
-        let execution = super::check(executor, &mut watch, candidate);
-        kinds(&execution.findings) == wanted
+/// Executions a minimisation may spend.
+pub const MAX_TRIES: usize = 2_000;
+
+/// The smallest input found that still produces a finding with the
+/// signature of the reproducer's, and the executions spent. The executor
+/// runs with the reproducer's harness settings (the planted bug).
+pub fn minimise(executor: &mut Executor, reproducer: &Reproducer) -> (Input, usize) {
+    let options = executor.options().clone();
+    executor.options_mut().plant_bug = reproducer.plant_bug;
+    executor.options_mut().trace = false;
+    let result = shrink(executor, &reproducer.input, &reproducer.finding.signature());
+    *executor.options_mut() = options;
+    result
+}
+
+fn shrink(executor: &mut Executor, input: &Input, signature: &str) -> (Input, usize) {
+    let mut tries = 0;
+    let still = |executor: &mut Executor, candidate: &Input, tries: &mut usize| {
+        *tries += 1;
+        executor
+            .execute(candidate)
+            .findings
+            .iter()
+            .any(|f| f.signature() == signature)
     };
+    let mut best = input.clone().clamped();
     let mut progress = true;
-    while progress && runs < max_runs {
+    while progress && tries < MAX_TRIES {
         progress = false;
         for candidate in candidates(&best) {
-            if runs >= max_runs {
+            if tries >= MAX_TRIES {
                 break;
             }
-            if still_fails(&candidate, &mut runs) {
+            if candidate != best && still(executor, &candidate, &mut tries) {
                 best = candidate;
                 progress = true;
                 break;
             }
         }
     }
-    (best, runs)
+    (best, tries)
 }
 
-/// Smaller versions of `input`, biggest cuts first.
+/// Simpler variants of `input`, the biggest cuts first.
 fn candidates(input: &Input) -> Vec<Input> {
     let mut out = Vec::new();
-    let with = |change: &dyn Fn(&mut Input)| {
-        let mut candidate = input.clone();
-        change(&mut candidate);
-        candidate
+    let with = |f: &dyn Fn(&mut Input)| {
+        let mut c = input.clone();
+        f(&mut c);
+        c
     };
-    // Halves, then single operations.
-    let ops = input.ops.len();
-    if ops > 1 {
-        out.push(with(&|c| c.ops.truncate(ops / 2)));
-        out.push(with(&|c| {
-            c.ops.drain(..ops / 2);
-        }));
-    }
-    for i in (0..ops).rev() {
+    for i in (0..input.ops.len()).rev() {
         out.push(with(&|c| {
             c.ops.remove(i);
         }));
     }
-    for i in (1..input.vcpus.len()).rev() {
+    if input.vcpus.len() > 1 {
+        out.push(with(&|c| c.vcpus.truncate(1)));
+    }
+    for chunk in [32, 16, 8, 4, 2, 1] {
+        let mut at = 0;
+        while at + chunk <= input.program.len() {
+            out.push(with(&|c| {
+                c.program.drain(at..at + chunk);
+            }));
+            at += chunk;
+        }
+    }
+    out.push(with(&|c| c.shape.extra_slots = 0));
+    out.push(with(&|c| c.shape.irqchip = false));
+    for v in 0..input.vcpus.len() {
         out.push(with(&|c| {
-            c.vcpus.remove(i);
+            let cpu = &mut c.vcpus[v];
+            cpu.msrs.clear();
+            cpu.cpuid.clear();
         }));
-    }
-    for (v, vcpu) in input.vcpus.iter().enumerate() {
-        for m in (0..vcpu.msrs.len()).rev() {
-            out.push(with(&|c| {
-                c.vcpus[v].msrs.remove(m);
-            }));
-        }
-        if vcpu.cpuid_edit.is_some() {
-            out.push(with(&|c| c.vcpus[v].cpuid_edit = None));
-        }
-        if vcpu.gprs != [0; 8] {
-            out.push(with(&|c| c.vcpus[v].gprs = [0; 8]));
-        }
-    }
-    if input.irqchip != super::input::Irqchip::None {
-        out.push(with(&|c| c.irqchip = super::input::Irqchip::None));
-    }
-    if input.mem_64k > 1 {
-        out.push(with(&|c| c.mem_64k = 1));
-    }
-    // The program: drop chunks, from large to single bytes.
-    let len = input.program.len();
-    let mut chunk = len / 2;
-    while chunk > 0 {
-        for start in (0..len.saturating_sub(chunk) + 1).step_by(chunk).rev() {
-            out.push(with(&|c| {
-                c.program.drain(start..(start + chunk).min(len));
-            }));
-        }
-        chunk /= 2;
+        out.push(with(&|c| {
+            let cpu = &mut c.vcpus[v];
+            cpu.cr0_flip = 0;
+            cpu.cr4_flip = 0;
+            cpu.efer_flip = 0;
+        }));
+        out.push(with(&|c| c.vcpus[v].gprs = [0; 6]));
+        out.push(with(&|c| c.vcpus[v].user = false));
     }
     out
 }

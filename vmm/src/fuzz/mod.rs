@@ -1,129 +1,268 @@
-//! A fuzz harness for KVM's API surface, driven through ktvmm's devices
-//! (`ktvmm fuzz`).
+//! A reproducible fuzz harness for KVM's API surface and ktvmm's devices.
 //!
-//! Each input ([`Input`]) is a typed description of a VM: its shape, each
-//! vCPU's mode and registers, a guest program of generated instructions,
-//! and ioctls between runs. [`Executor`] runs it in a fresh VM with every
-//! run bounded; [`Campaign`] draws inputs from a seed, watches the host
-//! (kernel taint flags and log) and collects statistics and findings.
-//! Everything a seed decides is the same on every run on the same host.
+//! An [`Input`] describes a VM (memory slots, vCPUs, irqchip or not), each
+//! vCPU's starting state and mode, a guest program, and KVM calls with
+//! guest runs among them. [`exec::Executor`] runs one on a fresh VM with
+//! the real device buses; [`oracle`] says what counts as a bug;
+//! [`campaign`] runs many from a seed (the same seed, the same inputs,
+//! the same [`stats::Counts`]); [`repro`] saves and replays findings and
+//! [`minimise`] shrinks them. See docs/fuzzing.md.
 
-mod exec;
-mod host;
-mod input;
-mod minimise;
-mod program;
+pub mod bounds;
+mod catch;
+pub mod exec;
+pub mod guest;
+pub mod input;
+pub mod minimise;
+pub mod oracle;
+pub mod parsers;
+pub mod planted;
+pub mod program;
 pub mod repro;
-mod stats;
-pub mod targets;
+pub mod rng;
+pub mod stats;
 
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-pub use exec::{Budget, ExecError, Execution, Executor, Finding, layout};
-pub use host::HostWatch;
-pub use input::{Input, Irqchip, Mode, Op, VcpuSetup};
-pub use minimise::minimise;
-pub use repro::{ReproError, Reproducer};
-pub use stats::Stats;
+pub use exec::{ExecError, ExecOptions, Execution, Executor};
+pub use input::Input;
+pub use oracle::Finding;
+pub use repro::Reproducer;
+pub use stats::{Counts, Speed, Stats};
 
-use crate::rng::SplitMix64;
+use oracle::HostWatch;
+use rng::SplitMix64;
 
-/// The seed of input `index` of a campaign with `seed`: each input can be
-/// made again alone.
-pub fn input_seed(seed: u64, index: u64) -> u64 {
-    SplitMix64(seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15)).next()
-}
-
-/// Input `index` of the campaign with `seed`.
-pub fn nth_input(seed: u64, index: u64) -> Input {
-    Input::generate(&mut SplitMix64(input_seed(seed, index)))
-}
-
-/// Runs one input and checks the host around it; a panic in the VMM is
-/// caught and becomes a finding.
-pub fn check(executor: &mut Executor, watch: &mut HostWatch, input: &Input) -> Execution {
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| executor.execute(input)));
-    let mut execution = match result {
-        Ok(execution) => execution,
-        Err(payload) => {
-            let message = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "a panic without a message".into());
-            Execution {
-                outcome: "vmm-panic".into(),
-                findings: vec![Finding::Panic { message }],
-                ..Execution::default()
-            }
-        }
-    };
-    execution.findings.extend(watch.check());
-    execution
-}
-
-/// A fuzz run's settings.
+/// A bounded fuzz run.
 #[derive(Clone, Debug)]
 pub struct Campaign {
-    /// The seed everything is drawn from.
+    /// The seed every input is drawn from.
     pub seed: u64,
-    /// How many inputs.
+    /// Inputs to execute (all of them unless `time` runs out first).
     pub iterations: u64,
-    /// Stop early after this long (the statistics say so).
-    pub time_limit: Option<Duration>,
-    /// Per-input limits.
-    pub budget: Budget,
-    /// Put the planted bug on the bus (a self-test of the harness).
-    pub plant_bug: bool,
+    /// Stop after this long, whatever `iterations` says.
+    pub time: Option<Duration>,
+    /// Threads, each with its own KVM handle.
+    pub jobs: u32,
+    /// Bounds of each execution.
+    pub exec: ExecOptions,
+    /// Where reproducers go (none saved without).
+    pub out: Option<PathBuf>,
+    /// Stop at the first finding whose signature starts with this (`""`:
+    /// any finding).
+    pub stop_on: Option<String>,
 }
 
-/// One finding, with what is needed to make it again.
+/// A finding of a campaign, with its reproducer.
 #[derive(Clone, Debug)]
 pub struct Found {
-    /// Which input of the campaign.
-    pub index: u64,
-    /// The input.
-    pub input: Input,
-    /// What happened.
-    pub execution: Execution,
-    /// When it was found, since the campaign started.
+    /// The input's number.
+    pub iteration: u64,
+    /// The reproducer (saved when the campaign has an output directory).
+    pub reproducer: Reproducer,
+    /// Where it was saved.
+    pub path: Option<PathBuf>,
+    /// How long after the start it was found.
     pub after: Duration,
 }
 
+/// What a campaign did.
+#[derive(Debug)]
+pub struct Report {
+    /// Its statistics.
+    pub stats: Stats,
+    /// The first finding of each signature.
+    pub found: Vec<Found>,
+    /// Whether the kernel log could be watched.
+    pub kernel_log: bool,
+}
+
+/// Why a campaign could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CampaignError {
+    /// An executor could not start.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// A reproducer could not be saved.
+    #[error(transparent)]
+    Repro(#[from] repro::ReproError),
+    /// The output directory could not be made.
+    #[error("{path}: {source}")]
+    Out {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The input numbered `iteration` of the run seeded with `seed`.
+pub fn input_for(seed: u64, iteration: u64) -> Input {
+    Input::generate(&mut SplitMix64::for_item(seed, iteration))
+}
+
 impl Campaign {
-    /// Runs the campaign; `on_finding` sees each input with findings as
-    /// it happens.
-    pub fn run(&self, mut on_finding: impl FnMut(&Found)) -> Result<Stats, ExecError> {
-        let mut executor = Executor::new(self.budget, self.plant_bug)?;
-        let mut watch = HostWatch::start();
-        let mut stats = Stats::new(self.seed);
+    /// `iterations` inputs of `seed` on one thread with the default
+    /// bounds, nothing saved, no early stop.
+    pub fn new(seed: u64, iterations: u64) -> Self {
+        Campaign {
+            seed,
+            iterations,
+            time: None,
+            jobs: 1,
+            exec: ExecOptions::default(),
+            out: None,
+            stop_on: None,
+        }
+    }
+}
+
+struct Shared {
+    counts: Mutex<Counts>,
+    seen: Mutex<BTreeSet<String>>,
+    found: Mutex<Vec<Found>>,
+    watch: Mutex<HostWatch>,
+    stop: AtomicBool,
+    unstable: std::sync::atomic::AtomicU64,
+    errors: Mutex<Vec<CampaignError>>,
+}
+
+impl Campaign {
+    /// Runs it.
+    pub fn run(&self) -> Result<Report, CampaignError> {
+        let shared = Shared {
+            counts: Mutex::new(Counts {
+                seed: self.seed,
+                ..Default::default()
+            }),
+            seen: Mutex::new(BTreeSet::new()),
+            found: Mutex::new(Vec::new()),
+            watch: Mutex::new(HostWatch::start()),
+            stop: AtomicBool::new(false),
+            unstable: Default::default(),
+            errors: Mutex::new(Vec::new()),
+        };
+        let kernel_log = crate::bus::lock(&shared.watch).reads_kernel_log();
         let started = Instant::now();
-        // A device model's panic is a finding, reported by us: keep the
-        // default hook from printing each one.
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        for index in 0..self.iterations {
-            if self
-                .time_limit
-                .is_some_and(|limit| started.elapsed() >= limit)
-            {
-                stats.stopped_early = true;
-                break;
-            }
-            let input = nth_input(self.seed, index);
-            let execution = check(&mut executor, &mut watch, &input);
-            stats.add(&execution);
-            if !execution.findings.is_empty() {
-                on_finding(&Found {
-                    index,
-                    input,
-                    execution,
-                    after: started.elapsed(),
+        let jobs = self.jobs.max(1);
+        std::thread::scope(|scope| {
+            for job in 0..jobs {
+                let shared = &shared;
+                scope.spawn(move || {
+                    if let Err(e) = self.worker(job, jobs, shared, started) {
+                        crate::bus::lock(&shared.errors).push(e);
+                        shared.stop.store(true, Ordering::Release);
+                    }
                 });
             }
+        });
+        if let Some(e) = crate::bus::lock(&shared.errors).pop() {
+            return Err(e);
         }
-        std::panic::set_hook(hook);
-        stats.seconds = started.elapsed().as_secs_f64();
-        Ok(stats)
+        let seconds = started.elapsed().as_secs_f64();
+        let counts = crate::bus::lock(&shared.counts).clone();
+        let speed = Speed {
+            seconds,
+            executions_per_second: counts.executions as f64 / seconds.max(1e-9),
+            jobs,
+            unstable: shared.unstable.load(Ordering::Acquire),
+        };
+        let mut found = std::mem::take(&mut *crate::bus::lock(&shared.found));
+        found.sort_by_key(|f| f.iteration);
+        Ok(Report {
+            stats: Stats { counts, speed },
+            found,
+            kernel_log,
+        })
+    }
+
+    fn worker(
+        &self,
+        job: u32,
+        jobs: u32,
+        shared: &Shared,
+        started: Instant,
+    ) -> Result<(), CampaignError> {
+        let mut executor = Executor::new(self.exec.clone())?;
+        let mut iteration = u64::from(job);
+        while iteration < self.iterations {
+            if shared.stop.load(Ordering::Acquire)
+                || self.time.is_some_and(|t| started.elapsed() >= t)
+            {
+                break;
+            }
+            let input = input_for(self.seed, iteration);
+            let mut execution = executor.execute(&input);
+            execution
+                .findings
+                .extend(crate::bus::lock(&shared.watch).check());
+            crate::bus::lock(&shared.counts).add(&execution);
+            if execution.unstable {
+                shared.unstable.fetch_add(1, Ordering::AcqRel);
+            }
+            for finding in &execution.findings {
+                let new = crate::bus::lock(&shared.seen).insert(finding.signature());
+                if new {
+                    self.keep(&mut executor, shared, &input, iteration, finding, started)?;
+                }
+            }
+            if let Some(prefix) = &self.stop_on
+                && execution
+                    .findings
+                    .iter()
+                    .any(|f| f.signature().starts_with(prefix.as_str()))
+            {
+                shared.stop.store(true, Ordering::Release);
+            }
+            iteration += u64::from(jobs);
+        }
+        Ok(())
+    }
+
+    /// Saves the first finding of a signature, with a traced re-execution.
+    fn keep(
+        &self,
+        executor: &mut Executor,
+        shared: &Shared,
+        input: &Input,
+        iteration: u64,
+        finding: &Finding,
+        started: Instant,
+    ) -> Result<(), CampaignError> {
+        let after = started.elapsed();
+        executor.options_mut().trace = true;
+        let traced = executor.execute(input);
+        executor.options_mut().trace = false;
+        let reproducer = Reproducer::new(
+            finding.clone(),
+            input.clone(),
+            Some(self.seed),
+            Some(iteration),
+            self.exec.plant_bug,
+            traced.trace,
+        );
+        let path = match &self.out {
+            Some(out) => {
+                std::fs::create_dir_all(out).map_err(|source| CampaignError::Out {
+                    path: out.display().to_string(),
+                    source,
+                })?;
+                let path = out.join(reproducer.file_name());
+                reproducer.save(&path)?;
+                Some(path)
+            }
+            None => None,
+        };
+        crate::bus::lock(&shared.found).push(Found {
+            iteration,
+            reproducer,
+            path,
+            after,
+        });
+        Ok(())
     }
 }

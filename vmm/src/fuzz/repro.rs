@@ -1,160 +1,235 @@
-//! Reproducer files: everything needed to make a finding again, and to
-//! report it (the input, where it came from, the host, the CPUID KVM
-//! offered, the exits it took), as JSON a human can read and edit.
+//! Reproducers: a finding saved as one self-contained JSON file (the input,
+//! where it came from, the host it was found on, the exit trace) that
+//! `ktvmm fuzz --replay FILE` runs again.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use kvm_bindings::CpuId;
 use serde::{Deserialize, Serialize};
 
-use super::exec::Finding;
-use super::{Found, Input};
+use super::exec::{Execution, Executor};
+use super::input::Input;
+use super::oracle::Finding;
 
-/// The format version written.
-pub const FORMAT: u32 = 1;
-
-/// The host a finding was made on.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Serialize)]
-pub struct Host {
-    /// `uname -r`.
-    pub kernel: String,
-    /// The KVM module serving `/dev/kvm`.
-    pub kvm_module: String,
-    /// The CPU model.
-    pub cpu: String,
-}
-
-/// One reproducer.
-#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
-pub struct Reproducer {
-    /// [`FORMAT`].
-    pub format: u32,
-    /// The ktvmm that found it.
-    pub ktvmm_version: String,
-    /// The campaign seed and input index, when it came from a campaign.
-    pub seed: Option<u64>,
-    /// See `seed`.
-    pub index: Option<u64>,
-    /// Whether the planted bug was on the bus.
-    pub plant_bug: bool,
-    /// What went wrong.
-    pub findings: Vec<Finding>,
-    /// How the input ended.
-    pub outcome: String,
-    /// The exits it took, in order.
-    pub exit_trace: Vec<String>,
-    /// Where.
-    pub host: Host,
-    /// `KVM_GET_SUPPORTED_CPUID` there: function, index, EAX, EBX, ECX, EDX.
-    pub cpuid: Vec<[u32; 6]>,
-    /// The input itself.
-    pub input: Input,
-}
+/// The format's name and version, the file's first field.
+pub const FORMAT: &str = "ktvmm-fuzz-reproducer/1";
 
 /// Why a reproducer could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum ReproError {
-    /// Reading or writing failed.
+    /// The file could not be read or written.
     #[error("{path}: {source}")]
     Io {
         /// The file.
-        path: PathBuf,
+        path: String,
         /// Why.
         source: std::io::Error,
     },
-    /// Not a reproducer.
-    #[error("{path}: not a ktvmm fuzz reproducer: {message}")]
+    /// The file is not a reproducer.
+    #[error("{path}: not a ktvmm fuzz reproducer: {source}")]
     Format {
         /// The file.
-        path: PathBuf,
-        /// Why.
-        message: String,
+        path: String,
+        /// What is wrong.
+        source: serde_json::Error,
+    },
+    /// A reproducer of another version.
+    #[error("{path}: format {found}, but this ktvmm reads {FORMAT}")]
+    Version {
+        /// The file.
+        path: String,
+        /// Its format.
+        found: String,
     },
 }
 
-impl Reproducer {
-    /// A reproducer for `found`.
-    pub fn new(found: &Found, seed: u64, plant_bug: bool, host: Host, cpuid: &CpuId) -> Self {
-        Self {
-            format: FORMAT,
-            ktvmm_version: env!("CARGO_PKG_VERSION").into(),
-            seed: Some(seed),
-            index: Some(found.index),
-            plant_bug,
-            findings: found.execution.findings.clone(),
-            outcome: found.execution.outcome.clone(),
-            exit_trace: found
-                .execution
-                .trace
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            host,
-            cpuid: cpuid
-                .as_slice()
-                .iter()
-                .map(|e| [e.function, e.index, e.eax, e.ebx, e.ecx, e.edx])
-                .collect(),
-            input: found.input.clone(),
+/// The machine a finding was made on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    /// `/proc/version`.
+    pub kernel: String,
+    /// The KVM modules loaded (kvm_intel, kvm_amd, kvm_pvm, ...).
+    pub kvm_modules: Vec<String>,
+    /// The CPU, from `/proc/cpuinfo`.
+    pub cpu: String,
+    /// CPUID leaf 0 vendor and leaf 1 signature as the host sees them.
+    pub cpuid: String,
+    /// ktvmm's version.
+    pub ktvmm: String,
+}
+
+impl Host {
+    /// This machine.
+    pub fn this() -> Self {
+        let kernel = std::fs::read_to_string("/proc/version")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let kvm_modules = ["kvm", "kvm_intel", "kvm_amd", "kvm_pvm"]
+            .iter()
+            .filter(|m| Path::new("/sys/module").join(m).exists())
+            .map(|m| m.to_string())
+            .collect();
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_default();
+        Host {
+            kernel,
+            kvm_modules,
+            cpu,
+            cpuid: host_cpuid(),
+            ktvmm: env!("CARGO_PKG_VERSION").into(),
         }
     }
+}
 
-    /// The kinds of its findings, sorted: what a replay must show again.
-    pub fn kinds(&self) -> Vec<&'static str> {
-        kinds(&self.findings)
+fn host_cpuid() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (leaf0, leaf1) = (std::arch::x86_64::__cpuid(0), std::arch::x86_64::__cpuid(1));
+        let vendor: Vec<u8> = [leaf0.ebx, leaf0.edx, leaf0.ecx]
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .collect();
+        format!(
+            "{} family/model/stepping {:#x}, features ecx {:#010x} edx {:#010x}",
+            String::from_utf8_lossy(&vendor),
+            leaf1.eax,
+            leaf1.ecx,
+            leaf1.edx
+        )
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    String::new()
+}
 
-    /// Writes it as `dir/<kind>-<seed>-<index>.json`; returns the path.
-    pub fn save(&self, dir: &Path) -> Result<PathBuf, ReproError> {
-        let kind = self.kinds().first().copied().unwrap_or("finding");
-        let name = format!(
-            "{kind}-{}-{}.json",
-            self.seed.unwrap_or(0),
-            self.index.unwrap_or(0)
-        );
-        let path = dir.join(name);
-        self.write(&path)?;
-        Ok(path)
-    }
+/// One finding, ready to replay.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reproducer {
+    /// [`FORMAT`].
+    pub format: String,
+    /// What was found.
+    pub finding: Finding,
+    /// The run's seed, if the input came from one.
+    pub seed: Option<u64>,
+    /// The input's number in that run.
+    pub iteration: Option<u64>,
+    /// Whether the planted bug was on the bus (the harness's self-test).
+    pub plant_bug: bool,
+    /// Where it was found.
+    pub host: Host,
+    /// The input.
+    pub input: Input,
+    /// The exits and calls of the execution that found it.
+    pub trace: Vec<String>,
+}
 
-    /// Writes it to `path`.
-    pub fn write(&self, path: &Path) -> Result<(), ReproError> {
-        let io = |source| ReproError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(io)?;
-        let text = serde_json::to_string_pretty(self).map_err(|e| ReproError::Format {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        std::fs::write(path, text + "\n").map_err(io)
+impl Reproducer {
+    /// A reproducer of `finding`, with the trace of a traced execution.
+    pub fn new(
+        finding: Finding,
+        input: Input,
+        seed: Option<u64>,
+        iteration: Option<u64>,
+        plant_bug: bool,
+        trace: Vec<String>,
+    ) -> Self {
+        Reproducer {
+            format: FORMAT.into(),
+            finding,
+            seed,
+            iteration,
+            plant_bug,
+            host: Host::this(),
+            input,
+            trace,
+        }
     }
 
     /// Reads one.
     pub fn load(path: &Path) -> Result<Self, ReproError> {
+        let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ReproError::Io {
-            path: path.to_path_buf(),
+            path: name.clone(),
             source,
         })?;
-        let repro: Self = serde_json::from_str(&text).map_err(|e| ReproError::Format {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        if repro.format != FORMAT {
-            return Err(ReproError::Format {
-                path: path.to_path_buf(),
-                message: format!("format {} (this ktvmm reads {FORMAT})", repro.format),
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| ReproError::Format {
+                path: name.clone(),
+                source,
+            })?;
+        let found = value.get("format").and_then(|f| f.as_str()).unwrap_or("");
+        if found != FORMAT {
+            return Err(ReproError::Version {
+                path: name,
+                found: found.into(),
             });
         }
-        Ok(repro)
+        serde_json::from_value(value).map_err(|source| ReproError::Format { path: name, source })
     }
-}
 
-/// The distinct kinds of `findings`, sorted.
-pub fn kinds(findings: &[Finding]) -> Vec<&'static str> {
-    let mut kinds: Vec<&'static str> = findings.iter().map(Finding::kind).collect();
-    kinds.sort_unstable();
-    kinds.dedup();
-    kinds
+    /// Writes it.
+    pub fn save(&self, path: &Path) -> Result<(), ReproError> {
+        let io = |source| ReproError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let text = serde_json::to_string_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
+        std::fs::write(path, text + "\n").map_err(io)
+    }
+
+    /// The reproducer of a libFuzzer artifact (raw bytes the `kvm_api`
+    /// target decoded with `arbitrary`): its input executed once, traced;
+    /// `None` when the execution finds nothing about the input.
+    pub fn from_fuzzer_bytes(bytes: &[u8], executor: &mut Executor) -> Option<Self> {
+        use arbitrary::{Arbitrary, Unstructured};
+        let input = Input::arbitrary_take_rest(Unstructured::new(bytes)).ok()?;
+        let options = executor.options().clone();
+        executor.options_mut().trace = true;
+        let execution = executor.execute(&input);
+        *executor.options_mut() = options.clone();
+        let finding = execution.findings.into_iter().find(|f| !f.is_host_wide())?;
+        Some(Reproducer::new(
+            finding,
+            input,
+            None,
+            None,
+            options.plant_bug,
+            execution.trace,
+        ))
+    }
+
+    /// Runs the input again (traced) and says whether the finding came back.
+    pub fn replay(&self, executor: &mut Executor) -> (bool, Execution) {
+        let options = executor.options().clone();
+        executor.options_mut().plant_bug = self.plant_bug;
+        executor.options_mut().trace = true;
+        let execution = executor.execute(&self.input);
+        *executor.options_mut() = options;
+        let signature = self.finding.signature();
+        let again = execution
+            .findings
+            .iter()
+            .any(|f| f.signature() == signature);
+        (again, execution)
+    }
+
+    /// A file name for it: the finding's kind, the seed and iteration.
+    pub fn file_name(&self) -> String {
+        let slug: String = self
+            .finding
+            .signature()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(48)
+            .collect();
+        match (self.seed, self.iteration) {
+            (Some(seed), Some(i)) => format!("{slug}-seed{seed}-{i}.json"),
+            _ => format!("{slug}.json"),
+        }
+    }
 }

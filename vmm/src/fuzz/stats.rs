@@ -1,148 +1,112 @@
-//! What a campaign reached: executions, exit reasons, ioctls, outcomes,
-//! internal errors and findings. Everything but the timing is the same for
-//! the same seed on the same host.
+//! Statistics of a fuzz run. The part that depends only on the seed and
+//! the inputs ([`Counts`]) is kept apart from the part that depends on the
+//! machine's speed ([`Speed`]), so two runs can be compared for equality.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::exec::Execution;
 
-/// The statistics of a campaign.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Stats {
-    /// The campaign's seed.
+/// What a run reached; the same for the same seed, count and host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// The seed.
     pub seed: u64,
-    /// Inputs run.
+    /// Inputs executed.
     pub executions: u64,
-    /// Wall time, seconds.
-    pub seconds: f64,
-    /// Whether the time limit stopped it before its iterations.
-    pub stopped_early: bool,
-    /// Exits by `KVM_EXIT_*` reason (as names).
-    pub exit_reasons: BTreeMap<String, u64>,
-    /// ioctls by name.
-    pub ioctls: BTreeMap<String, u64>,
-    /// How inputs ended.
+    /// How each execution's last guest run ended.
     pub outcomes: BTreeMap<String, u64>,
-    /// `KVM_EXIT_INTERNAL_ERROR` by suberror: counted, not findings (KVM's
-    /// instruction emulator refuses some instructions by design).
-    pub internal_errors: BTreeMap<u32, u64>,
-    /// Findings by kind.
+    /// Executions that reached each `KVM_EXIT_*` reason. (Not the number
+    /// of exits: a guest that loops on port I/O until its CPU budget is
+    /// spent makes as many exits as the host's speed allows.)
+    pub exit_reasons: BTreeMap<String, u64>,
+    /// KVM calls made.
+    pub ioctls: BTreeMap<String, u64>,
+    /// `KVM_EXIT_INTERNAL_ERROR`s by kind (expected on some hosts: not bugs).
+    pub internal_errors: BTreeMap<String, u64>,
+    /// Findings by signature.
     pub findings: BTreeMap<String, u64>,
 }
 
-impl Stats {
-    /// Empty statistics for a campaign with `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self {
-            seed,
-            ..Self::default()
-        }
-    }
+/// How fast a run went.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Speed {
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Executions per second, all threads together.
+    pub executions_per_second: f64,
+    /// Threads.
+    pub jobs: u32,
+    /// Executions whose first try ran into the CPU budget and whose second
+    /// did not (see `Executor::execute`): how much the host's timing shows.
+    pub unstable: u64,
+}
 
-    /// Counts one execution.
+/// Both parts, as `--json` writes them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// The repeatable part.
+    pub counts: Counts,
+    /// The timing part.
+    pub speed: Speed,
+}
+
+impl Counts {
+    /// Adds one execution.
     pub fn add(&mut self, execution: &Execution) {
         self.executions += 1;
-        for (name, n) in &execution.exits {
-            *self.exit_reasons.entry((*name).into()).or_default() += n;
+        *self.outcomes.entry(execution.end.clone()).or_default() += 1;
+        for name in execution.exits.keys() {
+            *self.exit_reasons.entry(name.to_string()).or_default() += 1;
         }
         for (name, n) in &execution.ioctls {
-            *self.ioctls.entry((*name).into()).or_default() += n;
+            *self.ioctls.entry(name.to_string()).or_default() += u64::from(*n);
         }
-        *self.outcomes.entry(execution.outcome.clone()).or_default() += 1;
-        for (suberror, n) in &execution.internal_errors {
-            *self.internal_errors.entry(*suberror).or_default() += n;
+        for (kind, n) in &execution.internal_errors {
+            *self.internal_errors.entry(kind.clone()).or_default() += u64::from(*n);
         }
         for finding in &execution.findings {
-            *self.findings.entry(finding.kind().into()).or_default() += 1;
+            *self.findings.entry(finding.signature()).or_default() += 1;
         }
-    }
-
-    /// Executions per second.
-    pub fn rate(&self) -> f64 {
-        if self.seconds > 0.0 {
-            self.executions as f64 / self.seconds
-        } else {
-            0.0
-        }
-    }
-
-    /// Everything but the timing, for comparing two runs of one seed.
-    pub fn without_timing(&self) -> Self {
-        Self {
-            seconds: 0.0,
-            stopped_early: false,
-            ..self.clone()
-        }
-    }
-
-    /// The JSON form, with the rate and the distinct counts spelled out.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(self).unwrap_or_default();
-        if let Some(map) = value.as_object_mut() {
-            map.insert("exec_per_sec".into(), self.rate().into());
-            map.insert(
-                "distinct_exit_reasons".into(),
-                self.exit_reasons.len().into(),
-            );
-            map.insert("distinct_ioctls".into(), self.ioctls.len().into());
-        }
-        value
     }
 }
 
-impl std::fmt::Display for Stats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let list = |map: &BTreeMap<String, u64>| {
-            map.iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+fn histogram(f: &mut fmt::Formatter<'_>, title: &str, map: &BTreeMap<String, u64>) -> fmt::Result {
+    writeln!(f, "{title} ({} distinct):", map.len())?;
+    let mut rows: Vec<_> = map.iter().collect();
+    rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (name, n) in rows {
+        writeln!(f, "  {n:>9}  {name}")?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.counts;
         writeln!(
             f,
-            "{} executions in {:.2} s ({:.0}/s){}, seed {}",
-            self.executions,
-            self.seconds,
-            self.rate(),
-            if self.stopped_early {
-                ", stopped by the time limit"
-            } else {
-                ""
-            },
-            self.seed
+            "{} executions (seed {}) in {:.2} s: {:.0} executions/s with {} job(s)",
+            c.executions,
+            c.seed,
+            self.speed.seconds,
+            self.speed.executions_per_second,
+            self.speed.jobs
         )?;
-        writeln!(
-            f,
-            "exit reasons ({}): {}",
-            self.exit_reasons.len(),
-            list(&self.exit_reasons)
-        )?;
-        writeln!(f, "ioctls ({}): {}", self.ioctls.len(), list(&self.ioctls))?;
-        writeln!(f, "outcomes: {}", list(&self.outcomes))?;
-        let internal: Vec<String> = self
-            .internal_errors
-            .iter()
-            .map(|(k, v)| format!("suberror {k}: {v}"))
-            .collect();
-        writeln!(
-            f,
-            "internal errors: {}",
-            if internal.is_empty() {
-                "none".into()
-            } else {
-                internal.join(", ")
-            }
-        )?;
-        write!(
-            f,
-            "findings: {}",
-            if self.findings.is_empty() {
-                "none".into()
-            } else {
-                list(&self.findings)
-            }
-        )
+        histogram(f, "outcomes", &c.outcomes)?;
+        histogram(f, "exit reasons", &c.exit_reasons)?;
+        histogram(f, "ioctls", &c.ioctls)?;
+        histogram(f, "internal errors (counted, not bugs)", &c.internal_errors)?;
+        histogram(f, "findings", &c.findings)?;
+        if self.speed.unstable > 0 {
+            writeln!(
+                f,
+                "{} execution(s) ran into the CPU budget once, then ended otherwise",
+                self.speed.unstable
+            )?;
+        }
+        Ok(())
     }
 }
