@@ -15,7 +15,7 @@ use ktvmm_testdevs::{DmaMemory, InterruptLine, MsiSender, PciDevice};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::bus::SharedDevice;
+use crate::bus::{Bus, SharedDevice};
 use crate::devices::fw_cfg::{self, FwCfg};
 use crate::devices::links::{DeviceThread, GuestDma, GuestPages, KvmIrqLine, KvmMsi};
 use crate::devices::pm_timer::{self, PmTimer};
@@ -68,10 +68,6 @@ impl Platform {
         machine: Machine,
     ) -> Result<Self, VmError> {
         let buses = Arc::new(Buses::default());
-        let place = |bus: &crate::bus::Bus, what, device: SharedDevice, base: u64, len| {
-            bus.insert(device, base, len)
-                .map_err(|source| VmError::Bus { what, source })
-        };
 
         let serial = Arc::new(Mutex::new(SerialDevice::new(
             uart_irq(vm, ports::COM1_IRQ)?,
@@ -84,40 +80,7 @@ impl Platform {
             u64::from(ports::COM1),
             UART_PORTS,
         )?;
-        place(
-            &buses.pio,
-            "isa-debug-exit",
-            Arc::new(Mutex::new(DebugExit)),
-            u64::from(ports::DEBUG_EXIT),
-            debug_exit::LEN,
-        )?;
-        place(
-            &buses.pio,
-            "fw_cfg",
-            Arc::new(Mutex::new(FwCfg::new(machine.ram_bytes, machine.cpus))),
-            u64::from(ports::FW_CFG),
-            fw_cfg::LEN,
-        )?;
-        place(
-            &buses.pio,
-            "ACPI PM timer",
-            Arc::new(Mutex::new(PmTimer::new())),
-            u64::from(ports::PM_TIMER),
-            pm_timer::LEN,
-        )?;
-
-        let pci = PciRoot::new(Arc::downgrade(&buses), vm.clone());
-        crate::bus::lock(&pci).add(
-            slots::HOST_BRIDGE_SLOT,
-            Arc::new(Mutex::new(HostBridge::default())),
-        );
-        place(
-            &buses.pio,
-            "PCI configuration ports",
-            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
-            u64::from(ports::PCI_CONFIG_ADDRESS),
-            pci::CONFIG_IO_PORTS,
-        )?;
+        let pci = place_platform_devices(&buses, vm, machine)?;
 
         if testdevs {
             // Only edu defers work; a bare platform has no use for the thread.
@@ -133,14 +96,7 @@ impl Platform {
                 UART_PORTS,
             )?;
 
-            let pages = Arc::new(GuestPages::new(memory.clone()));
-            place(
-                &buses.pio,
-                "pc-testdev ports",
-                Arc::new(Mutex::new(PcTestdevPorts::new(pages))),
-                u64::from(ports::PC_TESTDEV_REGISTER),
-                pc_testdev::PORTS_LEN,
-            )?;
+            place_pc_testdev(&buses, memory)?;
             let lines = (0..u32::from(ports::PC_TESTDEV_IRQS))
                 .map(|irq| Box::new(KvmIrqLine::new(vm.clone(), irq)) as Box<dyn InterruptLine>)
                 .collect();
@@ -150,13 +106,6 @@ impl Platform {
                 Arc::new(Mutex::new(PcTestdevIrqs::new(lines))),
                 u64::from(ports::PC_TESTDEV_IRQ_BASE),
                 u64::from(ports::PC_TESTDEV_IRQS),
-            )?;
-            place(
-                &buses.mmio,
-                "pc-testdev iomem",
-                Arc::new(Mutex::new(PcTestdevIomem::default())),
-                layout::PC_TESTDEV_IOMEM,
-                layout::PC_TESTDEV_IOMEM_SIZE,
             )?;
 
             let edu_gsi = slots::intx_gsi(slots::EDU_SLOT, 1);
@@ -194,17 +143,99 @@ impl Platform {
     }
 }
 
-/// Puts pci-testdev and `edu` in their slots, their BARs assigned as
-/// firmware would.
-pub(crate) fn add_pci_testdevs(root: &Mutex<PciRoot>, mut edu: Edu) {
+/// Puts a device on a bus, or says which one did not fit.
+fn place(
+    bus: &Bus,
+    what: &'static str,
+    device: SharedDevice,
+    base: u64,
+    len: u64,
+) -> Result<(), VmError> {
+    bus.insert(device, base, len)
+        .map_err(|source| VmError::Bus { what, source })
+}
+
+/// The devices every VM has that need no interrupt controller:
+/// isa-debug-exit, fw_cfg, the ACPI PM timer, and PCI (the host bridge and
+/// the configuration ports). Returns the PCI root.
+pub(crate) fn place_platform_devices(
+    buses: &Arc<Buses>,
+    vm: &Arc<VmFd>,
+    machine: Machine,
+) -> Result<Arc<Mutex<PciRoot>>, VmError> {
+    place(
+        &buses.pio,
+        "isa-debug-exit",
+        Arc::new(Mutex::new(DebugExit)),
+        u64::from(ports::DEBUG_EXIT),
+        debug_exit::LEN,
+    )?;
+    place(
+        &buses.pio,
+        "fw_cfg",
+        Arc::new(Mutex::new(FwCfg::new(machine.ram_bytes, machine.cpus))),
+        u64::from(ports::FW_CFG),
+        fw_cfg::LEN,
+    )?;
+    place(
+        &buses.pio,
+        "ACPI PM timer",
+        Arc::new(Mutex::new(PmTimer::new())),
+        u64::from(ports::PM_TIMER),
+        pm_timer::LEN,
+    )?;
+    let pci = PciRoot::new(Arc::downgrade(buses), vm.clone());
+    crate::bus::lock(&pci).add(
+        slots::HOST_BRIDGE_SLOT,
+        Arc::new(Mutex::new(HostBridge::default())),
+    );
+    place(
+        &buses.pio,
+        "PCI configuration ports",
+        Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+        u64::from(ports::PCI_CONFIG_ADDRESS),
+        pci::CONFIG_IO_PORTS,
+    )?;
+    Ok(pci)
+}
+
+/// pc-testdev's register ports and memory window (its IRQ ports need an
+/// interrupt controller and are placed apart).
+pub(crate) fn place_pc_testdev(buses: &Buses, memory: &GuestMemory) -> Result<(), VmError> {
+    let pages = Arc::new(GuestPages::new(memory.clone()));
+    place(
+        &buses.pio,
+        "pc-testdev ports",
+        Arc::new(Mutex::new(PcTestdevPorts::new(pages))),
+        u64::from(ports::PC_TESTDEV_REGISTER),
+        pc_testdev::PORTS_LEN,
+    )?;
+    place(
+        &buses.mmio,
+        "pc-testdev iomem",
+        Arc::new(Mutex::new(PcTestdevIomem::default())),
+        layout::PC_TESTDEV_IOMEM,
+        layout::PC_TESTDEV_IOMEM_SIZE,
+    )
+}
+
+/// Puts pci-testdev in its slot, its BARs assigned as firmware would;
+/// returns the next free memory and I/O addresses.
+pub(crate) fn add_pci_testdev(root: &Mutex<PciRoot>) -> (u64, u64) {
     let mut pci_testdev = PciTestdev::new();
-    let (mmio, io) = pci::assign_bars(
+    let next = pci::assign_bars(
         pci_testdev.config_mut(),
         slots::MMIO_WINDOW_START,
         u64::from(slots::IO_WINDOW_START),
     );
+    crate::bus::lock(root).add(slots::PCI_TESTDEV_SLOT, Arc::new(Mutex::new(pci_testdev)));
+    next
+}
+
+/// Puts pci-testdev and `edu` in their slots, their BARs assigned as
+/// firmware would.
+fn add_pci_testdevs(root: &Mutex<PciRoot>, mut edu: Edu) {
+    let (mmio, io) = add_pci_testdev(root);
     pci::assign_bars(edu.config_mut(), mmio, io);
-    let mut root = crate::bus::lock(root);
-    root.add(slots::PCI_TESTDEV_SLOT, Arc::new(Mutex::new(pci_testdev)));
-    root.add(slots::EDU_SLOT, Arc::new(Mutex::new(edu)));
+    crate::bus::lock(root).add(slots::EDU_SLOT, Arc::new(Mutex::new(edu)));
 }
