@@ -68,22 +68,43 @@ pub fn write_page_tables(
     memory.write_slice(&pds, GuestAddress(layout::PD_ADDR))
 }
 
-fn segment(selector: u16, type_: u8, dpl: u8, long: bool) -> kvm_segment {
+/// A code or data segment: `bits` 16, 32 or 64 picks the D/B and L bits,
+/// and a limit past 1 MiB is counted in pages.
+pub(crate) fn segment(
+    selector: u16,
+    type_: u8,
+    dpl: u8,
+    base: u64,
+    limit: u32,
+    bits: u8,
+) -> kvm_segment {
     kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
+        base,
+        limit,
         selector,
         type_,
         present: 1,
         dpl,
-        db: u8::from(!long),
+        db: u8::from(bits == 32),
         s: 1,
-        l: u8::from(long),
-        g: 1,
+        l: u8::from(bits == 64),
+        g: u8::from(limit > 0xf_ffff),
         avl: 0,
         unusable: 0,
         padding: 0,
     }
+}
+
+/// A flat segment (base 0, 4 GiB) of 64 or 32 bits.
+fn flat(selector: u16, type_: u8, dpl: u8, long: bool) -> kvm_segment {
+    segment(
+        selector,
+        type_,
+        dpl,
+        0,
+        FLAT_LIMIT,
+        if long { 64 } else { 32 },
+    )
 }
 
 // Types with the accessed bit set: that is what KVM and the CPU hold after a load.
@@ -91,15 +112,16 @@ const CODE_TYPE: u8 = 0xb;
 const DATA_TYPE: u8 = 0x3;
 const TSS_BUSY_TYPE: u8 = 0xb;
 const TSS_LIMIT: u32 = 0x67;
+const FLAT_LIMIT: u32 = 0xffff_ffff;
 
 /// The 64-bit kernel code segment.
 pub fn kernel_code() -> kvm_segment {
-    segment(gdt::KERNEL_CODE, CODE_TYPE, 0, true)
+    flat(gdt::KERNEL_CODE, CODE_TYPE, 0, true)
 }
 
 /// The kernel data segment (also the stack segment).
 pub fn kernel_data() -> kvm_segment {
-    segment(gdt::KERNEL_DATA, DATA_TYPE, 0, false)
+    flat(gdt::KERNEL_DATA, DATA_TYPE, 0, false)
 }
 
 /// CPU `cpu`'s TSS, as loaded in TR (busy).
@@ -146,9 +168,9 @@ pub fn descriptor(seg: &kvm_segment) -> u64 {
 
 /// The GDT for `cpus` CPUs, as bytes, and its limit.
 pub fn gdt_bytes(cpus: u32) -> (Vec<u8>, u16) {
-    let user_code32 = segment(gdt::USER_CODE32, CODE_TYPE, 3, false);
-    let user_data = segment(gdt::USER_DATA, DATA_TYPE, 3, false);
-    let user_code = segment(gdt::USER_CODE, CODE_TYPE, 3, true);
+    let user_code32 = flat(gdt::USER_CODE32, CODE_TYPE, 3, false);
+    let user_data = flat(gdt::USER_DATA, DATA_TYPE, 3, false);
+    let user_code = flat(gdt::USER_CODE, CODE_TYPE, 3, true);
     let mut table: Vec<u64> = vec![
         0,
         descriptor(&kernel_code()),

@@ -44,23 +44,9 @@ const SEL_USER_CODE32: u16 = 0x38;
 const SEL_TSS: u16 = 0x40;
 const GDT_LIMIT: u16 = 0x4f;
 
+/// A segment with the privilege its selector asks for.
 fn segment(selector: u16, type_: u8, base: u64, limit: u32, bits: u8) -> kvm_segment {
-    let big = limit > 0xf_ffff;
-    kvm_segment {
-        base,
-        limit,
-        selector,
-        type_,
-        present: 1,
-        dpl: (selector & 3) as u8,
-        db: u8::from(bits == 32),
-        s: 1,
-        l: u8::from(bits == 64),
-        g: u8::from(big),
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
+    crate::long_mode::segment(selector, type_, (selector & 3) as u8, base, limit, bits)
 }
 
 const CODE: u8 = 0xb;
