@@ -355,7 +355,7 @@ struct Memory {
     initrd: (u64, u64),
 }
 
-fn memory(info: u64, image_start: u64, image_end: u64) -> Memory {
+fn memory(info: u64, image_start: u64, image_end: u64, has_fw_cfg: bool) -> Memory {
     let flags = read_u32(info);
     if flags & INFO_MEM == 0 {
         fail(format_args!("the loader gave no memory sizes"));
@@ -394,7 +394,7 @@ fn memory(info: u64, image_start: u64, image_end: u64) -> Memory {
     }
     // mem_upper stops at the first hole (QEMU's BIOS keeps the top of RAM
     // for its tables); fw_cfg has the size as configured.
-    if fw_cfg::present() {
+    if has_fw_cfg {
         let high = high_end.saturating_sub(IDENTITY_MAP_END);
         low_end = fw_cfg::read_u64(fw_cfg::key::RAM_SIZE).saturating_sub(high);
     }
@@ -446,7 +446,7 @@ fn copy_cmdline(info: u64) -> u64 {
 }
 
 /// How many CPUs there are: fw_cfg's count, checked against the MADT.
-fn cpu_count() -> u32 {
+fn cpu_count(has_fw_cfg: bool) -> u32 {
     let mut enabled = 0u64;
     let mut numbered = 0u64;
     let have_madt = acpi::for_each_processor(|p| {
@@ -457,7 +457,7 @@ fn cpu_count() -> u32 {
             }
         }
     });
-    let count = if fw_cfg::present() {
+    let count = if has_fw_cfg {
         u32::from(fw_cfg::read_u16(fw_cfg::key::NB_CPUS))
     } else if have_madt {
         enabled as u32
@@ -586,12 +586,14 @@ extern "C" fn prepare(magic: u32, info: u32) -> u32 {
     let info = u64::from(info);
     let image_start = &raw const IMAGE_START as u64;
     let image_end = &raw const IMAGE_END as u64;
-    let cpus = cpu_count();
+    // Each fw_cfg access is a VM exit: ask once whether it is there.
+    let has_fw_cfg = fw_cfg::present();
+    let cpus = cpu_count(has_fw_cfg);
     let apic_id = lapic::id();
     if apic_id != 0 {
         fail(format_args!("the boot CPU's APIC ID is {apic_id}, not 0"));
     }
-    let mem = memory(info, image_start, image_end);
+    let mem = memory(info, image_start, image_end, has_fw_cfg);
     let stacks_base = mem
         .region_end
         .min(IDENTITY_MAP_END)
