@@ -13,7 +13,6 @@ use crate::suite::{ExitCodes, TestKind, TestSpec};
 /// A kernel release (`uname -r`) as KUT's scripts split it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Release {
-    string: String,
     version: u32,
     patchlevel: u32,
     sublevel: Option<u32>,
@@ -35,7 +34,6 @@ impl Release {
         let rest = parts.next().unwrap_or("");
         let (sublevel, extra) = rest.split_once('-').unwrap_or((rest, ""));
         Some(Self {
-            string: string.into(),
             version,
             patchlevel,
             sublevel: leading_number(sublevel),
