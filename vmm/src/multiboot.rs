@@ -1,5 +1,6 @@
 //! Multiboot (version 1) kernels, such as kvm-unit-tests' x86 `.flat`
-//! files: ELF32 images with a multiboot header, entered in 32-bit protected
+//! files (ELF32 images with a multiboot header) and any file whose header
+//! gives its load addresses (ktest's ELF64 guests), entered in 32-bit protected
 //! mode with paging off, EAX = 0x2BADB002 and EBX = the multiboot
 //! information (memory sizes and map, command line, the initrd as module 0).
 //!
