@@ -9,6 +9,7 @@ mod diff_cmd;
 mod envs;
 mod expect;
 mod fuzz_cmd;
+mod guest_outcome;
 mod interrupt;
 mod kvm_env;
 mod results;

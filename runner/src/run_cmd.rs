@@ -40,20 +40,18 @@ fn read_image(path: &Path) -> Result<KernelImage> {
 /// Runs the guest; exits the process with the guest's exit code, or returns
 /// the exit code when no VM could be built.
 pub fn run(args: RunArgs) -> Result<u8> {
-    let kernel = load_guest(&args.guest)?;
-    let initrd = args.vm.initrd.as_deref().map(read_image).transpose()?;
-    let config = VmConfig {
-        kernel,
-        cpus: args.vm.smp,
-        mem_mib: args.vm.mem_mib,
-        cmdline: args.vm.append.clone(),
-        initrd,
-        console: Box::new(io::stdout()),
-        testdevs: !args.no_testdevs,
-        cpu: args.cpu.clone(),
-        pit: !args.no_pit,
-        boot: args.boot,
-        iommu: args.iommu,
+    let config = match vm_config(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            // The runner reads verdicts from the outcome: it says why, too.
+            if let Some(path) = &args.json_outcome {
+                let outcome = Outcome::VmmError {
+                    message: format!("{e:#}"),
+                };
+                write_outcome(path, &outcome, &[])?;
+            }
+            return Err(e);
+        }
     };
     let mut kernel_log = args.vm.timeout.and_then(|_| KernelLog::open_at_end());
     let (outcome, vm) = match Vm::build(config) {
@@ -71,13 +69,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         _ => Vec::new(),
     };
     if let Some(path) = &args.json_outcome {
-        let mut json: serde_json::Value =
-            serde_json::from_str(&outcome.to_json()).unwrap_or(serde_json::Value::Null);
-        if let (false, Some(object)) = (host_log.is_empty(), json.as_object_mut()) {
-            object.insert("host_kernel_log".into(), host_log.clone().into());
-        }
-        fs::write(path, json.to_string() + "\n")
-            .with_context(|| format!("{}: cannot write the outcome", path.display()))?;
+        write_outcome(path, &outcome, &host_log)?;
     }
     if let Some(message) = outcome.message() {
         eprintln!("ktvmm: {message}");
@@ -94,4 +86,34 @@ pub fn run(args: RunArgs) -> Result<u8> {
         Some(vm) => detach::exit_leaving_teardown(outcome.exit_code(), vm),
         None => Ok(outcome.exit_code()),
     }
+}
+
+/// The VM `args` ask for, with the guest (and initrd) read in.
+fn vm_config(args: &RunArgs) -> Result<VmConfig> {
+    let kernel = load_guest(&args.guest)?;
+    let initrd = args.vm.initrd.as_deref().map(read_image).transpose()?;
+    Ok(VmConfig {
+        kernel,
+        cpus: args.vm.smp,
+        mem_mib: args.vm.mem_mib,
+        cmdline: args.vm.append.clone(),
+        initrd,
+        console: Box::new(io::stdout()),
+        testdevs: !args.no_testdevs,
+        cpu: args.cpu.clone(),
+        pit: !args.no_pit,
+        boot: args.boot,
+        iommu: args.iommu,
+    })
+}
+
+/// `--json-outcome`: the outcome, plus what the host kernel logged.
+fn write_outcome(path: &Path, outcome: &Outcome, host_log: &[String]) -> Result<()> {
+    let mut json: serde_json::Value =
+        serde_json::from_str(&outcome.to_json()).unwrap_or(serde_json::Value::Null);
+    if let (false, Some(object)) = (host_log.is_empty(), json.as_object_mut()) {
+        object.insert("host_kernel_log".into(), host_log.to_vec().into());
+    }
+    fs::write(path, json.to_string() + "\n")
+        .with_context(|| format!("{}: cannot write the outcome", path.display()))
 }

@@ -185,10 +185,58 @@ fn an_in_memory_image_exits_with_its_code() {
     let tiny = write(
         &dir,
         "tiny.elf",
-        &elf64(LOAD_ADDR, &exit_with(0x1ff), 0x1000),
+        &elf64(LOAD_ADDR, &exit_with(0xff), 0x1000),
     );
     let (output, _) = run(&["run", &tiny]);
-    assert_eq!(parts(&output).0, 0xff, "only the low byte survives exit(2)");
+    assert_eq!(parts(&output).0, 0xff);
+}
+
+/// `mov $0x100, %eax; mov $0xf6, %dx; out %eax, %dx; 1: hlt; jmp 1b`: a
+/// 4-byte write that starts in the middle of isa-debug-exit's window, so
+/// only its low half (0x100) reaches the device.
+const EXIT_0X100_STRADDLING_0XF6: [u8; 13] = [
+    0xb8, 0x00, 0x01, 0x00, 0x00, 0x66, 0xba, 0xf6, 0x00, 0xef, 0xf4, 0xeb, 0xfd,
+];
+
+/// A guest code wider than an exit status is never its low byte (256 would
+/// pass): `ktvmm run` exits 123 and says why; the outcome has the value.
+#[test]
+fn a_guest_code_too_wide_for_an_exit_status_never_passes() {
+    let dir = scratch("wide-codes");
+    let straddling = write(
+        &dir,
+        "straddle.elf",
+        &elf64(LOAD_ADDR, &EXIT_0X100_STRADDLING_0XF6, 0x1000),
+    );
+    let by_args = ["code=256", "code=2147483648", "code=511"];
+    let cases = by_args
+        .iter()
+        .map(|a| {
+            (
+                vec!["bundled:exitcode", "-append", a],
+                a[5..].parse().unwrap(),
+            )
+        })
+        .chain([(vec![straddling.as_str()], 0x100u64)]);
+    for (guest_args, code) in cases {
+        let outcome_path = dir.join("outcome.json");
+        let mut args = vec!["run"];
+        args.extend(&guest_args);
+        let outcome_arg = outcome_path.display().to_string();
+        args.extend(["--json-outcome", &outcome_arg]);
+        let (output, _) = run(&args);
+        let (got, _, stderr) = parts(&output);
+        assert_eq!(got, 123, "{guest_args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("exit code {code}")) && stderr.contains("does not fit"),
+            "{stderr}"
+        );
+        let outcome: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&outcome_path).unwrap()).unwrap();
+        assert_eq!(outcome["kind"], "guest_exit");
+        assert_eq!(outcome["code"], code);
+        assert_eq!(outcome["exit_code"], 123);
+    }
 }
 
 /// Runs `ktvmm` with `args` and expects exit 125 and one stderr line that

@@ -112,6 +112,56 @@ fn the_bundled_suite_passes() {
     assert!(stdout.contains(" 0 failed"), "{stdout}");
 }
 
+/// A guest's verdict and reason come from what it wrote, not from the
+/// 8-bit exit status: codes that only end in 0 fail, and codes that look
+/// like ktvmm's reserved ones are the guest's own.
+#[test]
+fn verdicts_come_from_the_guests_code_not_the_exit_status() {
+    let dir = scratch("wide-verdicts");
+    // `mov $0x100, %eax; mov $0xf6, %dx; out %eax, %dx; hlt`: only the low
+    // half of the write lands inside isa-debug-exit's window.
+    let straddle = [
+        0xb8, 0x00, 0x01, 0x00, 0x00, 0x66, 0xba, 0xf6, 0x00, 0xef, 0xf4, 0xeb, 0xfd,
+    ];
+    write(&dir, "straddle.elf", &elf64(LOAD_ADDR, &straddle, 0));
+    let mut suite = String::from("[[test]]\nname = \"straddle\"\nguest = \"straddle.elf\"\n\n");
+    let codes: [u64; 6] = [256, 0x8000_0000, 121, 122, 124, 125];
+    for code in codes {
+        suite += &format!(
+            "[[test]]\nname = \"code-{code}\"\nguest = \"bundled:exitcode\"\n\
+             append = \"code={code}\"\ntimeout = 30\n\n"
+        );
+    }
+    let suite = write(&dir, "codes.ktvmm.toml", suite.as_bytes());
+    let (code, stdout, _) = test_in(&dir, &[&suite]);
+    assert_eq!(code, 1, "{stdout}");
+    let results = results(&dir);
+    let reason_of = |name: &str| {
+        results["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .and_then(|t| t["reason"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    for (name, code) in codes
+        .iter()
+        .map(|c| (format!("code-{c}"), *c))
+        .chain([("straddle".to_string(), 0x100)])
+    {
+        assert_eq!(status_of(&results, &name), "fail", "{name}\n{stdout}");
+        let reason = reason_of(&name);
+        assert!(
+            reason.starts_with(&format!("guest exit code {code}")),
+            "{name}: {reason}"
+        );
+    }
+    assert!(stdout.contains("code-124"), "{stdout}");
+    assert!(!stdout.contains("TIMEOUT"), "{stdout}");
+}
+
 #[test]
 fn every_outcome_is_reported_and_summarised() {
     let dir = scratch("outcomes");

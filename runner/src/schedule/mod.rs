@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use child::Running;
 
-use crate::interrupt;
 use crate::suite::{TestKind, TestSpec, Vmm};
 use crate::verdict::{self, Ending, Status, TestResult};
+use crate::{guest_outcome, interrupt};
 
 /// How often the observer is ticked while tests run.
 const TICK: Duration = Duration::from_millis(100);
@@ -101,6 +101,9 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
                 next += 1;
                 continue;
             };
+            // An outcome left by an earlier run in the same place must not
+            // stand in for this one's.
+            let _ = std::fs::remove_file(child::outcome_path(&job.log));
             match Running::spawn(cmd, &job.log, done_tx.clone(), next) {
                 Ok(running) => {
                     let started = Instant::now();
@@ -203,6 +206,13 @@ fn finish(job: &Job, slot: Slot) -> TestResult {
     let log_text = std::fs::read(&job.log)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
+    let outcome = match (&job.spec.kind, slot.stop) {
+        // A test the runner stopped is judged by that, whatever ktvmm wrote.
+        (TestKind::Guest(g), None) if g.vmm == Vmm::Ktvmm => {
+            guest_outcome::read(&child::outcome_path(&job.log))
+        }
+        _ => None,
+    };
     let (status, mut reason) = match &job.spec.kind {
         TestKind::Guest(g) if g.vmm != Vmm::Ktvmm => match ending {
             Ending::Exited(code) => match crate::envs::qemu_exit(code) {
@@ -220,17 +230,23 @@ fn finish(job: &Job, slot: Slot) -> TestResult {
             }
             other => verdict::guest_status(other, g.exit_codes),
         },
-        TestKind::Guest(g) => verdict::guest_status(ending, g.exit_codes),
+        TestKind::Guest(g) => match &outcome {
+            Some(Ok(outcome)) => verdict::ktvmm_guest_status(outcome, g.exit_codes),
+            Some(Err(why)) => (Status::Error, Some(format!("unreadable outcome: {why}"))),
+            None => {
+                let (status, reason) = verdict::ktvmm_without_outcome(ending);
+                // What ktvmm managed to say on its last `ktvmm:` line.
+                let said = log_text.lines().rev().find(|l| l.starts_with("ktvmm: "));
+                (
+                    status,
+                    said.map(|l| l["ktvmm: ".len()..].to_string()).or(reason),
+                )
+            }
+        },
         TestKind::Exec(_) | TestKind::Skip(_) => verdict::exec_status(ending),
     };
-    if status == Status::Timeout {
+    if ending == Ending::TimedOut {
         reason = Some(format!("timed out after {} s", job.timeout.as_secs_f64()));
-    }
-    if let (TestKind::Guest(_), true) = (&job.spec.kind, status != Status::Pass) {
-        // `ktvmm run` says what went wrong on its last `ktvmm:` line.
-        if let Some(line) = log_text.lines().rev().find(|l| l.starts_with("ktvmm: ")) {
-            reason = Some(line["ktvmm: ".len()..].to_string());
-        }
     }
     let subtests = crate::subtests::count(&log_text);
     if let Some(failed) = subtests
@@ -259,9 +275,10 @@ fn finish(job: &Job, slot: Slot) -> TestResult {
         reason,
         log: job.log.clone(),
         subtests,
-        forensics: (status == Status::Timeout)
-            .then(|| hang_report(&child::outcome_path(&job.log)))
-            .flatten(),
+        forensics: match outcome {
+            Some(Ok(outcome)) if status == Status::Timeout => outcome.vcpus,
+            _ => None,
+        },
         iteration: job.iteration,
     }
 }
@@ -272,13 +289,6 @@ fn plural(n: u32) -> String {
     } else {
         format!("{n} subtests")
     }
-}
-
-/// The vCPU snapshots `ktvmm run` wrote into its outcome file on timeout.
-fn hang_report(outcome: &std::path::Path) -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(outcome).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    value.get("vcpus").cloned()
 }
 
 fn cannot_start(job: &Job, error: &std::io::Error) -> TestResult {
