@@ -32,6 +32,9 @@ pub enum Command {
     /// Fuzz KVM's API and ktvmm's devices from a seed, for a bounded number
     /// of inputs; replay or minimise a saved reproducer.
     Fuzz(FuzzArgs),
+    /// Say which environments can run guests on this host (`ktvmm test
+    /// --env`): exit 0 when every one named (default: all) can.
+    Envs(EnvsArgs),
     /// One run of the raw KVM floor (what `bench` times as its baseline).
     #[command(hide = true)]
     BenchFloor,
@@ -180,6 +183,16 @@ pub struct TestArgs {
     /// run, and run nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// Options of `ktvmm envs`.
+#[derive(Debug, Args)]
+pub struct EnvsArgs {
+    /// Environments to probe: ktvmm, qemu-kvm, qemu-tcg (default: all).
+    pub envs: Vec<crate::envs::Env>,
+    /// The CPU model to probe QEMU with.
+    #[arg(long, default_value = "max")]
+    pub cpu: String,
 }
 
 /// Options of `ktvmm diff`.

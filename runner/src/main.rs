@@ -12,6 +12,7 @@ mod fuzz_cmd;
 mod guest_outcome;
 mod interrupt;
 mod kvm_env;
+mod qemu_probe;
 mod results;
 mod run_cmd;
 mod schedule;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         cli::Command::Bench(args) => bench::bench(args),
         cli::Command::Diff(args) => diff_cmd::diff(&args.before, &args.after),
         cli::Command::Fuzz(args) => fuzz_cmd::fuzz(args),
+        cli::Command::Envs(args) => envs::probe_cmd(&args),
         cli::Command::BenchFloor => bench::floor_once(),
     };
     match result {

@@ -81,6 +81,8 @@ pub fn test(args: TestArgs) -> Result<u8> {
         bail!("no tests selected ({discovered} found; check -f/-x/-g/--shard)");
     }
 
+    // Whether QEMU can start VMs here, before any test is judged under it.
+    let qemu_notices = crate::qemu_probe::apply(&mut tests);
     let output = OutputDir::create(args.output.as_deref())?;
     crate::envs::write_bundled_guests(&mut tests, output.path()).with_context(|| {
         format!(
@@ -93,7 +95,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
     if let Some(plan) = plan.as_ref().filter(|p| !p.changes.is_empty()) {
         kvm_env::apply(plan, &env_host).context("cannot set up the KVM environment")?;
     }
-    for notice in plan.iter().flat_map(|p| &p.notices) {
+    for notice in plan.iter().flat_map(|p| &p.notices).chain(&qemu_notices) {
         println!("notice: {notice}");
     }
     if let Some(seed) = args.shuffle {
@@ -125,6 +127,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
     };
     let mut console = Console::new(verbosity, round_size, args.heartbeat, options.ktvmm.clone());
     let mut meta = RunMeta::probe(std::env::args().collect(), started_at);
+    meta.notices = qemu_notices;
     console.expect(expectations.clone(), meta.clone());
     let mut results: Vec<TestResult> = Vec::new();
     let mut interrupted = false;

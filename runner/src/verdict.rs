@@ -147,6 +147,10 @@ pub struct RunMeta {
     pub duration: Duration,
     /// Whether Ctrl-C cut the run short.
     pub interrupted: bool,
+    /// What the run adapted to this host, said once (a QEMU CPU model
+    /// replaced by a workaround, an environment that cannot run here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
 }
 
 mod seconds {

