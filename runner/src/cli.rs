@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// Write the outcome as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json_outcome: Option<PathBuf>,
+    /// After the run, print its time and KVM's largest counters for the VM
+    /// and its vCPUs on stderr (the outcome file has them all).
+    #[arg(long)]
+    pub stats: bool,
     /// Leave the test devices out: a bare platform (COM1, isa-debug-exit,
     /// PCI host bridge).
     #[arg(long)]

@@ -27,6 +27,9 @@ pub struct GuestOutcome {
     /// Where each vCPU was, for a timeout.
     #[serde(default)]
     pub vcpus: Option<serde_json::Value>,
+    /// KVM's counters at the end of the run, where KVM offers them.
+    #[serde(default)]
+    pub kvm_stats: Option<serde_json::Value>,
 }
 
 /// The record at `path`; `None` when there is none (ktvmm died before it

@@ -10,6 +10,8 @@ use ktvmm_vmm::{KernelImage, Outcome, Vm, VmConfig};
 use crate::cli::RunArgs;
 use crate::{bundled, detach};
 use ktvmm_vmm::kmsg::KernelLog;
+use ktvmm_vmm::kvm_stats::KvmCounters;
+use std::time::{Duration, Instant};
 
 /// Reads a guest from a file, or from the binary for `bundled:NAME`.
 pub fn load_guest(guest: &str) -> Result<KernelImage> {
@@ -48,12 +50,19 @@ pub fn run(args: RunArgs) -> Result<u8> {
                 let outcome = Outcome::VmmError {
                     message: format!("{e:#}"),
                 };
-                write_outcome(path, &outcome, &[])?;
+                let run = Run {
+                    outcome: &outcome,
+                    host_log: &[],
+                    wall: Duration::ZERO,
+                    counters: None,
+                };
+                write_outcome(path, &run)?;
             }
             return Err(e);
         }
     };
     let mut kernel_log = args.vm.timeout.and_then(|_| KernelLog::open_at_end());
+    let started = Instant::now();
     let (outcome, vm) = match Vm::build(config) {
         Ok(mut vm) => (vm.run(args.vm.timeout), Some(vm)),
         Err(e) => (
@@ -68,8 +77,14 @@ pub fn run(args: RunArgs) -> Result<u8> {
         (Outcome::Timeout { .. }, Some(log)) => log.new_lines(),
         _ => Vec::new(),
     };
+    let run = Run {
+        outcome: &outcome,
+        host_log: &host_log,
+        wall: started.elapsed(),
+        counters: vm.as_ref().and_then(Vm::kvm_counters),
+    };
     if let Some(path) = &args.json_outcome {
-        write_outcome(path, &outcome, &host_log)?;
+        write_outcome(path, &run)?;
     }
     if let Some(message) = outcome.message() {
         eprintln!("ktvmm: {message}");
@@ -81,6 +96,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
         for line in &host_log {
             eprintln!("    {line}");
         }
+    }
+    if args.stats {
+        print_stats(&run);
     }
     match vm {
         Some(vm) => detach::exit_leaving_teardown(outcome.exit_code(), vm),
@@ -107,13 +125,53 @@ fn vm_config(args: &RunArgs) -> Result<VmConfig> {
     })
 }
 
-/// `--json-outcome`: the outcome, plus what the host kernel logged.
-fn write_outcome(path: &Path, outcome: &Outcome, host_log: &[String]) -> Result<()> {
+/// What a run leaves to report.
+struct Run<'a> {
+    outcome: &'a Outcome,
+    host_log: &'a [String],
+    /// From building the VM to the end of the run.
+    wall: Duration,
+    counters: Option<&'a KvmCounters>,
+}
+
+/// `--json-outcome`: the outcome, plus the run's wall time, KVM's counters
+/// (absent where KVM has none) and what the host kernel logged.
+fn write_outcome(path: &Path, run: &Run) -> Result<()> {
     let mut json: serde_json::Value =
-        serde_json::from_str(&outcome.to_json()).unwrap_or(serde_json::Value::Null);
-    if let (false, Some(object)) = (host_log.is_empty(), json.as_object_mut()) {
-        object.insert("host_kernel_log".into(), host_log.to_vec().into());
+        serde_json::from_str(&run.outcome.to_json()).unwrap_or(serde_json::Value::Null);
+    if let Some(object) = json.as_object_mut() {
+        if run.wall > Duration::ZERO {
+            let millis = (run.wall.as_secs_f64() * 1000.0).round() / 1000.0;
+            object.insert("run_s".into(), millis.into());
+        }
+        if let Some(counters) = run.counters.and_then(|c| serde_json::to_value(c).ok()) {
+            object.insert("kvm_stats".into(), counters);
+        }
+        if !run.host_log.is_empty() {
+            object.insert("host_kernel_log".into(), run.host_log.to_vec().into());
+        }
     }
     fs::write(path, json.to_string() + "\n")
         .with_context(|| format!("{}: cannot write the outcome", path.display()))
 }
+
+/// `--stats`: the run's time and KVM's largest counters, on stderr (stdout
+/// is the guest's console).
+fn print_stats(run: &Run) {
+    eprintln!("ktvmm stats: the run took {:.3} s", run.wall.as_secs_f64());
+    let Some(counters) = run.counters else {
+        eprintln!("  KVM offers no counters here (no KVM_CAP_BINARY_STATS_FD)");
+        return;
+    };
+    eprintln!(
+        "  KVM counters ({} VM, {} per vCPU, summed over vCPUs), largest first:",
+        counters.vm.len(),
+        counters.vcpu.len()
+    );
+    for (name, value) in counters.top(STATS_SHOWN) {
+        eprintln!("    {name:<32} {value:>14}");
+    }
+}
+
+/// Counters `--stats` shows.
+const STATS_SHOWN: usize = 16;

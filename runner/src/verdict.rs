@@ -110,6 +110,10 @@ pub struct TestResult {
     /// outcome `vcpus`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub forensics: Option<serde_json::Value>,
+    /// For a guest ktvmm ran: KVM's counters for its VM and vCPUs at the
+    /// end of the run (`ktvmm run`'s outcome `kvm_stats`; docs/kvm-stats.md).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kvm_stats: Option<serde_json::Value>,
     /// Which repetition this was (1-based), with `--repeat`/`--until-fail`.
     #[serde(skip_serializing_if = "is_first", default = "first")]
     pub iteration: u32,
@@ -307,6 +311,7 @@ mod tests {
             code,
             message: message.map(Into::into),
             vcpus: None,
+            kvm_stats: None,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod fuzz;
 pub mod irq_routing;
 pub mod kick;
 pub mod kmsg;
+pub mod kvm_stats;
 pub mod loader;
 pub mod long_mode;
 pub mod memory;

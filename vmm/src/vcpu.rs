@@ -13,6 +13,7 @@ use std::time::Instant;
 use crate::bus::Bus;
 use crate::forensics::VcpuSnapshot;
 use crate::kick::RunGuard;
+use crate::kvm_stats;
 use crate::outcome::{Outcome, internal_error_reason};
 
 /// The port and memory buses every vCPU dispatches to.
@@ -22,6 +23,16 @@ pub struct Buses {
     pub pio: Bus,
     /// Memory-mapped I/O.
     pub mmio: Bus,
+}
+
+/// How a vCPU's run ended.
+pub struct VcpuEnd {
+    /// What ended the run, when this vCPU did (`None`: it was stopped).
+    pub outcome: Option<Outcome>,
+    /// Where it was, when stopped with a report asked for (a timeout).
+    pub snapshot: Option<VcpuSnapshot>,
+    /// KVM's counters for it, empty where KVM offers none.
+    pub stats: Vec<kvm_stats::Stat>,
 }
 
 /// A vCPU ready to run.
@@ -37,10 +48,25 @@ impl Vcpu {
         Self { fd, index, buses }
     }
 
+    /// Runs until the guest ends the run or `stop` is set; then reads
+    /// KVM's counters for it, final since it will not run again.
+    pub fn run(mut self, stop: &AtomicBool, report: &AtomicBool) -> VcpuEnd {
+        let (outcome, snapshot) = self.run_loop(stop, report);
+        let stats = kvm_stats::read(&self.fd).unwrap_or_else(|e| {
+            log::debug!("vCPU {}: no KVM counters: {e}", self.index);
+            Vec::new()
+        });
+        VcpuEnd {
+            outcome,
+            snapshot,
+            stats,
+        }
+    }
+
     /// Runs until the guest ends the run (`Some`) or `stop` is set (`None`).
     /// Stopped with `report` set (a timeout), it also says where it was.
-    pub fn run(
-        mut self,
+    fn run_loop(
+        &mut self,
         stop: &AtomicBool,
         report: &AtomicBool,
     ) -> (Option<Outcome>, Option<VcpuSnapshot>) {

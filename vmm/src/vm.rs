@@ -29,7 +29,7 @@ use crate::memory::{GuestMemory, MemoryError, RamLayout};
 use crate::outcome::Outcome;
 use crate::platform::{Machine, Platform};
 use crate::vcpu::Vcpu;
-use crate::{cpuid, irq_routing, kick};
+use crate::{cpuid, irq_routing, kick, kvm_stats};
 
 /// Everything that describes one VM.
 pub struct VmConfig {
@@ -191,6 +191,7 @@ pub struct Vm {
     _vm: Arc<VmFd>,
     _memory: GuestMemory,
     timings: Timings,
+    counters: Option<kvm_stats::KvmCounters>,
 }
 
 impl Vm {
@@ -319,7 +320,14 @@ impl Vm {
             _vm: vm,
             _memory: memory,
             timings,
+            counters: None,
         })
+    }
+
+    /// KVM's counters for the VM and its vCPUs at the end of its run;
+    /// `None` before the run, or where KVM has no binary statistics.
+    pub fn kvm_counters(&self) -> Option<&kvm_stats::KvmCounters> {
+        self.counters.as_ref()
     }
 
     /// How long each build step, and starting the vCPU threads, took.
@@ -350,7 +358,7 @@ impl Vm {
         // Set with `stop` on a timeout: only then do vCPUs report their state.
         let report = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Outcome>();
-        let mut threads: Vec<JoinHandle<Option<VcpuSnapshot>>> =
+        let mut threads: Vec<JoinHandle<(Option<VcpuSnapshot>, Vec<kvm_stats::Stat>)>> =
             Vec::with_capacity(self.vcpus.len());
         let mut outcome = None;
         for (index, fd) in self.vcpus.drain(..).enumerate() {
@@ -359,11 +367,11 @@ impl Vm {
             let spawned = thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
-                    let (outcome, snapshot) = vcpu.run(&stop, &report);
-                    if let Some(outcome) = outcome {
+                    let end = vcpu.run(&stop, &report);
+                    if let Some(outcome) = end.outcome {
                         let _ = tx.send(outcome);
                     }
-                    snapshot
+                    (end.snapshot, end.stats)
                 });
             match spawned {
                 Ok(handle) => threads.push(handle),
@@ -397,10 +405,19 @@ impl Vm {
         for thread in &threads {
             kick::kick(thread);
         }
-        let snapshots: Vec<VcpuSnapshot> = threads
-            .into_iter()
-            .filter_map(|thread| thread.join().ok().flatten())
-            .collect();
+        let mut snapshots: Vec<VcpuSnapshot> = Vec::new();
+        let mut vcpu_stats: Vec<Vec<kvm_stats::Stat>> = Vec::new();
+        for thread in threads {
+            if let Ok((snapshot, stats)) = thread.join() {
+                snapshots.extend(snapshot);
+                vcpu_stats.push(stats);
+            }
+        }
+        // Every vCPU has stopped: these are the run's final counts.
+        self.counters = kvm_stats::read(&*self._vm)
+            .map(|vm_stats| kvm_stats::KvmCounters::combine(&vm_stats, &vcpu_stats))
+            .map_err(|e| log::debug!("no KVM counters for the VM: {e}"))
+            .ok();
         if let Outcome::Timeout { vcpus, .. } = &mut outcome {
             // Where a hung guest was: what a developer looks at first.
             *vcpus = snapshots;

@@ -227,6 +227,7 @@ pub(crate) mod testutil {
             log: PathBuf::from(format!("logs/{name}.log")),
             subtests: None,
             forensics: None,
+            kvm_stats: None,
             iteration: 1,
         }
     }

@@ -275,8 +275,12 @@ fn finish(job: &Job, slot: Slot) -> TestResult {
         reason,
         log: job.log.clone(),
         subtests,
-        forensics: match outcome {
-            Some(Ok(outcome)) if status == Status::Timeout => outcome.vcpus,
+        forensics: match &outcome {
+            Some(Ok(outcome)) if status == Status::Timeout => outcome.vcpus.clone(),
+            _ => None,
+        },
+        kvm_stats: match outcome {
+            Some(Ok(outcome)) => outcome.kvm_stats,
             _ => None,
         },
         iteration: job.iteration,
@@ -307,6 +311,7 @@ fn cannot_start(job: &Job, error: &std::io::Error) -> TestResult {
         log: job.log.clone(),
         subtests: None,
         forensics: None,
+        kvm_stats: None,
         iteration: job.iteration,
     }
 }
@@ -326,6 +331,7 @@ fn skipped(job: &Job) -> TestResult {
         log: job.log.clone(),
         subtests: None,
         forensics: None,
+        kvm_stats: None,
         iteration: job.iteration,
     }
 }
