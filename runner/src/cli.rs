@@ -206,6 +206,16 @@ pub struct DiffArgs {
     pub before: PathBuf,
     /// The later run.
     pub after: PathBuf,
+    /// List a KVM counter when it moved by at least this factor...
+    #[arg(long, default_value_t = 2.0, value_name = "X")]
+    pub counter_factor: f64,
+    /// ...and by at least this many (both must hold).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub counter_min: u64,
+    /// Exit 1 when a KVM counter rose past those thresholds, as for a
+    /// regression (a CI gate on patches).
+    #[arg(long)]
+    pub fail_on_counters: bool,
 }
 
 /// Options of `ktvmm bench`.

@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => run_cmd::run(args),
         cli::Command::Test(args) => test_cmd::test(args),
         cli::Command::Bench(args) => bench::bench(args),
-        cli::Command::Diff(args) => diff_cmd::diff(&args.before, &args.after),
+        cli::Command::Diff(args) => diff_cmd::diff(&args),
         cli::Command::Fuzz(args) => fuzz_cmd::fuzz(args),
         cli::Command::Envs(args) => envs::probe_cmd(&args),
         cli::Command::BenchFloor => bench::floor_once(),

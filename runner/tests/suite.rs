@@ -632,6 +632,66 @@ fn shuffle_orders_reproducibly() {
     assert_eq!(sorted, expected);
 }
 
+/// KVM's counters are recorded per test, and `ktvmm diff` names a counter
+/// that moved although every test still passes: here 100 and then 20,000
+/// exits to the VMM (port 0x80 writes); `--fail-on-counters` gates on it.
+#[test]
+fn diff_names_kvm_counters_that_moved_and_can_gate_on_them() {
+    let dir = scratch("diff-counters");
+    let run_with = |out: &str, writes: u32| {
+        let suite = write(
+            &dir,
+            &format!("{out}.ktvmm.toml"),
+            format!(
+                "[[test]]\nname = \"io\"\nguest = \"bundled:exitcode\"\nappend = \"io={writes}\"\n\n\
+                 [[test]]\nname = \"steady\"\nguest = \"bundled:exitcode\"\n"
+            )
+            .as_bytes(),
+        );
+        let out = dir.join(out);
+        let output = ktvmm()
+            .args(["test", "-q", "-o", out.to_str().unwrap(), &suite])
+            .output()
+            .unwrap();
+        assert_eq!(parts(&output).0, 0, "{}", parts(&output).1);
+        out
+    };
+    let (before, after) = (run_with("before", 100), run_with("after", 20_000));
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(after.join("results.json")).unwrap())
+            .unwrap();
+    let io = results["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "io")
+        .unwrap();
+    let exits = io["kvm_stats"]["vcpu"]["exits"].as_u64();
+    if exits.is_none() {
+        // Only a kernel without binary statistics may leave them out.
+        assert!(
+            !ktvmm_vmm::kvm_stats::offered(),
+            "KVM offers statistics, results.json has none: {io}"
+        );
+        return;
+    }
+    assert!(exits.unwrap() >= 20_000, "{io}");
+    let diff = |extra: &[&str]| {
+        let mut args = vec!["diff", before.to_str().unwrap(), after.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        parts(&ktvmm().args(&args).output().unwrap())
+    };
+    let (code, stdout, _) = diff(&[]);
+    assert_eq!(code, 0, "no verdict changed:\n{stdout}");
+    assert!(stdout.contains("KVM counters that changed"), "{stdout}");
+    assert!(stdout.contains("  io: vcpu.exits "), "{stdout}");
+    assert!(!stdout.contains("  steady: "), "{stdout}");
+    let (code, stdout, _) = diff(&["--fail-on-counters"]);
+    assert_eq!(code, 1, "{stdout}");
+    let (code, stdout, _) = diff(&["--fail-on-counters", "--counter-min", "1000000"]);
+    assert_eq!(code, 0, "{stdout}");
+}
+
 #[test]
 fn diff_names_regressions_and_gates_on_them() {
     let dir = scratch("diff");

@@ -74,6 +74,14 @@ pub enum StatsError {
     Malformed(&'static str),
 }
 
+/// Whether this host's KVM offers binary statistics
+/// (`KVM_CAP_BINARY_STATS_FD`); false without `/dev/kvm`.
+pub fn offered() -> bool {
+    kvm_ioctls::Kvm::new().is_ok_and(|kvm| {
+        kvm.check_extension_raw(u64::from(kvm_bindings::KVM_CAP_BINARY_STATS_FD)) > 0
+    })
+}
+
 /// Reads the statistics of a VM or vCPU file descriptor.
 pub fn read(fd: &impl AsRawFd) -> Result<Vec<Stat>, StatsError> {
     // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new file
@@ -340,7 +348,7 @@ mod tests {
         let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
         let vm = kvm.create_vm().unwrap();
         let vcpu = vm.create_vcpu(0).unwrap();
-        let offered = vm.check_extension_raw(u64::from(kvm_bindings::KVM_CAP_BINARY_STATS_FD)) > 0;
+        let offered = offered();
         match (read(&vm), read(&vcpu)) {
             (Ok(vm_stats), Ok(vcpu_stats)) => {
                 assert!(offered);
