@@ -228,7 +228,8 @@ pub fn ktvmm_guest_status(outcome: &GuestOutcome, codes: ExitCodes) -> (Status, 
                 Some("ktvmm's outcome names no exit code".into()),
             ),
         },
-        "timeout" => (Status::Timeout, said()),
+        // A hung guest would have run into its limit; it was ended early.
+        "timeout" | "hung" => (Status::Timeout, said()),
         "vmm_error" => (Status::Error, said()),
         // A shutdown, a KVM error or an exit ktvmm does not handle: the
         // guest did this.
@@ -358,6 +359,12 @@ mod tests {
             ktvmm_guest_status(&hang, ktvmm),
             (Status::Timeout, Some("guest timed out after 5 s".into()))
         );
+        let hung = outcome(
+            "hung",
+            None,
+            Some("guest hung: every vCPU halted with interrupts off; nothing can wake it"),
+        );
+        assert_eq!(ktvmm_guest_status(&hung, ktvmm).0, Status::Timeout);
         let shutdown = outcome("shutdown", None, Some("guest shut down (triple fault?)"));
         assert_eq!(ktvmm_guest_status(&shutdown, ktvmm).0, Status::Fail);
         let error = outcome("vmm_error", None, Some("x.elf: not an ELF file"));

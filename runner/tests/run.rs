@@ -150,6 +150,111 @@ fn every_cpu_is_stopped_on_timeout_even_spinning_with_interrupts_off() {
     }
 }
 
+/// `cli; hlt` on every vCPU: nothing can ever wake the guest.
+const HALT_WITH_INTERRUPTS_OFF: [u8; 4] = [0xfa, 0xf4, 0xeb, 0xfd];
+
+/// Runs `args` with `--json-outcome`; returns exit code, stderr, outcome
+/// and how long it took.
+fn run_with_outcome(
+    dir: &std::path::Path,
+    args: &[&str],
+) -> (i32, String, serde_json::Value, Duration) {
+    let json = dir.join("outcome.json");
+    let mut all = args.to_vec();
+    let path = json.display().to_string();
+    all.extend(["--json-outcome", &path]);
+    let (output, took) = run(&all);
+    let (code, _, stderr) = parts(&output);
+    let outcome = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (code, stderr, outcome, took)
+}
+
+/// A guest that can never run again (every vCPU halted with interrupts
+/// off, or the rest waiting for a SIPI) ends at once with its own outcome
+/// and a hang report; one that spins, or sleeps with a timer armed, does
+/// not. Times are bounds far from both sides: dead guests end after about
+/// a second, the limit is a minute.
+#[test]
+fn a_guest_that_can_never_run_again_ends_at_once() {
+    let dir = scratch("hung");
+    let elf64_halt = write(
+        &dir,
+        "halt.elf",
+        &elf64(LOAD_ADDR, &HALT_WITH_INTERRUPTS_OFF, 0),
+    );
+    for guest in [elf64_halt.as_str(), "bundled:hang"] {
+        let args = [
+            "run",
+            guest,
+            "-smp",
+            "2",
+            "-append",
+            "halt",
+            "--timeout",
+            "60",
+        ];
+        let (code, stderr, outcome, took) = run_with_outcome(&dir, &args);
+        assert_eq!(code, 120, "{guest}: {stderr}");
+        assert!(took < Duration::from_secs(20), "{guest}: took {took:?}");
+        assert_eq!(outcome["kind"], "hung", "{outcome}");
+        assert_eq!(outcome["reason"], "every vCPU halted with interrupts off");
+        assert_eq!(
+            outcome["vcpus"].as_array().map(Vec::len),
+            Some(2),
+            "{outcome}"
+        );
+        assert!(stderr.contains("guest hung: every vCPU halted"), "{stderr}");
+        assert!(stderr.contains("\n  vCPU 1: halted"), "{stderr}");
+    }
+    // Multiboot: the boot CPU halts, the other never gets its SIPI.
+    let multiboot = write(
+        &dir,
+        "halt.flat",
+        &elf32_multiboot(0x40_0000, &HALT_WITH_INTERRUPTS_OFF, 0),
+    );
+    let (code, stderr, outcome, _) =
+        run_with_outcome(&dir, &["run", &multiboot, "-smp", "2", "--timeout", "60"]);
+    assert_eq!(code, 120, "{stderr}");
+    assert!(
+        outcome["reason"].as_str().unwrap().contains("SIPI"),
+        "{outcome}"
+    );
+
+    // Idle, not dead: woken by its timer after 1.5 s (three checks).
+    let (code, stderr, outcome, _) = run_with_outcome(
+        &dir,
+        &[
+            "run",
+            "bundled:hang",
+            "-smp",
+            "2",
+            "-append",
+            "sleep=1500",
+            "--timeout",
+            "60",
+        ],
+    );
+    assert_eq!(
+        (code, &outcome["kind"]),
+        (0, &"guest_exit".into()),
+        "{stderr}"
+    );
+    // Spinning with interrupts off is not provably dead: its timeout ends it.
+    let spin = write(
+        &dir,
+        "spin.elf",
+        &elf64(LOAD_ADDR, &SPIN_WITH_INTERRUPTS_OFF, 0),
+    );
+    let (code, stderr, outcome, took) =
+        run_with_outcome(&dir, &["run", &spin, "-smp", "2", "--timeout", "3"]);
+    assert_eq!(
+        (code, &outcome["kind"]),
+        (124, &"timeout".into()),
+        "{stderr}"
+    );
+    assert!(took >= Duration::from_secs(3), "{took:?}");
+}
+
 #[test]
 fn a_triple_fault_is_reported_as_a_shutdown() {
     let (output, _) = run(&["run", "bundled:triple-fault", "--timeout", "10"]);

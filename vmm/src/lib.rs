@@ -16,6 +16,7 @@ pub mod irq_routing;
 pub mod kick;
 pub mod kmsg;
 pub mod kvm_stats;
+pub mod liveness;
 pub mod loader;
 pub mod long_mode;
 pub mod memory;

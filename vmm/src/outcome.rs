@@ -13,6 +13,9 @@ use serde::Serialize;
 
 use crate::forensics::VcpuSnapshot;
 
+/// Exit code: the guest can never run again (every vCPU halted with
+/// interrupts off, or waiting for a SIPI no one can send), ended early.
+pub const EXIT_HUNG: u8 = 120;
 /// Exit code: the guest shut down or triple-faulted.
 pub const EXIT_SHUTDOWN: u8 = 121;
 /// Exit code: KVM could not run the guest (internal error, failed entry,
@@ -40,6 +43,17 @@ pub enum Outcome {
         /// The limit, in seconds.
         seconds: f64,
         /// Where each vCPU was when it stopped.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        vcpus: Vec<VcpuSnapshot>,
+    },
+    /// The guest can never run again: ended at once rather than at its
+    /// timeout (see `liveness`).
+    Hung {
+        /// Why it cannot run (`every vCPU halted with interrupts off`).
+        reason: String,
+        /// When it was found so, in seconds from the start of the run.
+        after_s: f64,
+        /// Where each vCPU was.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         vcpus: Vec<VcpuSnapshot>,
     },
@@ -107,6 +121,7 @@ impl Outcome {
         match self {
             Outcome::GuestExit { code } => u8::try_from(*code).unwrap_or(EXIT_CODE_TOO_WIDE),
             Outcome::Timeout { .. } => EXIT_TIMEOUT,
+            Outcome::Hung { .. } => EXIT_HUNG,
             Outcome::Shutdown { .. } | Outcome::SystemEvent { .. } => EXIT_SHUTDOWN,
             Outcome::InternalError { .. }
             | Outcome::FailEntry { .. }
@@ -129,6 +144,18 @@ impl Outcome {
             Outcome::GuestExit { .. } => return None,
             Outcome::Timeout { seconds, vcpus } => {
                 let mut text = format!("guest timed out after {seconds} s");
+                for vcpu in vcpus {
+                    text += &format!("\n  {vcpu}");
+                }
+                text
+            }
+            Outcome::Hung {
+                reason,
+                after_s,
+                vcpus,
+            } => {
+                let mut text =
+                    format!("guest hung: {reason}; nothing can wake it (ended after {after_s} s)");
                 for vcpu in vcpus {
                     text += &format!("\n  {vcpu}");
                 }
@@ -212,6 +239,7 @@ mod tests {
             assert!(message.contains(&wide.to_string()), "{message}");
         }
         let codes = [
+            EXIT_HUNG,
             EXIT_SHUTDOWN,
             EXIT_KVM_ERROR,
             EXIT_CODE_TOO_WIDE,

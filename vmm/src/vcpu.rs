@@ -14,6 +14,7 @@ use crate::bus::Bus;
 use crate::forensics::VcpuSnapshot;
 use crate::kick::RunGuard;
 use crate::kvm_stats;
+use crate::liveness::Watch;
 use crate::outcome::{Outcome, internal_error_reason};
 
 /// The port and memory buses every vCPU dispatches to.
@@ -40,12 +41,18 @@ pub struct Vcpu {
     fd: VcpuFd,
     index: u32,
     buses: Arc<Buses>,
+    watch: Arc<Watch>,
 }
 
 impl Vcpu {
-    /// Wraps a configured vCPU.
-    pub fn new(fd: VcpuFd, index: u32, buses: Arc<Buses>) -> Self {
-        Self { fd, index, buses }
+    /// Wraps a configured vCPU; it answers liveness questions on `watch`.
+    pub fn new(fd: VcpuFd, index: u32, buses: Arc<Buses>, watch: Arc<Watch>) -> Self {
+        Self {
+            fd,
+            index,
+            buses,
+            watch,
+        }
     }
 
     /// Runs until the guest ends the run or `stop` is set; then reads
@@ -86,7 +93,15 @@ impl Vcpu {
                     last_exit = (exit_name(&exit), Instant::now());
                     handle_exit(&self.buses, self.index, run, exit)
                 }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Step::Continue,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // A kick: answer a liveness question if that is why,
+                    // then re-arm KVM_RUN. A stop kick is still seen, by the
+                    // `stop` check above, since `stop` is set before it.
+                    self.watch.answer_if_asked(&self.fd);
+                    // SAFETY: `run` is this vCPU's mapped kvm_run.
+                    unsafe { std::ptr::write_volatile(&mut (*run).immediate_exit, 0) };
+                    Step::Continue
+                }
                 Err(e) => Step::End(Outcome::VmmError {
                     message: format!("KVM_RUN failed on vCPU {}: {e}", self.index),
                 }),

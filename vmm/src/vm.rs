@@ -24,6 +24,7 @@ use crate::boot_plan::PlanError;
 use crate::bus::BusError;
 use crate::cpu_model::{self, CpuModelError, CpuSpec};
 use crate::forensics::VcpuSnapshot;
+use crate::liveness::{self, VcpuLiveness, Watch};
 use crate::loader::{KernelImage, LoadError};
 use crate::memory::{GuestMemory, MemoryError, RamLayout};
 use crate::outcome::Outcome;
@@ -361,8 +362,10 @@ impl Vm {
         let mut threads: Vec<JoinHandle<(Option<VcpuSnapshot>, Vec<kvm_stats::Stat>)>> =
             Vec::with_capacity(self.vcpus.len());
         let mut outcome = None;
+        let watches: Vec<Arc<Watch>> = self.vcpus.iter().map(|_| Arc::default()).collect();
         for (index, fd) in self.vcpus.drain(..).enumerate() {
-            let vcpu = Vcpu::new(fd, index as u32, self.platform.buses.clone());
+            let watch = watches[index].clone();
+            let vcpu = Vcpu::new(fd, index as u32, self.platform.buses.clone(), watch);
             let (stop, report, tx) = (stop.clone(), report.clone(), tx.clone());
             let spawned = thread::Builder::new()
                 .name(format!("vcpu{index}"))
@@ -386,19 +389,11 @@ impl Vm {
         drop(tx);
         self.timings.step("start vCPU threads");
 
-        let mut outcome = outcome.unwrap_or_else(|| {
-            let received = match timeout {
-                Some(limit) => rx.recv_timeout(limit).map_err(|e| match e {
-                    mpsc::RecvTimeoutError::Timeout => Outcome::timeout(limit),
-                    mpsc::RecvTimeoutError::Disconnected => vcpus_gone(),
-                }),
-                None => rx.recv().map_err(|_| vcpus_gone()),
-            };
-            received.unwrap_or_else(|outcome| outcome)
-        });
+        let mut outcome =
+            outcome.unwrap_or_else(|| self.wait_for_outcome(&rx, timeout, &threads, &watches));
 
         report.store(
-            matches!(outcome, Outcome::Timeout { .. }),
+            matches!(outcome, Outcome::Timeout { .. } | Outcome::Hung { .. }),
             Ordering::Release,
         );
         stop.store(true, Ordering::Release);
@@ -418,7 +413,7 @@ impl Vm {
             .map(|vm_stats| kvm_stats::KvmCounters::combine(&vm_stats, &vcpu_stats))
             .map_err(|e| log::debug!("no KVM counters for the VM: {e}"))
             .ok();
-        if let Outcome::Timeout { vcpus, .. } = &mut outcome {
+        if let Outcome::Timeout { vcpus, .. } | Outcome::Hung { vcpus, .. } = &mut outcome {
             // Where a hung guest was: what a developer looks at first.
             *vcpus = snapshots;
         }
@@ -429,6 +424,71 @@ impl Vm {
         outcome
     }
 }
+
+impl Vm {
+    /// Waits for a vCPU to end the run, for `timeout`, or until the guest
+    /// is found dead twice in a row, `LIVENESS_PERIOD` apart (twice, so that
+    /// a device's pending work has had time to wake it).
+    fn wait_for_outcome<T>(
+        &self,
+        rx: &mpsc::Receiver<Outcome>,
+        timeout: Option<Duration>,
+        threads: &[JoinHandle<T>],
+        watches: &[Arc<Watch>],
+    ) -> Outcome {
+        let started = Instant::now();
+        let mut dead_before = false;
+        loop {
+            let left = timeout.map(|limit| limit.saturating_sub(started.elapsed()));
+            let slice = left.map_or(LIVENESS_PERIOD, |left| left.min(LIVENESS_PERIOD));
+            match rx.recv_timeout(slice) {
+                Ok(outcome) => return outcome,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return vcpus_gone(),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if let Some(limit) = timeout
+                && started.elapsed() >= limit
+            {
+                return Outcome::timeout(limit);
+            }
+            let dead = self.dead(threads, watches);
+            if let (Some(why), true) = (dead, dead_before) {
+                return Outcome::Hung {
+                    reason: why.to_string(),
+                    after_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                    vcpus: Vec::new(),
+                };
+            }
+            dead_before = dead.is_some();
+        }
+    }
+
+    /// Asks every vCPU for its state and says whether the guest is dead.
+    fn dead<T>(&self, threads: &[JoinHandle<T>], watches: &[Arc<Watch>]) -> Option<&'static str> {
+        for (watch, thread) in watches.iter().zip(threads) {
+            watch.ask();
+            kick::kick(thread);
+        }
+        let asked = Instant::now();
+        let mut answers: Vec<Option<Option<VcpuLiveness>>> = vec![None; watches.len()];
+        while answers.iter().any(Option::is_none) && asked.elapsed() < ANSWER_WAIT {
+            for (answer, watch) in answers.iter_mut().zip(watches) {
+                if answer.is_none() {
+                    *answer = watch.answer();
+                }
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        // A vCPU that did not answer in time, or could not, is not stuck.
+        let states: Vec<Option<VcpuLiveness>> = answers.into_iter().map(Option::flatten).collect();
+        liveness::dead(&states, liveness::ioapic_delivers_nmi(&self._vm))
+    }
+}
+
+/// How often the run loop checks whether the guest can still run.
+const LIVENESS_PERIOD: Duration = Duration::from_millis(500);
+/// How long it waits for the vCPUs' answers.
+const ANSWER_WAIT: Duration = Duration::from_millis(200);
 
 /// What KVM can offer a guest, through a `/dev/kvm` handle of its own so
 /// that it can run on another thread.
