@@ -692,6 +692,53 @@ fn diff_names_kvm_counters_that_moved_and_can_gate_on_them() {
     assert_eq!(code, 0, "{stdout}");
 }
 
+/// A host program's VMs (here `ktvmm run` itself, as a selftest would
+/// create them) have their counters read from debugfs where it is
+/// readable; where it is not, the run says why, once.
+#[test]
+fn host_programs_get_kvm_counters_from_debugfs_or_a_notice_why_not() {
+    let dir = scratch("host-stats");
+    let suite = write(
+        &dir,
+        "host.ktvmm.toml",
+        format!(
+            "[[test]]\nname = \"vm-maker\"\nexec = \"{}\"\n\
+             args = [\"run\", \"bundled:hang\", \"-append\", \"sleep=600\"]\n\n\
+             [[test]]\nname = \"no-vm\"\nexec = \"/bin/true\"\n",
+            env!("CARGO_BIN_EXE_ktvmm")
+        )
+        .as_bytes(),
+    );
+    let (code, stdout, _) = test_in(&dir, &[&suite]);
+    assert_eq!(code, 0, "{stdout}");
+    let results = results(&dir);
+    let stats_of = |name: &str| {
+        results["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| t["kvm_stats"].clone())
+            .unwrap()
+    };
+    let notices = stdout
+        .matches("notice: no KVM counters for host programs")
+        .count();
+    let readable = std::fs::read_to_string("/sys/kernel/debug/kvm/exits").is_ok();
+    if readable {
+        assert_eq!(notices, 0, "{stdout}");
+        let stats = stats_of("vm-maker");
+        assert!(stats["vcpu"]["exits"].as_u64().unwrap_or(0) > 0, "{stats}");
+        assert_eq!(stats["vms"], 1, "{stats}");
+    } else {
+        assert_eq!(notices, 1, "said once:\n{stdout}");
+        assert!(stats_of("vm-maker").is_null());
+        let meta_notices = results["meta"]["notices"].to_string();
+        assert!(meta_notices.contains("no KVM counters"), "{meta_notices}");
+    }
+    assert!(stats_of("no-vm").is_null());
+}
+
 #[test]
 fn diff_names_regressions_and_gates_on_them() {
     let dir = scratch("diff");

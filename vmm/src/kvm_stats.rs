@@ -82,6 +82,17 @@ pub fn offered() -> bool {
     })
 }
 
+/// The names of this host's VM counters and vCPU counters, read from a
+/// throwaway VM: what tells the two apart in debugfs, which lists both
+/// side by side. `None` without binary statistics.
+pub fn names() -> Option<(Vec<String>, Vec<String>)> {
+    let kvm = kvm_ioctls::Kvm::new().ok()?;
+    let vm = kvm.create_vm().ok()?;
+    let vcpu = vm.create_vcpu(0).ok()?;
+    let names = |stats: Vec<Stat>| stats.into_iter().map(|s| s.name).collect();
+    Some((names(read(&vm).ok()?), names(read(&vcpu).ok()?)))
+}
+
 /// Reads the statistics of a VM or vCPU file descriptor.
 pub fn read(fd: &impl AsRawFd) -> Result<Vec<Stat>, StatsError> {
     // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new file

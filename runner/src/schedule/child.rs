@@ -190,6 +190,11 @@ impl Running {
         }
     }
 
+    /// The process group it leads.
+    pub fn pgid(&self) -> i32 {
+        self.pgid
+    }
+
     /// Sends `signal` to the whole process group.
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) with a negative pid signals the process group the

@@ -4,6 +4,7 @@
 //! [`Observer`].
 
 mod child;
+pub mod debugfs_stats;
 
 pub use child::{qemu_command, repro};
 
@@ -46,6 +47,9 @@ pub struct Options {
     pub grace: Duration,
     /// The `ktvmm` binary, which boots guests.
     pub ktvmm: PathBuf,
+    /// Where host programs' VMs are read from, and how their counters
+    /// divide; `None` when debugfs cannot be read.
+    pub host_stats: Option<(PathBuf, debugfs_stats::Names)>,
 }
 
 /// What the scheduler reports as it goes.
@@ -75,6 +79,8 @@ enum Stop {
 
 struct Slot {
     running: Running,
+    /// For a host program: its VMs' counters so far.
+    sampler: Option<debugfs_stats::Sampler>,
     started: Instant,
     deadline: Instant,
     stop: Option<Stop>,
@@ -113,10 +119,17 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
                         TestKind::Guest(_) => job.timeout,
                         TestKind::Exec(_) | TestKind::Skip(_) => job.timeout,
                     };
+                    let sampler = match (&job.spec.kind, &options.host_stats) {
+                        (TestKind::Exec(_), Some((root, _))) => {
+                            Some(debugfs_stats::Sampler::new(root))
+                        }
+                        _ => None,
+                    };
                     slots.insert(
                         next,
                         Slot {
                             running,
+                            sampler,
                             started,
                             deadline: started + limit,
                             stop: None,
@@ -151,7 +164,8 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
         };
         while let Some(index) = done {
             if let Some(slot) = slots.remove(&index) {
-                let result = finish(&jobs[index], slot);
+                let names = options.host_stats.as_ref().map(|(_, names)| names);
+                let result = finish(&jobs[index], slot, names);
                 observer.finished(&jobs[index], &result);
                 results[index] = Some(result);
             }
@@ -171,6 +185,9 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
             }
         }
         for slot in slots.values_mut() {
+            if let Some(sampler) = &mut slot.sampler {
+                sampler.sample(slot.running.pgid());
+            }
             if slot.kill_at.is_some_and(|t| now >= t) {
                 slot.running.signal(libc::SIGKILL);
             } else if slot.stop.is_none() && now >= slot.deadline {
@@ -195,7 +212,11 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
     }
 }
 
-fn finish(job: &Job, slot: Slot) -> TestResult {
+fn finish(job: &Job, mut slot: Slot, names: Option<&debugfs_stats::Names>) -> TestResult {
+    let host_stats = match (slot.sampler.take(), names) {
+        (Some(sampler), Some(names)) => sampler.finish(names),
+        _ => None,
+    };
     let duration = slot.started.elapsed();
     let exited = slot.running.reap();
     let ending = match slot.stop {
@@ -281,7 +302,7 @@ fn finish(job: &Job, slot: Slot) -> TestResult {
         },
         kvm_stats: match outcome {
             Some(Ok(outcome)) => outcome.kvm_stats,
-            _ => None,
+            _ => host_stats,
         },
         iteration: job.iteration,
     }
