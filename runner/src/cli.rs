@@ -54,6 +54,12 @@ pub struct RunArgs {
     /// and its vCPUs on stderr (the outcome file has them all).
     #[arg(long)]
     pub stats: bool,
+    /// When the run does not pass (a guest code other than 0 or 77, a
+    /// timeout, a hang, a crash), write an ELF core of the guest to FILE:
+    /// all RAM and every vCPU's registers, as QEMU's dump-guest-memory
+    /// does (open it with `gdb GUEST FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub core: Option<PathBuf>,
     /// Leave the test devices out: a bare platform (COM1, isa-debug-exit,
     /// PCI host bridge).
     #[arg(long)]
@@ -187,6 +193,10 @@ pub struct TestArgs {
     /// run, and run nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Keep an ELF core of every guest that does not pass (fails, times
+    /// out, hangs) next to its log: `gdb GUEST LOG.core` opens it.
+    #[arg(long)]
+    pub cores: bool,
 }
 
 /// Options of `ktvmm envs`.

@@ -27,6 +27,9 @@ pub struct GuestOutcome {
     /// Where each vCPU was, for a timeout.
     #[serde(default)]
     pub vcpus: Option<serde_json::Value>,
+    /// The guest core `ktvmm run --core` wrote.
+    #[serde(default)]
+    pub core: Option<std::path::PathBuf>,
     /// KVM's counters at the end of the run, where KVM offers them.
     #[serde(default)]
     pub kvm_stats: Option<serde_json::Value>,

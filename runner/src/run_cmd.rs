@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
 use ktvmm_vmm::{KernelImage, Outcome, Vm, VmConfig};
@@ -55,6 +55,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
                     host_log: &[],
                     wall: Duration::ZERO,
                     counters: None,
+                    core: None,
                 };
                 write_outcome(path, &run)?;
             }
@@ -64,7 +65,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
     let mut kernel_log = args.vm.timeout.and_then(|_| KernelLog::open_at_end());
     let started = Instant::now();
     let (outcome, vm) = match Vm::build(config) {
-        Ok(mut vm) => (vm.run(args.vm.timeout), Some(vm)),
+        Ok(mut vm) => {
+            vm.keep_cpu_state(args.core.is_some());
+            (vm.run(args.vm.timeout), Some(vm))
+        }
         Err(e) => (
             Outcome::VmmError {
                 message: e.to_string(),
@@ -77,11 +81,20 @@ pub fn run(args: RunArgs) -> Result<u8> {
         (Outcome::Timeout { .. }, Some(log)) => log.new_lines(),
         _ => Vec::new(),
     };
+    let wall = started.elapsed();
+    let core = match (&args.core, &vm) {
+        (Some(path), Some(vm)) if !passed(&outcome) => Some(write_core(vm, path)),
+        _ => None,
+    };
     let run = Run {
         outcome: &outcome,
         host_log: &host_log,
-        wall: started.elapsed(),
+        wall,
         counters: vm.as_ref().and_then(Vm::kvm_counters),
+        core: core
+            .as_ref()
+            .and_then(|c| c.as_ref().ok())
+            .map(PathBuf::as_path),
     };
     if let Some(path) = &args.json_outcome {
         write_outcome(path, &run)?;
@@ -96,6 +109,11 @@ pub fn run(args: RunArgs) -> Result<u8> {
         for line in &host_log {
             eprintln!("    {line}");
         }
+    }
+    match &core {
+        Some(Ok(path)) => eprintln!("ktvmm core: guest core written to {}", path.display()),
+        Some(Err(e)) => eprintln!("ktvmm core: no core: {e:#}"),
+        None => {}
     }
     if args.stats {
         print_stats(&run);
@@ -132,6 +150,22 @@ struct Run<'a> {
     /// From building the VM to the end of the run.
     wall: Duration,
     counters: Option<&'a KvmCounters>,
+    /// The guest core written, if any.
+    core: Option<&'a Path>,
+}
+
+/// Whether a run passed or skipped by the guest's own word (no core then).
+fn passed(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::GuestExit { code: 0 | 77 })
+}
+
+/// Writes the guest's core to `path`.
+fn write_core(vm: &Vm, path: &Path) -> Result<PathBuf> {
+    let mut file = fs::File::create(path)
+        .with_context(|| format!("{}: cannot create the core file", path.display()))?;
+    vm.write_core(&mut file)
+        .with_context(|| format!("{}: cannot write the core", path.display()))?;
+    Ok(path.to_path_buf())
 }
 
 /// `--json-outcome`: the outcome, plus the run's wall time, KVM's counters
@@ -146,6 +180,9 @@ fn write_outcome(path: &Path, run: &Run) -> Result<()> {
         }
         if let Some(counters) = run.counters.and_then(|c| serde_json::to_value(c).ok()) {
             object.insert("kvm_stats".into(), counters);
+        }
+        if let Some(core) = run.core {
+            object.insert("core".into(), core.display().to_string().into());
         }
         if !run.host_log.is_empty() {
             object.insert("host_kernel_log".into(), run.host_log.to_vec().into());

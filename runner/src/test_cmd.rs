@@ -110,6 +110,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
         grace: KILL_GRACE,
         ktvmm: std::env::current_exe().context("cannot find the ktvmm executable")?,
         host_stats: host_stats.as_ref().ok().cloned(),
+        cores: args.cores,
     };
     let verbosity = match (args.quiet, args.verbose) {
         (true, _) => Verbosity::Quiet,

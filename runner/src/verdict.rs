@@ -114,6 +114,9 @@ pub struct TestResult {
     /// end of the run (`ktvmm run`'s outcome `kvm_stats`; docs/kvm-stats.md).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub kvm_stats: Option<serde_json::Value>,
+    /// For a guest that did not pass, with `--cores`: its ELF core file.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub core: Option<PathBuf>,
     /// Which repetition this was (1-based), with `--repeat`/`--until-fail`.
     #[serde(skip_serializing_if = "is_first", default = "first")]
     pub iteration: u32,
@@ -313,6 +316,7 @@ mod tests {
             message: message.map(Into::into),
             vcpus: None,
             kvm_stats: None,
+            core: None,
         }
     }
 

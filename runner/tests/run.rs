@@ -255,6 +255,71 @@ fn a_guest_that_can_never_run_again_ends_at_once() {
     assert!(took >= Duration::from_secs(3), "{took:?}");
 }
 
+/// `--core FILE`: a guest that did not pass leaves an ELF core that GDB
+/// opens with the guest's symbols: a thread per vCPU, the registers where
+/// it stopped, its memory. A passing guest leaves none.
+#[test]
+fn a_guest_that_does_not_pass_leaves_a_core_gdb_opens() {
+    let dir = scratch("core");
+    let core = dir.join("hang.core");
+    let outcome_path = dir.join("outcome.json");
+    let (output, _) = run(&[
+        "run",
+        "bundled:hang",
+        "-smp",
+        "2",
+        "--timeout",
+        "1",
+        "--core",
+        core.to_str().unwrap(),
+        "--json-outcome",
+        outcome_path.to_str().unwrap(),
+    ]);
+    let (code, _, stderr) = parts(&output);
+    assert_eq!(code, 124, "{stderr}");
+    assert!(stderr.contains("guest core written to"), "{stderr}");
+    let outcome: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&outcome_path).unwrap()).unwrap();
+    assert_eq!(outcome["core"], core.display().to_string());
+    let bytes = std::fs::read(&core).unwrap();
+    assert_eq!(&bytes[..4], b"\x7fELF");
+    assert_eq!(u16::from_le_bytes([bytes[16], bytes[17]]), 4, "ET_CORE");
+    // All 128 MiB of RAM are in it (as holes where the guest left zeroes).
+    assert!(bytes.len() as u64 > 128 << 20, "{}", bytes.len());
+
+    let passing = dir.join("pass.core");
+    run(&[
+        "run",
+        "bundled:exitcode",
+        "--core",
+        passing.to_str().unwrap(),
+    ]);
+    assert!(!passing.exists(), "a passing guest leaves no core");
+
+    if !common::gdb_usable("a_guest_that_does_not_pass_leaves_a_core_gdb_opens") {
+        return;
+    }
+    let gdb = std::process::Command::new("gdb")
+        .args([
+            "-batch",
+            "-nx",
+            "-ex",
+            "info threads",
+            "-ex",
+            "info registers rip eflags",
+        ])
+        .args(["-ex", "x/2xb $rip"])
+        .arg(guest_file("hang"))
+        .arg(&core)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&gdb.stdout);
+    assert!(said.contains("  2    "), "a thread per vCPU:\n{said}");
+    assert!(said.contains("in hang::spin"), "{said}");
+    // `jmp .` (0xeb 0xfe) is where a spinning vCPU stopped.
+    assert!(said.contains("0xeb\t0xfe"), "{said}");
+}
+
 #[test]
 fn a_triple_fault_is_reported_as_a_shutdown() {
     let (output, _) = run(&["run", "bundled:triple-fault", "--timeout", "10"]);

@@ -683,9 +683,13 @@ fn diff_names_kvm_counters_that_moved_and_can_gate_on_them() {
     };
     let (code, stdout, _) = diff(&[]);
     assert_eq!(code, 0, "no verdict changed:\n{stdout}");
-    assert!(stdout.contains("KVM counters that changed"), "{stdout}");
-    assert!(stdout.contains("  io: vcpu.exits "), "{stdout}");
-    assert!(!stdout.contains("  steady: "), "{stdout}");
+    let counters = stdout
+        .split_once("KVM counters that changed")
+        .map(|(_, rest)| rest.split("\n\n").next().unwrap_or(rest))
+        .and_then(|rest| rest.split("biggest duration changes").next())
+        .unwrap_or_else(|| panic!("no counter section:\n{stdout}"));
+    assert!(counters.contains("  io: vcpu.exits "), "{stdout}");
+    assert!(!counters.contains("  steady: "), "{stdout}");
     let (code, stdout, _) = diff(&["--fail-on-counters"]);
     assert_eq!(code, 1, "{stdout}");
     let (code, stdout, _) = diff(&["--fail-on-counters", "--counter-min", "1000000"]);
@@ -737,6 +741,49 @@ fn host_programs_get_kvm_counters_from_debugfs_or_a_notice_why_not() {
         assert!(meta_notices.contains("no KVM counters"), "{meta_notices}");
     }
     assert!(stats_of("no-vm").is_null());
+}
+
+/// `ktvmm test --cores`: the guests that did not pass keep a core next to
+/// their log, named in results.json and the summary; the others none.
+#[test]
+fn cores_are_kept_for_the_guests_that_did_not_pass() {
+    let dir = scratch("cores");
+    let suite = write(
+        &dir,
+        "cores.ktvmm.toml",
+        b"[[test]]\nname = \"passes\"\nguest = \"bundled:exitcode\"\n\n\
+          [[test]]\nname = \"hangs\"\nguest = \"bundled:hang\"\ntimeout = 1\n",
+    );
+    let (code, stdout, _) = test_in(&dir, &["--cores", &suite]);
+    assert_eq!(code, 1, "{stdout}");
+    let results = results(&dir);
+    let core_of = |name: &str| {
+        results["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| t["core"].clone())
+            .unwrap()
+    };
+    let core = core_of("hangs");
+    let core = Path::new(core.as_str().expect("a core for the hung guest"));
+    assert!(core.exists(), "{}", core.display());
+    assert!(
+        stdout.contains(&format!("guest core: {}", core.display())),
+        "{stdout}"
+    );
+    assert!(core_of("passes").is_null());
+    let logs: Vec<String> = std::fs::read_dir(dir.join("out/logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !logs
+            .iter()
+            .any(|l| l.starts_with("passes") && l.ends_with(".core")),
+        "{logs:?}"
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@ pub mod acpi;
 pub mod boot;
 pub mod boot_plan;
 pub mod bus;
+pub mod core_dump;
 pub mod cpu_model;
 pub mod cpuid;
 pub mod devices;

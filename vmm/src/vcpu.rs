@@ -11,6 +11,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::time::Instant;
 
 use crate::bus::Bus;
+use crate::core_dump::CpuState;
 use crate::forensics::VcpuSnapshot;
 use crate::kick::RunGuard;
 use crate::kvm_stats;
@@ -34,6 +35,8 @@ pub struct VcpuEnd {
     pub snapshot: Option<VcpuSnapshot>,
     /// KVM's counters for it, empty where KVM offers none.
     pub stats: Vec<kvm_stats::Stat>,
+    /// Its registers at the end, when asked for (for a core file).
+    pub state: Option<CpuState>,
 }
 
 /// A vCPU ready to run.
@@ -42,6 +45,7 @@ pub struct Vcpu {
     index: u32,
     buses: Arc<Buses>,
     watch: Arc<Watch>,
+    keep_state: bool,
 }
 
 impl Vcpu {
@@ -52,7 +56,14 @@ impl Vcpu {
             index,
             buses,
             watch,
+            keep_state: false,
         }
+    }
+
+    /// Makes the run end with the vCPU's registers (`VcpuEnd::state`).
+    pub fn keep_state(mut self, keep: bool) -> Self {
+        self.keep_state = keep;
+        self
     }
 
     /// Runs until the guest ends the run or `stop` is set; then reads
@@ -63,10 +74,12 @@ impl Vcpu {
             log::debug!("vCPU {}: no KVM counters: {e}", self.index);
             Vec::new()
         });
+        let state = self.keep_state.then(|| CpuState::read(&self.fd)).flatten();
         VcpuEnd {
             outcome,
             snapshot,
             stats,
+            state,
         }
     }
 

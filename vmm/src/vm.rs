@@ -22,6 +22,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use crate::boot::{self, Kernel, Protocol};
 use crate::boot_plan::PlanError;
 use crate::bus::BusError;
+use crate::core_dump::{self, CpuState, RamRange};
 use crate::cpu_model::{self, CpuModelError, CpuSpec};
 use crate::forensics::VcpuSnapshot;
 use crate::liveness::{self, VcpuLiveness, Watch};
@@ -29,7 +30,7 @@ use crate::loader::{KernelImage, LoadError};
 use crate::memory::{GuestMemory, MemoryError, RamLayout};
 use crate::outcome::Outcome;
 use crate::platform::{Machine, Platform};
-use crate::vcpu::Vcpu;
+use crate::vcpu::{Vcpu, VcpuEnd};
 use crate::{cpuid, irq_routing, kick, kvm_stats};
 
 /// Everything that describes one VM.
@@ -193,6 +194,8 @@ pub struct Vm {
     _memory: GuestMemory,
     timings: Timings,
     counters: Option<kvm_stats::KvmCounters>,
+    keep_cpu_state: bool,
+    cpu_states: Vec<CpuState>,
 }
 
 impl Vm {
@@ -322,7 +325,35 @@ impl Vm {
             _memory: memory,
             timings,
             counters: None,
+            keep_cpu_state: false,
+            cpu_states: Vec::new(),
         })
+    }
+
+    /// Makes the run keep every vCPU's registers for [`Vm::write_core`].
+    pub fn keep_cpu_state(&mut self, keep: bool) {
+        self.keep_cpu_state = keep;
+    }
+
+    /// Writes an ELF core of the guest (all RAM, each vCPU's registers) to
+    /// `out`, after a run with [`Vm::keep_cpu_state`] on.
+    pub fn write_core<W: std::io::Write + std::io::Seek>(
+        &self,
+        out: &mut W,
+    ) -> std::io::Result<()> {
+        let ram: Vec<RamRange> = self
+            ._memory
+            .iter()
+            .map(|region| RamRange {
+                gpa: region.start_addr().0,
+                // SAFETY: the mapping lives as long as `self`, and every
+                // vCPU has stopped, so nothing writes it while it is read.
+                bytes: unsafe {
+                    std::slice::from_raw_parts(region.as_ptr(), region.len() as usize)
+                },
+            })
+            .collect();
+        core_dump::write(out, &ram, &self.cpu_states)
     }
 
     /// KVM's counters for the VM and its vCPUs at the end of its run;
@@ -359,22 +390,22 @@ impl Vm {
         // Set with `stop` on a timeout: only then do vCPUs report their state.
         let report = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Outcome>();
-        let mut threads: Vec<JoinHandle<(Option<VcpuSnapshot>, Vec<kvm_stats::Stat>)>> =
-            Vec::with_capacity(self.vcpus.len());
+        let mut threads: Vec<JoinHandle<VcpuEnd>> = Vec::with_capacity(self.vcpus.len());
         let mut outcome = None;
         let watches: Vec<Arc<Watch>> = self.vcpus.iter().map(|_| Arc::default()).collect();
         for (index, fd) in self.vcpus.drain(..).enumerate() {
             let watch = watches[index].clone();
-            let vcpu = Vcpu::new(fd, index as u32, self.platform.buses.clone(), watch);
+            let vcpu = Vcpu::new(fd, index as u32, self.platform.buses.clone(), watch)
+                .keep_state(self.keep_cpu_state);
             let (stop, report, tx) = (stop.clone(), report.clone(), tx.clone());
             let spawned = thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
-                    let end = vcpu.run(&stop, &report);
-                    if let Some(outcome) = end.outcome {
+                    let mut end = vcpu.run(&stop, &report);
+                    if let Some(outcome) = end.outcome.take() {
                         let _ = tx.send(outcome);
                     }
-                    (end.snapshot, end.stats)
+                    end
                 });
             match spawned {
                 Ok(handle) => threads.push(handle),
@@ -402,10 +433,12 @@ impl Vm {
         }
         let mut snapshots: Vec<VcpuSnapshot> = Vec::new();
         let mut vcpu_stats: Vec<Vec<kvm_stats::Stat>> = Vec::new();
+        self.cpu_states.clear();
         for thread in threads {
-            if let Ok((snapshot, stats)) = thread.join() {
-                snapshots.extend(snapshot);
-                vcpu_stats.push(stats);
+            if let Ok(end) = thread.join() {
+                snapshots.extend(end.snapshot);
+                vcpu_stats.push(end.stats);
+                self.cpu_states.extend(end.state);
             }
         }
         // Every vCPU has stopped: these are the run's final counts.

@@ -228,6 +228,7 @@ pub(crate) mod testutil {
             subtests: None,
             forensics: None,
             kvm_stats: None,
+            core: None,
             iteration: 1,
         }
     }

@@ -24,6 +24,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// A guest's VMM stops it at its limit; the runner steps in only this much
 /// later, should the VMM itself be stuck.
 const GUEST_BACKSTOP: Duration = Duration::from_secs(2);
+/// And, with `--cores`, this much more for writing the guest's core after
+/// its limit (all of its RAM, to a disk of unknown speed).
+const CORE_GRACE: Duration = Duration::from_secs(30);
 
 /// One test to run.
 #[derive(Clone, Debug)]
@@ -47,6 +50,8 @@ pub struct Options {
     pub grace: Duration,
     /// The `ktvmm` binary, which boots guests.
     pub ktvmm: PathBuf,
+    /// Guests write a core when they do not pass (`ktvmm test --cores`).
+    pub cores: bool,
     /// Where host programs' VMs are read from, and how their counters
     /// divide; `None` when debugfs cannot be read.
     pub host_stats: Option<(PathBuf, debugfs_stats::Names)>,
@@ -100,7 +105,7 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
         while !interrupted && slots.len() < options.jobs.max(1) && next < jobs.len() {
             let job = &jobs[next];
             observer.started(job);
-            let Some(cmd) = child::command(&job.spec, &options.ktvmm, job.timeout, &job.log) else {
+            let Some(cmd) = child::command(&job.spec, options, job.timeout, &job.log) else {
                 let result = skipped(job);
                 observer.finished(job, &result);
                 results[next] = Some(result);
@@ -115,6 +120,9 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
                     let started = Instant::now();
                     let limit = match &job.spec.kind {
                         // ktvmm stops its guests itself; QEMU does not.
+                        TestKind::Guest(g) if g.vmm == Vmm::Ktvmm && options.cores => {
+                            job.timeout + GUEST_BACKSTOP + CORE_GRACE
+                        }
                         TestKind::Guest(g) if g.vmm == Vmm::Ktvmm => job.timeout + GUEST_BACKSTOP,
                         TestKind::Guest(_) => job.timeout,
                         TestKind::Exec(_) | TestKind::Skip(_) => job.timeout,
@@ -300,11 +308,24 @@ fn finish(job: &Job, mut slot: Slot, names: Option<&debugfs_stats::Names>) -> Te
             Some(Ok(outcome)) if status == Status::Timeout => outcome.vcpus.clone(),
             _ => None,
         },
+        core: core_of(outcome.as_ref().and_then(|o| o.as_ref().ok()), status),
         kvm_stats: match outcome {
             Some(Ok(outcome)) => outcome.kvm_stats,
             _ => host_stats,
         },
         iteration: job.iteration,
+    }
+}
+
+/// The guest core of a test that did not pass; one that passed has its
+/// core (written for a code the runner reads as a pass or skip) removed.
+fn core_of(outcome: Option<&guest_outcome::GuestOutcome>, status: Status) -> Option<PathBuf> {
+    let core = outcome?.core.clone()?;
+    if status.is_failure() || status == Status::XFail {
+        Some(core)
+    } else {
+        let _ = std::fs::remove_file(&core);
+        None
     }
 }
 
@@ -333,6 +354,7 @@ fn cannot_start(job: &Job, error: &std::io::Error) -> TestResult {
         subtests: None,
         forensics: None,
         kvm_stats: None,
+        core: None,
         iteration: job.iteration,
     }
 }
@@ -353,6 +375,7 @@ fn skipped(job: &Job) -> TestResult {
         subtests: None,
         forensics: None,
         kvm_stats: None,
+        core: None,
         iteration: job.iteration,
     }
 }

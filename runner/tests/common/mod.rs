@@ -50,6 +50,15 @@ pub fn qemu_usable(test: &str) -> bool {
     optional_tool(test, "KTVMM_REQUIRE_QEMU", usable)
 }
 
+/// Whether GDB is there for the tests that open cores or attach to guests.
+pub fn gdb_usable(test: &str) -> bool {
+    let usable = match Command::new("gdb").arg("--version").output() {
+        Ok(out) if out.status.success() => Ok(()),
+        _ => Err("gdb is not installed (Debian: apt-get install gdb)".to_string()),
+    };
+    optional_tool(test, "KTVMM_REQUIRE_GDB", usable)
+}
+
 /// Runs `ktvmm` with `args`; returns the output and how long it took.
 pub fn run(args: &[&str]) -> (Output, Duration) {
     let started = Instant::now();
