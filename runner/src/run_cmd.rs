@@ -62,11 +62,15 @@ pub fn run(args: RunArgs) -> Result<u8> {
             return Err(e);
         }
     };
+    let mut gdb = gdb_listener(&args)?;
     let mut kernel_log = args.vm.timeout.and_then(|_| KernelLog::open_at_end());
     let started = Instant::now();
     let (outcome, vm) = match Vm::build(config) {
         Ok(mut vm) => {
             vm.keep_cpu_state(args.core.is_some());
+            if let Some(listener) = gdb.take() {
+                vm.debug_with(listener, args.hold);
+            }
             (vm.run(args.vm.timeout), Some(vm))
         }
         Err(e) => (
@@ -122,6 +126,39 @@ pub fn run(args: RunArgs) -> Result<u8> {
         Some(vm) => detach::exit_leaving_teardown(outcome.exit_code(), vm),
         None => Ok(outcome.exit_code()),
     }
+}
+
+/// The port GDB connects to, bound before the guest starts, as `--gdb`,
+/// `-gdb tcp::PORT` or `-s` ask.
+fn gdb_listener(args: &RunArgs) -> Result<Option<std::net::TcpListener>> {
+    let spec = match (&args.gdb, args.gdb_default) {
+        (Some(spec), _) => spec.clone(),
+        (None, true) => "1234".to_string(),
+        (None, false) if args.hold => {
+            anyhow::bail!("-S holds the vCPUs for a debugger: give -s or --gdb PORT too")
+        }
+        (None, false) => return Ok(None),
+    };
+    let address = gdb_address(&spec)
+        .ok_or_else(|| anyhow!("--gdb {spec}: want PORT, ADDR:PORT or tcp::PORT"))?;
+    let listener = std::net::TcpListener::bind(&address)
+        .with_context(|| format!("--gdb {spec}: cannot listen on {address}"))?;
+    let shown = listener.local_addr().map_or(address, |a| a.to_string());
+    eprintln!(
+        "ktvmm gdb: waiting for GDB on {shown}{} (gdb -ex 'target remote {shown}' {})",
+        if args.hold { ", vCPUs held" } else { "" },
+        args.guest
+    );
+    Ok(Some(listener))
+}
+
+/// `1234`, `:1234`, `tcp::1234` -> `127.0.0.1:1234`; `ADDR:PORT` as given.
+fn gdb_address(spec: &str) -> Option<String> {
+    let spec = spec.strip_prefix("tcp:").unwrap_or(spec);
+    let (host, port) = spec.rsplit_once(':').unwrap_or(("", spec));
+    let port: u16 = port.parse().ok()?;
+    let host = if host.is_empty() { "127.0.0.1" } else { host };
+    Some(format!("{host}:{port}"))
 }
 
 /// The VM `args` ask for, with the guest (and initrd) read in.
