@@ -7,7 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::rules;
-use crate::kmsg::KernelLog;
+use crate::kmsg::{self, KernelLog};
 
 /// A bug an execution found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,21 +181,14 @@ pub fn taint() -> Option<u64> {
 }
 
 /// Watches the host for signs of a kernel bug between two points: new
-/// taint flags, new `WARNING:`/`BUG:`/`Call Trace` lines in the kernel log
-/// (when it is readable).
+/// taint flags, new kernel-wide alarms (`WARNING:`, `BUG:`, a call trace,
+/// a lockup: [`kmsg::is_alarm`]) in the kernel log when it is readable.
+/// Another process's KVM messages are not this harness's and are left
+/// out; an alarm counts whoever logged it.
 pub struct HostWatch {
     log: Option<KernelLog>,
     taint: Option<u64>,
 }
-
-/// Kernel log lines that mean the kernel hit a bug.
-const ALARMS: [&str; 5] = [
-    "WARNING:",
-    "BUG:",
-    "Call Trace",
-    "general protection",
-    "Oops",
-];
 
 impl HostWatch {
     /// Starts watching from now.
@@ -222,9 +215,11 @@ impl HostWatch {
         }
         self.taint = now;
         if let Some(log) = &mut self.log {
-            for line in log.new_lines() {
-                if ALARMS.iter().any(|alarm| line.contains(alarm)) {
-                    findings.push(Finding::KernelLog { line });
+            for message in log.read().messages {
+                if kmsg::is_alarm(&message.text) {
+                    findings.push(Finding::KernelLog {
+                        line: message.to_string(),
+                    });
                 }
             }
         }

@@ -152,6 +152,9 @@ enum RunEnd {
 impl Executor {
     /// Opens KVM, reads what it supports, and arms the kick signal.
     pub fn new(options: ExecOptions) -> Result<Self, ExecError> {
+        // This thread makes every KVM call of the executions: what the
+        // kernel logs naming it is about this harness's VMs.
+        crate::kmsg::claim_this_thread();
         let kvm = Kvm::new().map_err(ExecError::NoKvm)?;
         let setup = |what| {
             move |e: kvm_ioctls::Error| ExecError::Setup {
