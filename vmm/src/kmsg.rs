@@ -93,6 +93,8 @@ impl Report {
 /// Threads that have made KVM calls for this process and may have ended
 /// by the time the log is read (vCPU threads are joined before a timeout
 /// is reported): their ids still tie the kernel's messages to this VM.
+/// They end with the run, just before the log is read, so another process
+/// has had next to no time to be given the same id.
 static CLAIMED: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
 
 /// Records the calling thread as one whose kernel messages are this
