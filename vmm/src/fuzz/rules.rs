@@ -24,14 +24,14 @@ pub const REGS: Rule = Rule {
     says: "KVM_SET_REGS stores the general registers and RIP as given, and RFLAGS with bit 1 \
            set, less RF and VM (which KVM drops where the mode cannot hold them) and TF while \
            KVM single-steps the guest",
-    source: "arch/x86/kvm/x86.c, __set_regs()",
+    source: "arch/x86/kvm/x86.c (regs.c in newer kernels, e.g. 7.2), __set_regs()",
 };
 
 /// `KVM_SET_SREGS` stores CR2 and the descriptor-table registers.
 pub const SREGS: Rule = Rule {
     id: "sregs-cr2-dt-as-written",
     says: "KVM_SET_SREGS stores CR2, GDTR and IDTR as given",
-    source: "arch/x86/kvm/x86.c, __set_sregs_common()",
+    source: "arch/x86/kvm/x86.c (regs.c in newer kernels, e.g. 7.2), __set_sregs_common()",
 };
 
 /// MSRs KVM keeps exactly as an accepted host write gave them.
@@ -89,7 +89,7 @@ pub const XCR0: Rule = Rule {
 pub const DR0_3: Rule = Rule {
     id: "dr0-3-as-written",
     says: "KVM_SET_DEBUGREGS stores DR0-DR3 as given",
-    source: "arch/x86/kvm/x86.c, kvm_vcpu_ioctl_x86_set_debugregs()",
+    source: "arch/x86/kvm/x86.c (regs.c in newer kernels, e.g. 7.2), kvm_vcpu_ioctl_x86_set_debugregs()",
 };
 
 /// `MP_STATE` runnable.
