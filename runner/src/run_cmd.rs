@@ -9,7 +9,7 @@ use ktvmm_vmm::{KernelImage, Outcome, Vm, VmConfig};
 
 use crate::cli::RunArgs;
 use crate::{bundled, detach};
-use ktvmm_vmm::kmsg::KernelLog;
+use ktvmm_vmm::kmsg::{KernelLog, Report};
 use ktvmm_vmm::kvm_stats::KvmCounters;
 use std::time::{Duration, Instant};
 
@@ -52,7 +52,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
                 };
                 let run = Run {
                     outcome: &outcome,
-                    host_log: &[],
+                    host_log: &Report::default(),
                     wall: Duration::ZERO,
                     counters: None,
                     core: None,
@@ -80,10 +80,11 @@ pub fn run(args: RunArgs) -> Result<u8> {
             None,
         ),
     };
-    // A hang report includes what the host kernel said meanwhile.
+    // A hang report includes what the host kernel said meanwhile about
+    // this VM, and the host-wide alarms (see ktvmm_vmm::kmsg).
     let host_log = match (&outcome, kernel_log.as_mut()) {
-        (Outcome::Timeout { .. }, Some(log)) => log.new_lines(),
-        _ => Vec::new(),
+        (Outcome::Timeout { .. }, Some(log)) => log.read(),
+        _ => Default::default(),
     };
     let wall = started.elapsed();
     let core = match (&args.core, &vm) {
@@ -110,8 +111,14 @@ pub fn run(args: RunArgs) -> Result<u8> {
         // Indented, under the timeout message: the runner takes a test's
         // reason from the last line that starts with "ktvmm: ".
         eprintln!("  host kernel log during the run:");
-        for line in &host_log {
+        for line in host_log.lines() {
             eprintln!("    {line}");
+        }
+        if host_log.left_out > 0 {
+            eprintln!(
+                "    ({} more message(s) left out: another process's, or naming no process)",
+                host_log.left_out
+            );
         }
     }
     match &core {
@@ -183,7 +190,8 @@ fn vm_config(args: &RunArgs) -> Result<VmConfig> {
 /// What a run leaves to report.
 struct Run<'a> {
     outcome: &'a Outcome,
-    host_log: &'a [String],
+    /// This VM's and the host-wide kernel messages (see `kmsg`).
+    host_log: &'a Report,
     /// From building the VM to the end of the run.
     wall: Duration,
     counters: Option<&'a KvmCounters>,
@@ -222,7 +230,11 @@ fn write_outcome(path: &Path, run: &Run) -> Result<()> {
             object.insert("core".into(), core.display().to_string().into());
         }
         if !run.host_log.is_empty() {
-            object.insert("host_kernel_log".into(), run.host_log.to_vec().into());
+            object.insert("host_kernel_log".into(), run.host_log.lines().into());
+            object.insert(
+                "host_kernel_log_left_out".into(),
+                run.host_log.left_out.into(),
+            );
         }
     }
     fs::write(path, json.to_string() + "\n")

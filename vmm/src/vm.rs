@@ -415,6 +415,9 @@ impl Vm {
             let spawned = thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
+                    // KVM and its backends name the vCPU thread in what
+                    // they log; a hang report keeps those lines.
+                    crate::kmsg::claim_this_thread();
                     let mut end = vcpu.run(&stop, &report);
                     if let Some(outcome) = end.outcome.take() {
                         let _ = tx.send(outcome);
