@@ -63,7 +63,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
         }
     };
     let mut gdb = gdb_listener(&args)?;
-    let mut kernel_log = args.vm.timeout.and_then(|_| KernelLog::open_at_end());
+    // Read only when the guest times out or hangs.
+    let mut kernel_log = KernelLog::open_at_end();
     let started = Instant::now();
     let (outcome, vm) = match Vm::build(config) {
         Ok(mut vm) => {
@@ -83,7 +84,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     // A hang report includes what the host kernel said meanwhile about
     // this VM, and the host-wide alarms (see ktvmm_vmm::kmsg).
     let host_log = match (&outcome, kernel_log.as_mut()) {
-        (Outcome::Timeout { .. }, Some(log)) => log.read(),
+        (Outcome::Timeout { .. } | Outcome::Hung { .. }, Some(log)) => log.read(),
         _ => Default::default(),
     };
     let wall = started.elapsed();
