@@ -208,6 +208,15 @@ pub struct TestArgs {
     /// out, hangs) next to its log: `gdb GUEST LOG.core` opens it.
     #[arg(long)]
     pub cores: bool,
+    /// Run only the guest test named exactly NAME, held at its first
+    /// instruction with a GDB stub on --gdb-port (as `ktvmm run -s -S`):
+    /// the command to attach is printed, and no time limit applies while
+    /// it waits.
+    #[arg(long, value_name = "NAME")]
+    pub gdb: Option<String>,
+    /// The port --gdb listens on (127.0.0.1).
+    #[arg(long, value_name = "PORT", default_value_t = 1234)]
+    pub gdb_port: u16,
 }
 
 /// Options of `ktvmm envs`.

@@ -35,6 +35,9 @@ pub fn test(args: TestArgs) -> Result<u8> {
     };
     let selection = selection(&args)?;
     let mut tests = crate::envs::expand(selection.apply(tests), &args.envs);
+    if let Some(name) = &args.gdb {
+        tests = one_for_gdb(tests, name)?;
+    }
     if let Some(seed) = args.shuffle {
         crate::select::shuffle(&mut tests, seed);
     }
@@ -84,6 +87,9 @@ pub fn test(args: TestArgs) -> Result<u8> {
     // Whether QEMU can start VMs here, before any test is judged under it.
     let qemu_notices = crate::qemu_probe::apply(&mut tests);
     let output = OutputDir::create(args.output.as_deref())?;
+    if args.gdb.is_some() {
+        print_gdb_attach(&tests, &output, args.gdb_port)?;
+    }
     crate::envs::write_bundled_guests(&mut tests, output.path()).with_context(|| {
         format!(
             "{}: cannot write the bundled guests for QEMU",
@@ -111,6 +117,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
         ktvmm: std::env::current_exe().context("cannot find the ktvmm executable")?,
         host_stats: host_stats.as_ref().ok().cloned(),
         cores: args.cores,
+        gdb_port: args.gdb.as_ref().map(|_| args.gdb_port),
     };
     let verbosity = match (args.quiet, args.verbose) {
         (true, _) => Verbosity::Quiet,
@@ -302,6 +309,54 @@ fn jobs(
         }
     }
     jobs
+}
+
+/// `--gdb NAME`: exactly that guest test, run by ktvmm.
+fn one_for_gdb(tests: Vec<TestSpec>, name: &str) -> Result<Vec<TestSpec>> {
+    let Some(test) = tests.into_iter().find(|t| t.name == name) else {
+        bail!("--gdb {name}: no test has that exact name (--list shows them)");
+    };
+    let crate::suite::TestKind::Guest(guest) = &test.kind else {
+        bail!("--gdb {name}: not a guest ktvmm runs; only guests can be debugged");
+    };
+    if guest.vmm != crate::suite::Vmm::Ktvmm {
+        bail!("--gdb {name}: runs under QEMU; debug it there with -s -S");
+    }
+    Ok(vec![test])
+}
+
+/// Says how to attach GDB to the `--gdb` test, with its symbol file: the
+/// `.elf` kvm-unit-tests builds beside a `.flat`, or a bundled guest's
+/// image written to the output directory.
+fn print_gdb_attach(tests: &[TestSpec], output: &OutputDir, port: u16) -> Result<()> {
+    let Some(test) = tests.first() else {
+        return Ok(());
+    };
+    let crate::suite::TestKind::Guest(guest) = &test.kind else {
+        return Ok(());
+    };
+    let symbols = if let Some(name) = guest.guest.strip_prefix(bundled::PREFIX) {
+        let path = output.path().join("guests").join(name);
+        if let Some(bytes) = bundled::guest(name) {
+            std::fs::create_dir_all(output.path().join("guests"))
+                .and_then(|()| std::fs::write(&path, bytes))
+                .with_context(|| format!("{}: cannot write the guest", path.display()))?;
+        }
+        path.display().to_string()
+    } else {
+        match guest.guest.strip_suffix(".flat") {
+            Some(stem) if std::path::Path::new(&format!("{stem}.elf")).exists() => {
+                format!("{stem}.elf")
+            }
+            _ => guest.guest.clone(),
+        }
+    };
+    println!(
+        "{} waits for GDB, held at its first instruction; attach with:\n  \
+         gdb -ex 'set architecture i386:x86-64' -ex 'target remote 127.0.0.1:{port}' {symbols}",
+        test.name
+    );
+    Ok(())
 }
 
 /// Where host programs' KVM counters come from: `Err(None)` when no test

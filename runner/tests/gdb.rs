@@ -258,3 +258,54 @@ fn the_stub_interrupts_a_spinning_guest_and_refuses_hostile_requests() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// `ktvmm test --gdb NAME`: one test of a suite waits for GDB, with the
+/// command to attach printed (symbols included); a held test has no time
+/// limit, and it passes once GDB lets it run.
+#[test]
+fn one_test_of_a_suite_waits_for_gdb() {
+    if !common::gdb_usable("one_test_of_a_suite_waits_for_gdb") {
+        return;
+    }
+    let dir = scratch("test-gdb");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = ktvmm()
+        .args([
+            "test",
+            "--gdb",
+            "exitcode-pass",
+            "--gdb-port",
+            &port.to_string(),
+        ])
+        .args(["--timeout", "1", "-o", dir.join("out").to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let (mut first, mut attach) = (String::new(), String::new());
+    stdout.read_line(&mut first).unwrap();
+    stdout.read_line(&mut attach).unwrap();
+    assert!(first.starts_with("exitcode-pass waits for GDB"), "{first}");
+    let symbols = attach.split_whitespace().last().unwrap().to_string();
+    assert!(
+        attach.contains(&format!("target remote 127.0.0.1:{port}")),
+        "{attach}"
+    );
+    // Longer than --timeout: the held test is not stopped meanwhile.
+    std::thread::sleep(Duration::from_secs(3));
+    let said = gdb(
+        port,
+        &symbols,
+        &["hbreak ktest_main", "continue", "delete", "continue"],
+    );
+    assert!(said.contains("in ktest_main"), "{said}");
+    assert!(said.contains("exited normally"), "{said}");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success(), "{rest}");
+    assert!(rest.contains("1 passed"), "{rest}");
+}

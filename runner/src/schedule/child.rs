@@ -38,6 +38,9 @@ pub fn command(
             if options.cores {
                 cmd.arg("--core").arg(log.with_extension("core"));
             }
+            if let Some(port) = options.gdb_port {
+                cmd.arg(format!("--gdb=127.0.0.1:{port}")).arg("-S");
+            }
             cmd
         }
         TestKind::Skip(_) => return None,

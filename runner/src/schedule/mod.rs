@@ -52,6 +52,8 @@ pub struct Options {
     pub ktvmm: PathBuf,
     /// Guests write a core when they do not pass (`ktvmm test --cores`).
     pub cores: bool,
+    /// Guests wait for GDB on this port (`ktvmm test --gdb NAME`).
+    pub gdb_port: Option<u16>,
     /// Where host programs' VMs are read from, and how their counters
     /// divide; `None` when debugfs cannot be read.
     pub host_stats: Option<(PathBuf, debugfs_stats::Names)>,
@@ -119,6 +121,11 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
                 Ok(running) => {
                     let started = Instant::now();
                     let limit = match &job.spec.kind {
+                        // Held for a debugger: ktvmm's own limit, which
+                        // stops while GDB holds the guest, is the only one.
+                        TestKind::Guest(g) if g.vmm == Vmm::Ktvmm && options.gdb_port.is_some() => {
+                            Duration::from_secs(100 * 365 * 24 * 3600)
+                        }
                         // ktvmm stops its guests itself; QEMU does not.
                         TestKind::Guest(g) if g.vmm == Vmm::Ktvmm && options.cores => {
                             job.timeout + GUEST_BACKSTOP + CORE_GRACE
