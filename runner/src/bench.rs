@@ -144,7 +144,7 @@ fn runner_overhead(exe: &Path, tests: u32, rounds: u32) -> Result<u8> {
 
 /// Median time of each build step and of the run itself, in this process.
 fn breakdown(runs: u32) -> Result<()> {
-    let image = load_guest(SMALLEST_GUEST)?;
+    let image = load_guest(SMALLEST_GUEST, 128)?;
     let mut steps: Vec<(&'static str, Vec<Duration>)> = Vec::new();
     let mut runs_taken = Vec::new();
     let mut teardowns = Vec::new();

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ktvmm_vmm::fuzz::{Campaign, ExecOptions, Executor, Reproducer, minimise};
+use ktvmm_vmm::input;
 
 use crate::cli::FuzzArgs;
 
@@ -60,7 +61,7 @@ pub fn fuzz(args: FuzzArgs) -> Result<u8> {
 }
 
 fn replay(file: &Path, exec: ExecOptions) -> Result<u8> {
-    let bytes = std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    let bytes = input::read(file, input::MAX_TEXT, "a reproducer or fuzzer input")?;
     let mut executor = Executor::new(exec)?;
     if !bytes.starts_with(b"{") {
         return replay_fuzzer_artifact(file, &bytes, &mut executor);

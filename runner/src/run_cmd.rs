@@ -5,14 +5,15 @@ use std::io;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
-use ktvmm_vmm::{KernelImage, Outcome, Vm, VmConfig};
+use ktvmm_vmm::{KernelImage, Outcome, Vm, VmConfig, input};
 
 use crate::cli::RunArgs;
 use crate::{bundled, detach};
 use ktvmm_vmm::kmsg::KernelLog;
 
-/// Reads a guest from a file, or from the binary for `bundled:NAME`.
-pub fn load_guest(guest: &str) -> Result<KernelImage> {
+/// Reads a guest from a file, or from the binary for `bundled:NAME`; a
+/// guest cannot be larger than the RAM (`mem_mib`) it is loaded into.
+pub fn load_guest(guest: &str, mem_mib: u64) -> Result<KernelImage> {
     if let Some(name) = guest.strip_prefix(bundled::PREFIX) {
         let bytes = bundled::guest(name).ok_or_else(|| {
             let names: Vec<&str> = bundled::GUESTS.iter().map(|(n, _)| *n).collect();
@@ -26,11 +27,12 @@ pub fn load_guest(guest: &str) -> Result<KernelImage> {
             bytes: bytes.to_vec(),
         });
     }
-    read_image(Path::new(guest))
+    read_image(Path::new(guest), "a guest", mem_mib)
 }
 
-fn read_image(path: &Path) -> Result<KernelImage> {
-    let bytes = fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+fn read_image(path: &Path, what: &str, mem_mib: u64) -> Result<KernelImage> {
+    let what = format!("{what} for {mem_mib} MiB of RAM (-m)");
+    let bytes = input::read(path, mem_mib.saturating_mul(1 << 20), &what)?;
     Ok(KernelImage {
         name: path.display().to_string(),
         bytes,
@@ -40,8 +42,13 @@ fn read_image(path: &Path) -> Result<KernelImage> {
 /// Runs the guest; exits the process with the guest's exit code, or returns
 /// the exit code when no VM could be built.
 pub fn run(args: RunArgs) -> Result<u8> {
-    let kernel = load_guest(&args.guest)?;
-    let initrd = args.vm.initrd.as_deref().map(read_image).transpose()?;
+    let kernel = load_guest(&args.guest, args.vm.mem_mib)?;
+    let initrd = args
+        .vm
+        .initrd
+        .as_deref()
+        .map(|path| read_image(path, "an initrd", args.vm.mem_mib))
+        .transpose()?;
     let config = VmConfig {
         kernel,
         cpus: args.vm.smp,

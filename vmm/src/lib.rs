@@ -12,6 +12,7 @@ pub mod devices;
 pub mod floor;
 pub mod forensics;
 pub mod fuzz;
+pub mod input;
 pub mod irq_routing;
 pub mod kick;
 pub mod kmsg;

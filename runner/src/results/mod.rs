@@ -63,6 +63,10 @@ pub enum ResultsError {
         /// Why.
         source: io::Error,
     },
+    /// A previous run's results are not a regular file, too large or
+    /// unreadable.
+    #[error(transparent)]
+    Input(#[from] ktvmm_vmm::input::InputError),
     /// A previous run's results could not be read.
     #[error("{}: cannot read", path.display())]
     Read {

@@ -12,6 +12,7 @@ use toml::Spanned;
 
 use super::{ExecTest, ExitCodes, GuestTest, SuiteError, TestKind, TestSpec};
 use ktvmm_vmm::cpu_model;
+use ktvmm_vmm::input;
 
 use crate::bundled;
 use crate::cli::parse_mem_mib;
@@ -74,10 +75,7 @@ enum RawMemory {
 
 /// Reads and checks one suite file.
 pub fn load(path: &Path) -> Result<Vec<TestSpec>, SuiteError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SuiteError::Read {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let text = input::read_text(path, input::MAX_TEXT, "a suite file")?;
     parse(path, &text)
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::{ExitCodes, GuestTest, SuiteError, TestKind, TestSpec};
 use ktvmm_vmm::cpu_model::{self, CpuSpec, HostCpu};
+use ktvmm_vmm::input;
 
 use crate::cli::{parse_mem_mib, parse_seconds};
 
@@ -183,12 +184,12 @@ impl Host {
     }
 }
 
+/// A `check` names a sysfs parameter: a few bytes.
+const CHECK_FILE_MAX: u64 = 64 << 10;
+
 /// Reads `path` and turns its entries into tests.
 pub fn load(path: &Path, host: &Host) -> Result<Vec<TestSpec>, SuiteError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SuiteError::Read {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let text = input::read_text(path, input::MAX_TEXT, "a unittests.cfg")?;
     let dir = path.parent().unwrap_or(Path::new("."));
     parse(path, &text)?
         .into_iter()
@@ -240,7 +241,8 @@ fn skip_reason(entry: &Entry, dir: &Path, host: &Host) -> Result<Option<String>,
     }
     for check in entry.check.split_whitespace() {
         let (path, value) = check.split_once('=').unwrap_or((check, ""));
-        let actual = std::fs::read_to_string(path).ok();
+        // A sysfs parameter: a few bytes, never a FIFO or /dev/zero.
+        let actual = input::read_text(Path::new(path), CHECK_FILE_MAX, "a `check` file").ok();
         if actual.as_deref().map(str::trim_end) != Some(value) {
             return Ok(Some(format!("{path} not equal to {value}")));
         }

@@ -24,6 +24,9 @@ pub enum ReproError {
         /// Why.
         source: std::io::Error,
     },
+    /// The file is not a regular file, too large or unreadable.
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
     /// The file is not a reproducer.
     #[error("{path}: not a ktvmm fuzz reproducer: {source}")]
     Format {
@@ -153,10 +156,7 @@ impl Reproducer {
     /// Reads one.
     pub fn load(path: &Path) -> Result<Self, ReproError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ReproError::Io {
-            path: name.clone(),
-            source,
-        })?;
+        let text = crate::input::read_text(path, crate::input::MAX_TEXT, "a reproducer")?;
         let value: serde_json::Value =
             serde_json::from_str(&text).map_err(|source| ReproError::Format {
                 path: name.clone(),
