@@ -154,6 +154,10 @@ pub struct TestArgs {
     /// linked from ktvmm-results/latest).
     #[arg(short = 'o', long, value_name = "DIR")]
     pub output: Option<PathBuf>,
+    /// The most of a test's output its log keeps, in MiB (`M`, `G`
+    /// suffixes): its head and its tail, with a line saying what was cut.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_log_limit)]
+    pub log_limit: u64,
     /// Print only tests that did not pass, and the summary.
     #[arg(short = 'q', long, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -274,6 +278,16 @@ pub fn parse_mem_mib(text: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(scale))
         .ok_or_else(|| format!("'{text}' is not a memory size (examples: 128, 512M, 2G)"))
+}
+
+/// `--log-limit`: a size in MiB, at least 1.
+fn parse_log_limit(text: &str) -> Result<u64, String> {
+    match parse_mem_mib(text)? {
+        0 => Err(format!("'{text}' is too small: a log keeps at least 1M")),
+        // Kept in bytes: far below u64's range.
+        mib if mib > 1 << 30 => Err(format!("'{text}' is too large: at most 1024G")),
+        mib => Ok(mib),
+    }
 }
 
 /// Seconds, possibly fractional: `10`, `0.5`.

@@ -288,11 +288,15 @@ pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &
     let _ = out.flush();
 }
 
+/// What [`tail`] reads of a log at most.
+const TAIL_READ_MAX: u64 = 64 << 10;
+
 /// The last `n` lines of a log file (lossy UTF-8; control characters but
 /// tab made visible, so a guest's escape sequences cannot garble the
 /// console).
 pub fn tail(log: &Path, n: usize) -> Vec<String> {
-    let Ok(bytes) = std::fs::read(log) else {
+    // Lines of a guest's console are short; a log can be huge.
+    let Ok(bytes) = crate::schedule::logcap::read_tail(log, TAIL_READ_MAX) else {
         return Vec::new();
     };
     let text = String::from_utf8_lossy(&bytes);

@@ -106,6 +106,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
             .min(tests.len()),
         grace: KILL_GRACE,
         ktvmm: std::env::current_exe().context("cannot find the ktvmm executable")?,
+        log_limit: args.log_limit << 20,
     };
     let verbosity = match (args.quiet, args.verbose) {
         (true, _) => Verbosity::Quiet,

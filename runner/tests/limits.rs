@@ -18,7 +18,12 @@ const MEMORY_LIMIT: u64 = 2 << 30;
 
 /// Runs `cmd` with [`MEMORY_LIMIT`] and kills it after `deadline`; returns
 /// its output and whether it finished on time.
-fn bounded(mut cmd: Command, deadline: Duration) -> (Output, bool) {
+fn bounded(cmd: Command, deadline: Duration) -> (Output, bool) {
+    bounded_with(cmd, deadline, |_| {})
+}
+
+/// [`bounded`], telling `started` the child's pid.
+fn bounded_with(mut cmd: Command, deadline: Duration, started: impl FnOnce(u32)) -> (Output, bool) {
     // SAFETY: setrlimit is async-signal-safe; it only changes the child.
     unsafe {
         cmd.pre_exec(|| {
@@ -38,6 +43,7 @@ fn bounded(mut cmd: Command, deadline: Duration) -> (Output, bool) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start ktvmm");
+    started(child.id());
     let started = Instant::now();
     let mut on_time = true;
     while child.try_wait().expect("wait").is_none() {
@@ -109,4 +115,122 @@ fn devices_fifos_and_huge_files_are_refused_at_once_with_one_line() {
         assert_eq!(code, 125, "ktvmm {args:?}: {stderr}");
         assert_eq!(stderr, format!("ktvmm: {message}\n"), "ktvmm {args:?}");
     }
+}
+
+/// Runs `ktvmm test` on `suite` (written into `dir`) with `args`, bounded;
+/// samples the runner's peak RSS (VmHWM, KiB) while it runs.
+fn test_run(dir: &Path, suite: &str, args: &[&str], deadline: Duration) -> (Output, bool, u64) {
+    let path = write(dir, "s.ktvmm.toml", suite.as_bytes());
+    let mut cmd = ktvmm();
+    cmd.current_dir(dir).arg("test").arg(&path).args(args);
+    peak_rss(cmd, deadline)
+}
+
+/// [`bounded`], sampling the process's VmHWM as it runs.
+fn peak_rss(cmd: Command, deadline: Duration) -> (Output, bool, u64) {
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel::<u32>();
+    let sampler = {
+        let peak = peak.clone();
+        std::thread::spawn(move || {
+            let Ok(pid) = pid_rx.recv() else { return };
+            while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                if let Some(kib) = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                {
+                    peak.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                }
+                if status.contains("State:\tZ") {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let (output, on_time) = bounded_with(cmd, deadline, |pid| {
+        let _ = pid_tx.send(pid);
+    });
+    let _ = sampler.join();
+    (
+        output,
+        on_time,
+        peak.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+#[test]
+fn a_test_printing_a_gigabyte_keeps_a_capped_log_and_the_runner_small() {
+    let dir = scratch("gigabyte-log");
+    let suite = "[[test]]\nname = \"flood\"\nexec = \"/bin/sh\"\n\
+                 args = [\"-c\", \"echo FIRST; head -c 1073741824 /dev/zero | tr '\\\\0' x; echo; echo LAST\"]\n";
+    let (output, on_time, peak_kib) = test_run(
+        &dir,
+        suite,
+        &["-o", "out", "--log-limit", "2M"],
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(on_time, "{stdout}");
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let log = std::fs::read(dir.join("out/logs/flood.log")).unwrap();
+    assert!(log.len() <= (2 << 20) + 300, "log of {} bytes", log.len());
+    let text = String::from_utf8_lossy(&log);
+    assert!(text.starts_with("FIRST\n"));
+    assert!(text.ends_with("\nLAST\n"));
+    assert!(
+        text.contains("bytes of output cut here; the log keeps the first"),
+        "no marker"
+    );
+    // The runner copies the output; it never holds it.
+    assert!(peak_kib < 100 << 10, "runner peak RSS {peak_kib} KiB");
+}
+
+#[test]
+fn a_full_disk_ends_the_test_as_error_and_the_results_are_still_written() {
+    let dir = scratch("full-disk");
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let suite = write(
+        &dir,
+        "s.ktvmm.toml",
+        b"[[test]]\nname = \"forever\"\nexec = \"/usr/bin/yes\"\n\
+          [[test]]\nname = \"quiet\"\nexec = \"/bin/true\"\n",
+    );
+    // A 4 MiB filesystem of its own, in a mount namespace that ends with it.
+    let mut cmd = Command::new("unshare");
+    cmd.current_dir(&dir).args(["-m", "sh", "-c"]).arg(format!(
+        "mount -t tmpfs -o size=4m ktvmm-full {out} && {ktvmm} test {suite} -o {out} --timeout 20 -j 2; \
+         status=$?; cp {out}/results.json {dir}/results.json; exit $status",
+        out = out.display(),
+        dir = dir.display(),
+        ktvmm = env!("CARGO_BIN_EXE_ktvmm"),
+    ));
+    let started = Instant::now();
+    let (output, on_time) = bounded(cmd, Duration::from_secs(30));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(on_time, "{stdout}{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the full disk was not noticed: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("ERROR   forever") && stdout.contains("No space left on device"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("summary: 1 passed"), "{stdout}");
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("results.json")).expect("results.json"))
+            .unwrap();
+    let statuses: Vec<&str> = results["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["error", "pass"]);
 }

@@ -3,12 +3,14 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
+use super::logcap::{Capture, Captured};
 use crate::suite::{GuestTest, TestKind, TestSpec, Vmm};
 use crate::verdict::Ending;
 
@@ -153,27 +155,39 @@ pub fn repro(spec: &TestSpec, ktvmm: &Path) -> Option<String> {
 pub struct Running {
     child: Child,
     pgid: i32,
+    capture: Capture,
 }
 
 impl Running {
     /// Starts `cmd` in a new process group with stdout and stderr going to
-    /// `log`; `done` receives `token` once the process has exited (it is
-    /// left for [`Running::reap`] to collect).
+    /// `log` (at most `log_limit` bytes of it: [`logcap`]); `done` receives
+    /// `token` once the process has exited (it is left for
+    /// [`Running::reap`] to collect).
     pub fn spawn(
         mut cmd: Command,
         log: &Path,
+        log_limit: u64,
         done: Sender<usize>,
         token: usize,
     ) -> io::Result<Running> {
-        let out = File::create(log)?;
-        let err = out.try_clone()?;
+        let file = File::create(log)?;
+        let (read, write) = pipe()?;
+        let capture = Capture::start(read, file, log, log_limit)?;
+        let err = write.try_clone()?;
         cmd.stdin(Stdio::null())
-            .stdout(out)
+            .stdout(write)
             .stderr(err)
             .process_group(0);
         let child = cmd.spawn()?;
+        // The pipe's write ends went to the child with `cmd`: dropping it
+        // closes ours, so the copier sees the end of the output.
+        drop(cmd);
         let pid = child.id() as i32;
-        let running = Running { child, pgid: pid };
+        let running = Running {
+            child,
+            pgid: pid,
+            capture,
+        };
         let watcher = std::thread::Builder::new()
             .name(format!("wait-{pid}"))
             .spawn(move || {
@@ -197,19 +211,39 @@ impl Running {
         unsafe { libc::kill(-self.pgid, signal) };
     }
 
-    /// Collects the exited process. Anything it left behind in its process
-    /// group is killed first, so no test leaves orphans.
-    pub fn reap(mut self) -> Ending {
+    /// Whether its log could not be written (a full disk): it should be
+    /// stopped.
+    pub fn log_failed(&self) -> bool {
+        self.capture.failed()
+    }
+
+    /// Collects the exited process and the end of its output. Anything it
+    /// left behind in its process group is killed first, so no test leaves
+    /// orphans.
+    pub fn reap(mut self) -> (Ending, Captured) {
         self.signal(libc::SIGKILL);
-        match self.child.wait() {
+        let ending = match self.child.wait() {
             Ok(status) => match (status.code(), status.signal()) {
                 (Some(code), _) => Ending::Exited(code),
                 (None, Some(signal)) => Ending::Signalled(signal),
                 (None, None) => Ending::Exited(-1),
             },
             Err(_) => Ending::Exited(-1),
-        }
+        };
+        (ending, self.capture.finish())
     }
+}
+
+/// A pipe, both ends close-on-exec (the child gets its end as stdout and
+/// stderr, which clears the flag there).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both are new descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Blocks until `pid` has exited, without reaping it: the zombie keeps the

@@ -4,6 +4,7 @@
 //! [`Observer`].
 
 mod child;
+pub mod logcap;
 
 pub use child::repro;
 
@@ -46,6 +47,8 @@ pub struct Options {
     pub grace: Duration,
     /// The `ktvmm` binary, which boots guests.
     pub ktvmm: PathBuf,
+    /// Bytes of a test's output its log keeps (head and tail).
+    pub log_limit: u64,
 }
 
 /// What the scheduler reports as it goes.
@@ -71,6 +74,8 @@ pub struct Finished {
 enum Stop {
     TimedOut,
     Interrupted,
+    /// Its log could not be written.
+    LogFailed,
 }
 
 struct Slot {
@@ -101,7 +106,7 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
                 next += 1;
                 continue;
             };
-            match Running::spawn(cmd, &job.log, done_tx.clone(), next) {
+            match Running::spawn(cmd, &job.log, options.log_limit, done_tx.clone(), next) {
                 Ok(running) => {
                     let started = Instant::now();
                     let limit = match &job.spec.kind {
@@ -170,6 +175,10 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
         for slot in slots.values_mut() {
             if slot.kill_at.is_some_and(|t| now >= t) {
                 slot.running.signal(libc::SIGKILL);
+            } else if slot.stop.is_none() && slot.running.log_failed() {
+                slot.stop = Some(Stop::LogFailed);
+                slot.running.signal(libc::SIGTERM);
+                slot.kill_at = Some(now + options.grace);
             } else if slot.stop.is_none() && now >= slot.deadline {
                 slot.stop = Some(Stop::TimedOut);
                 slot.running.signal(libc::SIGTERM);
@@ -194,15 +203,13 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
 
 fn finish(job: &Job, slot: Slot) -> TestResult {
     let duration = slot.started.elapsed();
-    let exited = slot.running.reap();
+    let (exited, captured) = slot.running.reap();
     let ending = match slot.stop {
         Some(Stop::TimedOut) => Ending::TimedOut,
         Some(Stop::Interrupted) => Ending::Interrupted,
-        None => exited,
+        Some(Stop::LogFailed) | None => exited,
     };
-    let log_text = std::fs::read(&job.log)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    let log_text = logcap::read_for_verdict(&job.log);
     let (status, mut reason) = match &job.spec.kind {
         TestKind::Guest(g) if g.vmm != Vmm::Ktvmm => match ending {
             Ending::Exited(code) => match crate::envs::qemu_exit(code) {
@@ -248,6 +255,14 @@ fn finish(job: &Job, slot: Slot) -> TestResult {
             None => text,
         });
     }
+    // Without its log the verdict is not to be trusted.
+    let status = match captured.error {
+        Some(error) => {
+            reason = Some(error);
+            Status::Error
+        }
+        None => status,
+    };
     TestResult {
         name: job.spec.name.clone(),
         status,
