@@ -234,3 +234,72 @@ fn a_full_disk_ends_the_test_as_error_and_the_results_are_still_written() {
         .collect();
     assert_eq!(statuses, ["error", "pass"]);
 }
+
+/// Processes whose command line or environment holds `mark`.
+fn processes_marked(mark: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == std::process::id().to_string() {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if stat.contains(") Z ") {
+            continue;
+        }
+        for what in ["cmdline", "environ"] {
+            let bytes = std::fs::read(entry.path().join(what)).unwrap_or_default();
+            if String::from_utf8_lossy(&bytes).contains(mark) {
+                found.push(format!("{pid}: {}", stat.trim()));
+                break;
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn kill_9_of_the_runner_leaves_no_test_process_behind() {
+    let dir = scratch("kill-9-runner");
+    let mark = format!("KTVMM_ORPHAN_MARK={}", dir.display());
+    let (key, value) = mark.split_once('=').unwrap();
+    // Two guests spinning until their own (long) limit, two shell tests
+    // whose children are in their process group.
+    let suite = format!(
+        "[defaults]\ntimeout = 300\nenv = {{ {key} = \"{value}\" }}\n\
+         [[test]]\nname = \"hang1\"\nguest = \"bundled:hang\"\n\
+         [[test]]\nname = \"hang2\"\nguest = \"bundled:hang\"\n\
+         [[test]]\nname = \"sh1\"\nexec = \"/bin/sh\"\nargs = [\"-c\", \"sleep 300 & sleep 300\"]\n\
+         [[test]]\nname = \"sh2\"\nexec = \"/bin/sh\"\nargs = [\"-c\", \"sleep 300 & sleep 300\"]\n"
+    );
+    let path = write(&dir, "s.ktvmm.toml", suite.as_bytes());
+    let out = dir.join("out").display().to_string();
+    let mut runner = ktvmm()
+        .current_dir(&dir)
+        .args(["test", &path, "-j", "4", "-o", &out])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ktvmm test");
+    // The guests' command lines name the output directory; the programs'
+    // environments hold the mark.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while processes_marked(&dir.display().to_string()).len() < 8 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let running = processes_marked(&dir.display().to_string());
+    assert!(
+        running.iter().filter(|p| p.contains("(ktvmm)")).count() >= 4
+            && running.iter().filter(|p| p.contains("(sleep)")).count() == 4,
+        "the 4 tests did not all start: {running:#?}"
+    );
+    runner.kill().unwrap();
+    runner.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut left = processes_marked(&dir.display().to_string());
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        left = processes_marked(&dir.display().to_string());
+    }
+    assert!(left.is_empty(), "survivors of kill -9: {left:#?}");
+}

@@ -178,6 +178,9 @@ impl Running {
             .stdout(write)
             .stderr(err)
             .process_group(0);
+        let runner = std::process::id() as libc::pid_t;
+        // SAFETY: die_with_parent only makes async-signal-safe calls.
+        unsafe { cmd.pre_exec(move || super::guard::die_with_parent(runner)) };
         let child = cmd.spawn()?;
         // The pipe's write ends went to the child with `cmd`: dropping it
         // closes ours, so the copier sees the end of the output.
@@ -209,6 +212,11 @@ impl Running {
         // SAFETY: kill(2) with a negative pid signals the process group the
         // child leads; its pid is not reused before `reap` collects it.
         unsafe { libc::kill(-self.pgid, signal) };
+    }
+
+    /// Its process group.
+    pub fn pgid(&self) -> i32 {
+        self.pgid
     }
 
     /// Whether its log could not be written (a full disk): it should be

@@ -4,6 +4,7 @@
 //! [`Observer`].
 
 mod child;
+mod guard;
 pub mod logcap;
 
 pub use child::repro;
@@ -94,6 +95,7 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
     let mut next = 0;
     let mut seen_requests = interrupt::requests();
     let mut interrupted = false;
+    let mut guard = guard::Guard::start(options.jobs.max(1));
 
     loop {
         while !interrupted && slots.len() < options.jobs.max(1) && next < jobs.len() {
@@ -108,6 +110,7 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
             };
             match Running::spawn(cmd, &job.log, options.log_limit, done_tx.clone(), next) {
                 Ok(running) => {
+                    guard.watch(running.pgid());
                     let started = Instant::now();
                     let limit = match &job.spec.kind {
                         // ktvmm stops its guests itself; QEMU does not.
@@ -153,7 +156,9 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
         };
         while let Some(index) = done {
             if let Some(slot) = slots.remove(&index) {
+                let pgid = slot.running.pgid();
                 let result = finish(&jobs[index], slot);
+                guard.forget(pgid);
                 observer.finished(&jobs[index], &result);
                 results[index] = Some(result);
             }
