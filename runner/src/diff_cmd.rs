@@ -23,7 +23,7 @@ const MIN_DURATION_CHANGE: Duration = Duration::from_millis(50);
 pub fn diff(a: &Path, b: &Path) -> Result<u8> {
     let (a, b) = (load(a)?, load(b)?);
     let report = compare(&a, &b);
-    print!("{}", report.text);
+    out!("{}", report.text);
     Ok(u8::from(report.regressions > 0))
 }
 

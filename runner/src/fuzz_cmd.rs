@@ -37,19 +37,19 @@ pub fn fuzz(args: FuzzArgs) -> Result<u8> {
         stop_on: args.stop_on_finding.then(String::new),
     };
     let report = campaign.run().context("fuzzing")?;
-    print!("{}", report.stats);
+    out!("{}", report.stats);
     if !report.kernel_log {
-        println!("note: /dev/kmsg is not readable: kernel warnings are not watched");
+        outln!("note: /dev/kmsg is not readable: kernel warnings are not watched");
     }
     for found in &report.found {
-        println!(
+        outln!(
             "FINDING after {:.2} s (input {}): {}",
             found.after.as_secs_f64(),
             found.iteration,
             found.reproducer.finding
         );
         if let Some(path) = &found.path {
-            println!("  reproducer: {} (ktvmm fuzz --replay {0})", path.display());
+            outln!("  reproducer: {} (ktvmm fuzz --replay {0})", path.display());
         }
     }
     if let Some(json) = &args.json {
@@ -69,17 +69,17 @@ fn replay(file: &Path, exec: ExecOptions) -> Result<u8> {
     let reproducer = Reproducer::load(file)?;
     let (again, execution) = reproducer.replay(&mut executor);
     for line in &execution.trace {
-        println!("  {line}");
+        outln!("  {line}");
     }
-    println!("ended: {}", execution.end);
+    outln!("ended: {}", execution.end);
     for finding in &execution.findings {
-        println!("finding: {finding}");
+        outln!("finding: {finding}");
     }
     if again {
-        println!("REPRODUCED: {}", reproducer.finding);
+        outln!("REPRODUCED: {}", reproducer.finding);
         Ok(FOUND)
     } else {
-        println!("not reproduced: {}", reproducer.finding);
+        outln!("not reproduced: {}", reproducer.finding);
         Ok(0)
     }
 }
@@ -88,16 +88,16 @@ fn replay(file: &Path, exec: ExecOptions) -> Result<u8> {
 /// saved as a reproducer next to it when it finds something.
 fn replay_fuzzer_artifact(file: &Path, bytes: &[u8], executor: &mut Executor) -> Result<u8> {
     let Some(reproducer) = Reproducer::from_fuzzer_bytes(bytes, executor) else {
-        println!("{}: no finding (as kvm_api fuzzer input)", file.display());
+        outln!("{}: no finding (as kvm_api fuzzer input)", file.display());
         return Ok(0);
     };
     for line in &reproducer.trace {
-        println!("  {line}");
+        outln!("  {line}");
     }
     let out = file.with_extension("json");
     reproducer.save(&out)?;
-    println!("REPRODUCED: {}", reproducer.finding);
-    println!(
+    outln!("REPRODUCED: {}", reproducer.finding);
+    outln!(
         "wrote {} (replay and minimise it like any reproducer)",
         out.display()
     );
@@ -122,11 +122,11 @@ fn minimise_file(file: &Path, exec: ExecOptions) -> Result<u8> {
     let after = serde_json::to_string(&reproducer.input)?.len();
     let out = file.with_extension("min.json");
     reproducer.save(&out)?;
-    println!(
+    outln!(
         "minimised in {tries} executions: {before} -> {after} bytes of input, {} ops, {} program bytes",
         reproducer.input.ops.len(),
         reproducer.input.program.len()
     );
-    println!("wrote {}", out.display());
+    outln!("wrote {}", out.display());
     Ok(0)
 }

@@ -1,5 +1,33 @@
 //! The `ktvmm` command.
 
+// `println!` and `eprintln!` panic when stdout or stderr is closed or full
+// (`ktvmm test --list | head -1`, `2>/dev/full`); ktvmm's output goes
+// through these, which drop what cannot be written.
+
+/// `print!` that never panics.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `println!` that never panics.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod bundled;
 mod cli;
@@ -46,7 +74,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("ktvmm: {e:#}");
+            errln!("ktvmm: {e:#}");
             ExitCode::from(EXIT_VMM_ERROR)
         }
     }

@@ -87,14 +87,14 @@ pub fn run(args: RunArgs) -> Result<u8> {
             .with_context(|| format!("{}: cannot write the outcome", path.display()))?;
     }
     if let Some(message) = outcome.message() {
-        eprintln!("ktvmm: {message}");
+        errln!("ktvmm: {message}");
     }
     if !host_log.is_empty() {
         // Indented, under the timeout message: the runner takes a test's
         // reason from the last line that starts with "ktvmm: ".
-        eprintln!("  host kernel log during the run:");
+        errln!("  host kernel log during the run:");
         for line in &host_log {
-            eprintln!("    {line}");
+            errln!("    {line}");
         }
     }
     match vm {

@@ -303,3 +303,78 @@ fn kill_9_of_the_runner_leaves_no_test_process_behind() {
     }
     assert!(left.is_empty(), "survivors of kill -9: {left:#?}");
 }
+
+/// A guest that prints `x` lines to COM1 forever:
+/// `mov dx, 0x3f8; 1: mov al, 'x'; out dx, al; mov al, 10; out dx, al; jmp 1b`.
+fn flood_guest(dir: &Path) -> String {
+    let code = [
+        0x66, 0xba, 0xf8, 0x03, 0xb0, b'x', 0xee, 0xb0, 0x0a, 0xee, 0xeb, 0xf8,
+    ];
+    write(
+        dir,
+        "flood.elf",
+        &ktvmm_vmm::test_images::elf64(0x10_0000, &code, 0),
+    )
+}
+
+#[test]
+fn a_closed_console_ends_the_guest_with_one_line() {
+    let dir = scratch("closed-console");
+    let guest = flood_guest(&dir);
+    let mut child = ktvmm()
+        .args(["run", &guest, "--timeout", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ktvmm run");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 100];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    // `| head -c 100`: the reader goes away.
+    drop(stdout);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("the guest went on after its console was closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(125), "{stderr}");
+    assert_eq!(
+        stderr,
+        "ktvmm: the guest's console output was closed (a pipe whose reader exited)\n"
+    );
+}
+
+#[test]
+fn full_stdout_and_stderr_do_not_panic() {
+    let full = || {
+        std::fs::File::options()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    for args in [
+        &["run", "bundled:selftest"][..],
+        &["run", "bundled:nosuch"],
+        &["test", "--list"],
+    ] {
+        let status = ktvmm()
+            .args(args)
+            .stdout(full())
+            .stderr(full())
+            .status()
+            .unwrap();
+        // 101 is Rust's panic; a full console ends the run as ktvmm's error.
+        assert_ne!(status.code(), Some(101), "ktvmm {args:?} panicked");
+        if args[0] == "run" {
+            assert_eq!(status.code(), Some(125), "ktvmm {args:?}");
+        }
+    }
+}
