@@ -378,3 +378,43 @@ fn full_stdout_and_stderr_do_not_panic() {
         }
     }
 }
+
+#[test]
+fn a_second_run_into_the_same_output_directory_is_refused() {
+    let dir = scratch("output-lock");
+    let suite = write(
+        &dir,
+        "s.ktvmm.toml",
+        b"[[test]]\nname = \"slow-fail\"\nexec = \"/bin/sh\"\nargs = [\"-c\", \"sleep 2; exit 1\"]\n",
+    );
+    let mut first = ktvmm()
+        .current_dir(&dir)
+        .args(["test", &suite, "-o", "same"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = dir.join("same/.ktvmm-test.lock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&lock).unwrap_or_default().trim() != first.id().to_string() {
+        assert!(Instant::now() < deadline, "the first run did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, stderr) = refused(&dir, &["test", &suite, "-o", "same"]);
+    assert_eq!(code, 125, "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "ktvmm: same: another ktvmm test (pid {}) is writing its results here; wait for it to end or choose another -o DIR\n",
+            first.id()
+        )
+    );
+    assert_eq!(first.wait().unwrap().code(), Some(1));
+    let results = std::fs::read_to_string(dir.join("same/results.json")).unwrap();
+    assert!(
+        results.contains("\"fail\""),
+        "the first run's FAIL was lost"
+    );
+    // Once the first has ended, the directory is free again.
+    let (code, stderr) = refused(&dir, &["test", &suite, "-o", "same", "-q"]);
+    assert_eq!(code, 1, "{stderr}");
+}
