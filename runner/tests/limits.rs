@@ -44,17 +44,37 @@ fn bounded_with(mut cmd: Command, deadline: Duration, started: impl FnOnce(u32))
         .spawn()
         .expect("start ktvmm");
     started(child.id());
+    // Read as it comes: a full pipe would stall the child.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let started = Instant::now();
     let mut on_time = true;
-    while child.try_wait().expect("wait").is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
         if started.elapsed() > deadline {
             on_time = false;
             let _ = child.kill();
-            break;
+            break child.wait().expect("wait");
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    (child.wait_with_output().expect("collect output"), on_time)
+    };
+    let output = Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    (output, on_time)
 }
 
 /// `ktvmm ARGS` in `dir`, bounded; exit code and stderr.
@@ -417,4 +437,57 @@ fn a_second_run_into_the_same_output_directory_is_refused() {
     // Once the first has ended, the directory is free again.
     let (code, stderr) = refused(&dir, &["test", &suite, "-o", "same", "-q"]);
     assert_eq!(code, 1, "{stderr}");
+}
+
+#[test]
+fn listing_50000_tests_takes_linear_time() {
+    // Quadratic reading took 11 s for 30,000 entries and 143 s for
+    // 100,000 (release build); linear reading takes seconds even here.
+    let dir = scratch("many-tests");
+    let n = 50_000;
+    let mut suite = String::new();
+    let mut cfg = String::new();
+    for i in 0..n {
+        suite += &format!("[[test]]\nname = \"t{i}\"\nexec = \"/bin/true\"\n");
+        cfg += &format!("[t{i}]\nfile = t.flat\nsmp = 1\n\n");
+    }
+    let suite = write(&dir, "many.ktvmm.toml", suite.as_bytes());
+    std::fs::create_dir_all(dir.join("x86")).unwrap();
+    let cfg = write(&dir.join("x86"), "unittests.cfg", cfg.as_bytes());
+    for path in [suite, cfg] {
+        let mut cmd = ktvmm();
+        cmd.args(["test", &path, "--list"]);
+        let (output, on_time) = bounded(cmd, Duration::from_secs(60));
+        assert!(on_time, "--list of {n} tests in {path} took over 60 s");
+        assert_eq!(output.status.code(), Some(0));
+        assert_eq!(output.stdout.iter().filter(|&&b| b == b'\n').count(), n);
+    }
+}
+
+#[test]
+fn an_empty_test_name_is_refused_in_every_format() {
+    let dir = scratch("empty-names");
+    std::fs::create_dir_all(dir.join("x86")).unwrap();
+    let cfg = write(
+        &dir.join("x86"),
+        "unittests.cfg",
+        b"[a]\nfile = a.flat\n\n[]\nfile = b.flat\n",
+    );
+    let suite = write(
+        &dir,
+        "s.ktvmm.toml",
+        b"[[test]]\nname = \"\"\nexec = \"/bin/true\"\n",
+    );
+    let (code, stderr) = refused(&dir, &["test", &cfg, "--list"]);
+    assert_eq!(code, 125);
+    assert_eq!(
+        stderr,
+        format!("ktvmm: {cfg}:4: []: a test name cannot be empty\n")
+    );
+    let (code, stderr) = refused(&dir, &["test", &suite, "--list"]);
+    assert_eq!(code, 125);
+    assert!(
+        stderr.ends_with(": a test name cannot be empty\n"),
+        "{stderr}"
+    );
 }

@@ -2,7 +2,7 @@
 //! `docs/suites.md`. Every problem is reported as `FILE:LINE: what`, and a
 //! file with any problem yields no tests at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -119,24 +119,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<TestSpec>, SuiteError> {
     }
 
     let mut tests: Vec<TestSpec> = Vec::new();
-    let mut lines: Vec<usize> = Vec::new();
+    // Name -> line, and the lines' starts: a suite of 100,000 tests is read
+    // in linear time.
+    let mut lines: HashMap<String, usize> = HashMap::new();
+    let index = LineIndex::new(text);
     for spanned in raw.tests {
         let span = spanned.span();
-        let line = line_of(text, span.start);
+        let line = index.line_of(span.start);
         let raw = spanned.into_inner();
         let spec = test(raw, base, path, &defaults, default_mem, default_timeout)
             .map_err(|m| at(Some(span.clone()), m))?;
-        if let Some(i) = tests.iter().position(|t| t.name == spec.name) {
+        if let Some(first) = lines.get(&spec.name) {
             return Err(at(
                 Some(span),
                 format!(
-                    "test '{}' is already defined on line {}; names must be unique",
-                    spec.name, lines[i]
+                    "test '{}' is already defined on line {first}; names must be unique",
+                    spec.name
                 ),
             ));
         }
+        lines.insert(spec.name.clone(), line);
         tests.push(spec);
-        lines.push(line);
     }
     if tests.is_empty() {
         return Err(at(
@@ -334,6 +337,28 @@ fn timeout(secs: f64) -> Result<Duration, String> {
         .map_err(|_| format!("timeout {secs} is not a positive number of seconds"))
 }
 
+/// Where each line of a text starts, to turn many byte offsets into line
+/// numbers without scanning the text for each.
+struct LineIndex(Vec<usize>);
+
+impl LineIndex {
+    fn new(text: &str) -> LineIndex {
+        LineIndex(newline_offsets(text))
+    }
+
+    /// The 1-based line of byte `offset`.
+    fn line_of(&self, offset: usize) -> usize {
+        self.0.partition_point(|&nl| nl < offset) + 1
+    }
+}
+
+fn newline_offsets(text: &str) -> Vec<usize> {
+    text.bytes()
+        .enumerate()
+        .filter_map(|(i, b)| (b == b'\n').then_some(i))
+        .collect()
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
         .iter()
@@ -345,6 +370,15 @@ fn line_of(text: &str, offset: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_line_index_agrees_with_counting() {
+        let text = "a\n\nbc\nd";
+        let index = LineIndex::new(text);
+        for offset in 0..=text.len() + 2 {
+            assert_eq!(index.line_of(offset), line_of(text, offset), "{offset}");
+        }
+    }
 
     fn dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ktvmm-suite-{}-{name}", std::process::id()));

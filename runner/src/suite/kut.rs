@@ -7,6 +7,7 @@
 //! so it does for QEMU options it cannot honour: never a silent pass.
 
 use std::cell::OnceCell;
+use std::collections::HashMap;
 use std::path::Path;
 #[cfg(test)]
 use std::path::PathBuf;
@@ -73,6 +74,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, SuiteError> {
         message,
     };
     let mut entries: Vec<Entry> = Vec::new();
+    // Section name -> its line: duplicates are found in linear time.
+    let mut defined: HashMap<String, usize> = HashMap::new();
     let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
     while let Some((number, raw)) = lines.next() {
         let line = raw.trim();
@@ -80,12 +83,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, SuiteError> {
             continue;
         }
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            if let Some(first) = entries.iter().find(|e| e.name == name) {
+            // As in suite files: `[]` would run a test with no name.
+            super::file::check_name(name).map_err(|e| err(number, format!("[{name}]: {e}")))?;
+            if let Some(first) = defined.get(name) {
                 return Err(err(
                     number,
-                    format!("[{name}] is already defined on line {}", first.line),
+                    format!("[{name}] is already defined on line {first}"),
                 ));
             }
+            defined.insert(name.to_string(), number);
             entries.push(Entry {
                 name: name.to_string(),
                 line: number,
@@ -627,6 +633,11 @@ file = s3.flat
                 "[a]\nfile = a.flat\nqemu_params = \"\"\"-m 1\n",
                 3,
                 "closing",
+            ),
+            (
+                "[a]\nfile = a.flat\n[]\nfile = b.flat\n",
+                3,
+                "[]: a test name cannot be empty",
             ),
         ];
         for (text, line, needle) in cases {
