@@ -32,6 +32,7 @@ mod bench;
 mod bundled;
 mod cli;
 mod console;
+mod deadline;
 mod detach;
 mod diff_cmd;
 mod envs;

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, anyhow};
 use ktvmm_vmm::{KernelImage, Outcome, Vm, VmConfig, input};
 
 use crate::cli::RunArgs;
+use crate::deadline::Deadline;
 use crate::{bundled, detach};
 use ktvmm_vmm::kmsg::KernelLog;
 
@@ -39,6 +40,20 @@ fn read_image(path: &Path, what: &str, mem_mib: u64) -> Result<KernelImage> {
     })
 }
 
+/// Runs the VM for what is left of the deadline after setup; a timeout
+/// still names the whole limit.
+fn run_within(vm: &mut Vm, deadline: Option<&Deadline>) -> Outcome {
+    let Some(deadline) = deadline else {
+        return vm.run(None);
+    };
+    let mut outcome = vm.run(Some(deadline.running()));
+    deadline.done();
+    if let Outcome::Timeout { seconds, .. } = &mut outcome {
+        *seconds = deadline.limit().as_secs_f64();
+    }
+    outcome
+}
+
 /// Runs the guest; exits the process with the guest's exit code, or returns
 /// the exit code when no VM could be built.
 pub fn run(args: RunArgs) -> Result<u8> {
@@ -63,8 +78,12 @@ pub fn run(args: RunArgs) -> Result<u8> {
         iommu: args.iommu,
     };
     let mut kernel_log = args.vm.timeout.and_then(|_| KernelLog::open_at_end());
+    let deadline = args
+        .vm
+        .timeout
+        .map(|limit| Deadline::start(limit, args.json_outcome.clone()));
     let (outcome, vm) = match Vm::build(config) {
-        Ok(mut vm) => (vm.run(args.vm.timeout), Some(vm)),
+        Ok(mut vm) => (run_within(&mut vm, deadline.as_ref()), Some(vm)),
         Err(e) => (
             Outcome::VmmError {
                 message: e.to_string(),

@@ -491,3 +491,50 @@ fn an_empty_test_name_is_refused_in_every_format() {
         "{stderr}"
     );
 }
+
+#[test]
+fn timeout_bounds_setup_too() {
+    let started = Instant::now();
+    let mut cmd = ktvmm();
+    cmd.args(["run", "bundled:smp", "-smp", "1000", "--timeout", "2"]);
+    let (output, on_time) = bounded(cmd, Duration::from_secs(60));
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(on_time, "{stderr}");
+    assert_eq!(output.status.code(), Some(124), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("ktvmm: guest timed out after 2 s")),
+        "{stderr}"
+    );
+    // The limit, the VM's own stop and a second of backstop.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[test]
+fn the_timeout_line_is_not_glued_to_the_guests_last_text() {
+    let dir = scratch("glued-timeout");
+    // mov dx, 0x3f8; mov al, 'a'; out dx, al; cli; 1: jmp 1b
+    let code = [0x66, 0xba, 0xf8, 0x03, 0xb0, b'a', 0xee, 0xfa, 0xeb, 0xfe];
+    let guest = write(
+        &dir,
+        "unterminated.elf",
+        &ktvmm_vmm::test_images::elf64(0x10_0000, &code, 0),
+    );
+    let suite = format!("[[test]]\nname = \"u\"\nguest = \"{guest}\"\ntimeout = 1\n");
+    let (output, on_time, _) = test_run(&dir, &suite, &["-o", "out"], Duration::from_secs(30));
+    assert!(on_time);
+    assert_eq!(output.status.code(), Some(1));
+    let log = std::fs::read_to_string(dir.join("out/logs/u.log")).unwrap();
+    assert!(
+        log.starts_with("a\nktvmm: guest timed out after 1 s\n"),
+        "{log}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("TIMEOUT u (") && stdout.contains("): guest timed out after 1 s"),
+        "{stdout}"
+    );
+}

@@ -41,8 +41,12 @@ impl Console {
         }
     }
 
-    /// Writes out a last, unterminated line.
+    /// Writes out a last, unterminated line, ended: whatever ktvmm says
+    /// next ("guest timed out ...") starts a line of its own.
     pub fn finish(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            self.pending.push(b'\n');
+        }
         self.out.write_all(&self.pending)?;
         self.pending.clear();
         self.out.flush()
@@ -185,7 +189,9 @@ mod tests {
         }
         assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
         dev.finish().unwrap();
-        assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\nthere");
+        // The last line is ended, so that "ktvmm: guest timed out" after
+        // it is not glued to the guest's text.
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\nthere\n");
     }
 
     #[test]
