@@ -62,11 +62,20 @@ pub fn fuzz(args: FuzzArgs) -> Result<u8> {
 
 fn replay(file: &Path, exec: ExecOptions) -> Result<u8> {
     let bytes = input::read(file, input::MAX_TEXT, "a reproducer or fuzzer input")?;
+    // Decided before anything runs: a corrupted reproducer must not replay
+    // as some fuzzer input and look fixed.
+    let reproducer = match replay_kind(&bytes) {
+        ReplayKind::Reproducer => Reproducer::load(file)?,
+        ReplayKind::FuzzerInput => {
+            let mut executor = Executor::new(exec)?;
+            return replay_fuzzer_artifact(file, &bytes, &mut executor);
+        }
+        ReplayKind::Neither(why) => bail!(
+            "{}: {why}: --replay takes a reproducer ktvmm fuzz saved (JSON) or a libFuzzer input of the kvm_api target (binary)",
+            file.display()
+        ),
+    };
     let mut executor = Executor::new(exec)?;
-    if !bytes.starts_with(b"{") {
-        return replay_fuzzer_artifact(file, &bytes, &mut executor);
-    }
-    let reproducer = Reproducer::load(file)?;
     let (again, execution) = reproducer.replay(&mut executor);
     for line in &execution.trace {
         outln!("  {line}");
@@ -84,9 +93,39 @@ fn replay(file: &Path, exec: ExecOptions) -> Result<u8> {
     }
 }
 
+enum ReplayKind {
+    Reproducer,
+    FuzzerInput,
+    Neither(&'static str),
+}
+
+/// What `--replay` was given. libFuzzer inputs of the `kvm_api` target are
+/// raw bytes that `arbitrary` decodes, and it decodes anything, even text:
+/// so JSON is read as a reproducer (and refused if it is not one), and
+/// other text or an empty file is neither.
+fn replay_kind(bytes: &[u8]) -> ReplayKind {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        None => ReplayKind::Neither("is empty"),
+        Some(b'{') => ReplayKind::Reproducer,
+        Some(b'[') => ReplayKind::Neither("is JSON, but not an object as reproducers are"),
+        Some(_) if is_text(bytes) => ReplayKind::Neither("is text, not JSON"),
+        Some(_) => ReplayKind::FuzzerInput,
+    }
+}
+
+/// Printable UTF-8 with line breaks and tabs: what a person wrote.
+fn is_text(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok_and(|text| {
+        text.chars()
+            .all(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t'))
+    })
+}
+
 /// A libFuzzer artifact of the `kvm_api` target: decoded, executed, and
 /// saved as a reproducer next to it when it finds something.
 fn replay_fuzzer_artifact(file: &Path, bytes: &[u8], executor: &mut Executor) -> Result<u8> {
+    // Any bytes decode (`arbitrary` fills what is missing with defaults).
     let Some(reproducer) = Reproducer::from_fuzzer_bytes(bytes, executor) else {
         outln!("{}: no finding (as kvm_api fuzzer input)", file.display());
         return Ok(0);

@@ -538,3 +538,64 @@ fn the_timeout_line_is_not_glued_to_the_guests_last_text() {
         "{stdout}"
     );
 }
+
+#[test]
+fn replay_refuses_what_is_not_a_reproducer_or_a_fuzzer_input() {
+    let dir = scratch("replay-refuses");
+    let usage = "--replay takes a reproducer ktvmm fuzz saved (JSON) or a libFuzzer input of the kvm_api target (binary)";
+    for (name, bytes, why) in [
+        ("empty", &b""[..], "is empty".to_string()),
+        ("hello", b"hello\n", "is text, not JSON".into()),
+        (
+            "array",
+            b"[]\n",
+            "is JSON, but not an object as reproducers are".into(),
+        ),
+    ] {
+        write(&dir, name, bytes);
+        let (code, stderr) = refused(&dir, &["fuzz", "--replay", name]);
+        assert_eq!(code, 125, "{name}: {stderr}");
+        assert_eq!(stderr, format!("ktvmm: {name}: {why}: {usage}\n"));
+    }
+    // A damaged reproducer: one line, its reason once.
+    write(
+        &dir,
+        "cut.json",
+        b"{\"format\": \"ktvmm-fuzz-reproducer/1\", \"finding\"",
+    );
+    let (code, stderr) = refused(&dir, &["fuzz", "--replay", "cut.json"]);
+    assert_eq!(code, 125);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("ktvmm: cut.json: not a ktvmm fuzz reproducer: EOF while parsing"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("EOF while parsing").count(), 1, "{stderr}");
+}
+
+#[test]
+fn placement_messages_say_what_to_do() {
+    use ktvmm_vmm::test_images::{elf64, exit_with, multiboot_header_with_addresses};
+    let dir = scratch("placement-messages");
+    // Linked where it should be, but 1 TiB large: moving it cannot help.
+    let huge = write(&dir, "huge.elf", &elf64(0x10_0000, &exit_with(0), 1 << 40));
+    let (code, stderr) = refused(&dir, &["run", &huge]);
+    assert_eq!(code, 125, "{stderr}");
+    assert!(
+        stderr.contains("lies outside guest RAM")
+            && stderr.contains("are more than any guest's RAM")
+            && !stderr.contains("link the guest at or above"),
+        "{stderr}"
+    );
+    // A flat (a.out kludge) image at 0x1000, on the multiboot information.
+    const AT: u32 = 0x1000;
+    let mut flat = multiboot_header_with_addresses([AT, AT, 0, AT + 0x100, AT + 32]);
+    flat.extend_from_slice(&[0x90, 0xf4]);
+    let flat = write(&dir, "flat.bin", &flat);
+    let (code, stderr) = refused(&dir, &["run", &flat, "--boot", "multiboot"]);
+    assert_eq!(code, 125, "{stderr}");
+    assert!(
+        !stderr.contains("at or above 0x0") && stderr.contains("link the guest below 0x"),
+        "{stderr}"
+    );
+}
