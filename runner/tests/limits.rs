@@ -599,3 +599,28 @@ fn placement_messages_say_what_to_do() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_bad_multiboot_checksum_and_a_directory_guest_are_named() {
+    use ktvmm_vmm::test_images::multiboot_header_with_addresses;
+    let dir = scratch("checksum-and-dir");
+    const AT: u32 = 0x40_0000;
+    let mut image = multiboot_header_with_addresses([AT, AT, 0, AT + 0x100, AT + 32]);
+    image[8] ^= 1;
+    image.extend_from_slice(&[0x90, 0xf4]);
+    let image = write(&dir, "bad.bin", &image);
+    let (code, stderr) = refused(&dir, &["run", &image, "--boot", "multiboot"]);
+    assert_eq!(code, 125);
+    assert!(
+        stderr.contains("the multiboot header at file offset 0x0 has a bad checksum"),
+        "{stderr}"
+    );
+    std::fs::create_dir_all(dir.join("guest.elf")).unwrap();
+    let suite = write(&dir, "s.ktvmm.toml", b"[[test]]\nguest = \"guest.elf\"\n");
+    let (code, stderr) = refused(&dir, &["test", &suite, "--list"]);
+    assert_eq!(code, 125);
+    assert!(
+        stderr.contains("guest.elf: is a directory, not a file"),
+        "{stderr}"
+    );
+}

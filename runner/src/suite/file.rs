@@ -313,11 +313,21 @@ pub fn stem(path: &Path) -> String {
 
 fn existing_file(base: &Path, relative: &str, key: &str) -> Result<PathBuf, String> {
     let path = base.join(relative);
-    if path.is_file() {
+    match std::fs::metadata(&path) {
         // A bare name would be looked up in PATH when it runs.
-        Ok(std::path::absolute(&path).unwrap_or(path))
-    } else {
-        Err(format!("{key} {}: no such file", path.display()))
+        Ok(meta) if meta.is_file() => Ok(std::path::absolute(&path).unwrap_or(path)),
+        Ok(meta) if meta.is_dir() => Err(format!(
+            "{key} {}: is a directory, not a file",
+            path.display()
+        )),
+        Ok(_) => Err(format!(
+            "{key} {}: is not a regular file (a FIFO or device)",
+            path.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(format!("{key} {}: no such file", path.display()))
+        }
+        Err(e) => Err(format!("{key} {}: {e}", path.display())),
     }
 }
 
