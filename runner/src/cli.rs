@@ -304,11 +304,32 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
 /// Rewrites QEMU-style `-smp`, `-append`, `-initrd`, `-memory` (any long
 /// option, typed with one dash) to `--smp` etc. Values of options
 /// and everything after `--` are left alone.
+#[cfg(test)]
 pub fn qemu_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    qemu_style_typed(args).0
+}
+
+/// [`qemu_style`], and each rewritten word with what the user typed
+/// (`--smp`, `-smp`), so that errors echo options as typed.
+pub fn qemu_style_typed(
+    args: impl IntoIterator<Item = OsString>,
+) -> (Vec<OsString>, Vec<(String, String)>) {
+    let args: Vec<OsString> = args.into_iter().collect();
     let command = Cli::command();
     let mut long_names = Vec::new();
     let mut takes_value = Vec::new();
-    for sub in command.get_subcommands() {
+    // Only the options of the subcommand given: `-foo` under `run` is not
+    // `test`'s `-f oo`.
+    let named = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy())
+        .find(|a| !a.starts_with('-'));
+    let subcommands: Vec<&clap::Command> = command
+        .get_subcommands()
+        .filter(|s| named.as_deref().is_none_or(|n| s.get_name() == n))
+        .collect();
+    for sub in subcommands {
         for arg in sub.get_arguments() {
             if let Some(long) = arg.get_long() {
                 long_names.push(long.to_string());
@@ -321,11 +342,24 @@ pub fn qemu_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
             }
         }
     }
-    let mut out = Vec::new();
+    let mut out: Vec<OsString> = Vec::new();
+    let mut typed = Vec::new();
     let mut value_next = false;
     let mut rest_verbatim = false;
     for arg in args {
         let text = arg.to_string_lossy().into_owned();
+        if value_next && text.starts_with('-') && text.len() > 1 {
+            // `-smp -1`: a value, wrong or not, that clap would take for an
+            // option ("use '-- -1'"); joined, its parser says what is wrong.
+            if let Some(option) = out.pop() {
+                let mut joined = option;
+                joined.push("=");
+                joined.push(&arg);
+                out.push(joined);
+                value_next = false;
+                continue;
+            }
+        }
         if rest_verbatim || value_next {
             value_next = false;
             out.push(arg);
@@ -348,12 +382,36 @@ pub fn qemu_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
                 && !long_names.iter().any(|l| l == name);
             if name.len() > 1 && !short_with_value {
                 word = format!("-{text}");
+                typed.push((format!("--{name}"), format!("-{name}")));
             }
         }
         value_next = !word.contains('=') && takes_value.contains(&word);
         out.push(if word == text { arg } else { word.into() });
     }
-    out
+    (out, typed)
+}
+
+/// Clap's message for `error`, with the options the user typed QEMU-style
+/// (`-nographic`) named as typed, not as rewritten (`--nographic`).
+pub fn as_typed(message: &str, typed: &[(String, String)]) -> String {
+    let mut message = message.to_string();
+    for (rewritten, as_typed) in typed {
+        let mut out = String::with_capacity(message.len());
+        let mut rest = message.as_str();
+        while let Some(at) = rest.find(rewritten.as_str()) {
+            let after = &rest[at + rewritten.len()..];
+            // The whole option, not the start of a longer one (`--no-pit`
+            // for `--no`), nor the end of one.
+            let whole = !after.starts_with(|c: char| c.is_alphanumeric() || c == '-' || c == '_')
+                && !rest[..at].ends_with(|c: char| c.is_alphanumeric() || c == '-');
+            out.push_str(&rest[..at]);
+            out.push_str(if whole { as_typed } else { rewritten });
+            rest = after;
+        }
+        out.push_str(rest);
+        message = out;
+    }
+    message
 }
 
 #[cfg(test)]

@@ -182,7 +182,10 @@ impl Observer for Console {
                 text += &format!("        | {line}\n");
             }
             text += &format!("        log: {}\n", result.log.display());
-            if let Some(command) = repro(&job.spec, &self.ktvmm) {
+            // A test that timed out would run forever when rerun without
+            // its limit.
+            let limit = (result.status == Status::Timeout).then_some(job.timeout);
+            if let Some(command) = repro(&job.spec, &self.ktvmm, limit) {
                 text += &format!("        rerun alone: {command}\n");
             }
         }
@@ -223,7 +226,11 @@ impl Observer for Console {
             let _ = write!(out, "\r\x1b[2K{line}");
             let _ = out.flush();
             self.status_shown = true;
-        } else if !running.is_empty() && now.duration_since(self.last_output) >= self.heartbeat {
+        } else if self.verbosity != Verbosity::Quiet
+            && !running.is_empty()
+            && now.duration_since(self.last_output) >= self.heartbeat
+        {
+            // -q: only what did not pass, so no progress lines in a log.
             let line = format!("{} running: {list}\n", self.progress());
             self.print(&line);
         }

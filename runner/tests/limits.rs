@@ -624,3 +624,51 @@ fn a_bad_multiboot_checksum_and_a_directory_guest_are_named() {
         "{stderr}"
     );
 }
+
+#[test]
+fn qemu_style_options_are_echoed_as_typed() {
+    let dir = scratch("typed-options");
+    for (args, said, not_said) in [
+        (
+            &["run", "g.elf", "-nographic"][..],
+            "unexpected argument '-nographic' found",
+            "--nographic",
+        ),
+        (
+            &["run", "g.elf", "-foo"],
+            "unexpected argument '-foo' found",
+            "'-f'",
+        ),
+        (
+            &["run", "g.elf", "-smp", "-1"],
+            "invalid value '-1' for '-smp <N>'",
+            "use '-- -1'",
+        ),
+    ] {
+        let (code, stderr) = refused(&dir, args);
+        assert_eq!(code, 125, "{args:?}: {stderr}");
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+        assert!(!stderr.contains(not_said), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn quiet_prints_no_heartbeat_and_a_timeouts_rerun_line_keeps_its_limit() {
+    let dir = scratch("quiet-and-rerun");
+    let suite = "[[test]]\nname = \"slow\"\nexec = \"/bin/sh\"\nargs = [\"-c\", \"sleep 1\"]\n\
+                 [[test]]\nname = \"hang\"\nguest = \"bundled:hang\"\ntimeout = 1\n";
+    let (output, on_time, _) = test_run(
+        &dir,
+        suite,
+        &["-q", "--heartbeat", "0.2", "-o", "out"],
+        Duration::from_secs(30),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(on_time, "{stdout}");
+    assert!(!stdout.contains("running:"), "{stdout}");
+    let rerun = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("rerun alone:"))
+        .expect("a rerun line");
+    assert!(rerun.ends_with(" --timeout 1"), "{rerun}");
+}

@@ -122,10 +122,12 @@ fn qemu_command(g: &GuestTest) -> Command {
 }
 
 /// A command line that runs `spec` alone, by hand: what a failure's
-/// report offers to copy and paste.
-pub fn repro(spec: &TestSpec, ktvmm: &Path) -> Option<String> {
+/// report offers to copy and paste; with `limit`, stopped after it (a guest
+/// by `--timeout`, anything else by timeout(1)).
+pub fn repro(spec: &TestSpec, ktvmm: &Path, limit: Option<Duration>) -> Option<String> {
     let mut words: Vec<String> = Vec::new();
     let mut prefix = String::new();
+    let seconds = limit.map(|l| l.as_secs_f64().to_string());
     match &spec.kind {
         TestKind::Skip(_) => return None,
         TestKind::Guest(g) => {
@@ -133,8 +135,14 @@ pub fn repro(spec: &TestSpec, ktvmm: &Path) -> Option<String> {
                 Vmm::Ktvmm => ktvmm_run(g, ktvmm),
                 Vmm::Qemu { .. } => qemu_command(g),
             };
+            if let (Some(seconds), Vmm::Qemu { .. }) = (&seconds, g.vmm) {
+                words.extend(["timeout".to_string(), seconds.clone()]);
+            }
             words.push(cmd.get_program().to_string_lossy().into_owned());
             words.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+            if let (Some(seconds), Vmm::Ktvmm) = (&seconds, g.vmm) {
+                words.extend(["--timeout".to_string(), seconds.clone()]);
+            }
         }
         TestKind::Exec(e) => {
             if let Some(dir) = &e.cwd {
@@ -142,6 +150,12 @@ pub fn repro(spec: &TestSpec, ktvmm: &Path) -> Option<String> {
                     "cd {} && ",
                     crate::results::shell_quote(&[dir.display().to_string()])
                 );
+            }
+            if let Some(seconds) = &seconds {
+                words.extend(["timeout".to_string(), seconds.clone()]);
+                if !e.env.is_empty() {
+                    words.push("env".into());
+                }
             }
             words.extend(e.env.iter().map(|(k, v)| format!("{k}={v}")));
             words.push(e.path.display().to_string());
