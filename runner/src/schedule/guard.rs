@@ -1,11 +1,13 @@
 //! No test outlives the runner, however the runner ends (SIGKILL and the
-//! OOM killer included). Each test's first process gets SIGKILL from the
-//! kernel when the runner dies (`PR_SET_PDEATHSIG`); what that process
-//! started in its process group is killed by a guard: a small process
-//! forked when the scheduler starts, told each test's process group over a
-//! pipe. When the pipe's other end closes (the runner exited or was
-//! killed: the kernel closes it either way), the guard kills every group
-//! still listed, then exits.
+//! OOM killer included). Each test runs in a process group of its own; a
+//! guard, a small process forked when the scheduler starts, is told each
+//! test's process group over a pipe. When the pipe's other end closes (the
+//! runner exited or was killed: the kernel closes it either way), the guard
+//! kills every group still listed, then exits.
+//!
+//! (`PR_SET_PDEATHSIG` in each test would cover only its first process,
+//! and setting it needs a `pre_exec` hook, which makes std fork the runner
+//! instead of using posix_spawn: several milliseconds per test.)
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -62,23 +64,6 @@ impl Drop for Guard {
             unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
         }
     }
-}
-
-/// The PR_SET_PDEATHSIG part, for the test's own process: called in the
-/// child between fork and exec. `parent` is the runner's pid.
-pub fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
-    // SAFETY: prctl and getppid are async-signal-safe and only affect
-    // this (child) process.
-    unsafe {
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // The runner died before the prctl: nothing would signal us.
-        if libc::getppid() != parent {
-            libc::_exit(1);
-        }
-    }
-    Ok(())
 }
 
 fn fork_guard(groups: usize) -> io::Result<(OwnedFd, libc::pid_t)> {
