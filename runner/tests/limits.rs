@@ -397,6 +397,19 @@ fn full_stdout_and_stderr_do_not_panic() {
             assert_eq!(status.code(), Some(125), "ktvmm {args:?}");
         }
     }
+    // The outcome file on a full disk (what `-o` on a full filesystem gave
+    // a guest): ktvmm's error, one line, never a panic.
+    let output = ktvmm()
+        .args(["run", "bundled:exitcode", "-append", "pass"])
+        .args(["--json-outcome", "/dev/full"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(125), "{stderr}");
+    assert_eq!(
+        stderr,
+        "ktvmm: /dev/full: cannot write the outcome: No space left on device (os error 28)\n"
+    );
 }
 
 #[test]
