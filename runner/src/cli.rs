@@ -410,6 +410,10 @@ pub fn as_typed(message: &str, typed: &[(String, String)]) -> String {
         }
         out.push_str(rest);
         message = out;
+        // "to pass '-bogus' as a value, use '-- -bogus'": for an option
+        // typed QEMU-style that is advice to make a file named -bogus.
+        let tip = format!("  tip: to pass '{as_typed}' as a value, use '-- {as_typed}'\n\n");
+        message = message.replace(&tip, "");
     }
     message
 }

@@ -662,6 +662,7 @@ fn qemu_style_options_are_echoed_as_typed() {
         assert_eq!(code, 125, "{args:?}: {stderr}");
         assert!(stderr.contains(said), "{args:?}: {stderr}");
         assert!(!stderr.contains(not_said), "{args:?}: {stderr}");
+        assert!(!stderr.contains("use '-- "), "{args:?}: {stderr}");
     }
 }
 
