@@ -686,3 +686,18 @@ fn quiet_prints_no_heartbeat_and_a_timeouts_rerun_line_keeps_its_limit() {
         .expect("a rerun line");
     assert!(rerun.ends_with(" --timeout 1"), "{rerun}");
 }
+
+#[test]
+fn a_fifo_as_kvm_unit_tests_errata_is_refused_not_waited_for() {
+    let dir = scratch("errata-fifo");
+    std::fs::create_dir_all(dir.join("x86")).unwrap();
+    let cfg = write(&dir.join("x86"), "unittests.cfg", b"[t]\nfile = t.flat\n");
+    write(&dir.join("x86"), "t.flat", b"not really a kernel");
+    mkfifo(&dir.join("errata.txt"));
+    let (code, stderr) = refused(&dir, &["test", &cfg, "-o", "out"]);
+    assert_eq!(code, 125, "{stderr}");
+    assert!(
+        stderr.contains("errata.txt: is a FIFO, not a regular file"),
+        "{stderr}"
+    );
+}
