@@ -701,3 +701,19 @@ fn a_fifo_as_kvm_unit_tests_errata_is_refused_not_waited_for() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_test_that_puts_a_fifo_in_place_of_its_log_does_not_block_the_runner() {
+    let dir = scratch("fifo-log");
+    let log = dir.join("out/logs/evil.log");
+    let suite = format!(
+        "[[test]]\nname = \"evil\"\nexec = \"/bin/sh\"\n\
+         args = [\"-c\", \"rm -f {log} && mkfifo {log}; exit 1\"]\n",
+        log = log.display()
+    );
+    let (output, on_time, _) = test_run(&dir, &suite, &["-o", "out"], Duration::from_secs(20));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(on_time, "the runner blocked on the FIFO: {stdout}");
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(dir.join("out/results.json").is_file());
+}

@@ -274,11 +274,25 @@ pub fn read_for_verdict(path: &Path) -> String {
         .into_owned()
 }
 
+/// Opens a log to read it: without blocking, so that a FIFO a test put in
+/// its place cannot stop the runner.
+fn open_log(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
 /// At most `max` bytes of `path`: all of it, or its first and last
 /// `max / 2` bytes.
 pub fn read_head_and_tail(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     use std::io::SeekFrom;
-    let mut file = File::open(path)?;
+    let mut file = open_log(path)?;
     let len = file.metadata()?.len();
     let mut bytes = Vec::new();
     if len <= max {
@@ -296,7 +310,7 @@ pub fn read_head_and_tail(path: &Path, max: u64) -> io::Result<Vec<u8>> {
 /// it was cut.
 pub fn read_tail(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     use std::io::SeekFrom;
-    let mut file = File::open(path)?;
+    let mut file = open_log(path)?;
     let start = file.metadata()?.len().saturating_sub(max);
     file.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::new();
