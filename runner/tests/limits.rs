@@ -717,3 +717,23 @@ fn a_test_that_puts_a_fifo_in_place_of_its_log_does_not_block_the_runner() {
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(dir.join("out/results.json").is_file());
 }
+
+#[test]
+fn a_test_printing_forever_is_stopped_at_its_limit_with_a_capped_log() {
+    let dir = scratch("printing-forever");
+    let suite = "[[test]]\nname = \"forever\"\nexec = \"/usr/bin/yes\"\ntimeout = 2\n";
+    let (output, on_time, _) = test_run(
+        &dir,
+        suite,
+        &["-o", "out", "--log-limit", "1M"],
+        Duration::from_secs(30),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(on_time, "{stdout}");
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("TIMEOUT forever"), "{stdout}");
+    let log = std::fs::metadata(dir.join("out/logs/forever.log")).unwrap().len();
+    assert!(log <= (1 << 20) + 300, "log of {log} bytes");
+    let results = std::fs::read_to_string(dir.join("out/results.json")).unwrap();
+    assert!(results.contains("\"timeout\""), "{results}");
+}
