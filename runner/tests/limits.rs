@@ -732,8 +732,29 @@ fn a_test_printing_forever_is_stopped_at_its_limit_with_a_capped_log() {
     assert!(on_time, "{stdout}");
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("TIMEOUT forever"), "{stdout}");
-    let log = std::fs::metadata(dir.join("out/logs/forever.log")).unwrap().len();
+    let log = std::fs::metadata(dir.join("out/logs/forever.log"))
+        .unwrap()
+        .len();
     assert!(log <= (1 << 20) + 300, "log of {log} bytes");
     let results = std::fs::read_to_string(dir.join("out/results.json")).unwrap();
     assert!(results.contains("\"timeout\""), "{results}");
+}
+
+#[test]
+fn output_from_a_process_that_escaped_the_test_does_not_hold_the_run() {
+    let dir = scratch("escaped-writer");
+    // `setsid yes` leaves the test's process group and keeps writing into
+    // its output pipe after the test has exited; once the runner closes
+    // the pipe, SIGPIPE ends it.
+    let suite = "[[test]]\nname = \"escapes\"\nexec = \"/bin/sh\"\n\
+                 args = [\"-c\", \"setsid yes & sleep 0.2; exit 0\"]\n";
+    let (output, on_time, _) = test_run(
+        &dir,
+        suite,
+        &["-o", "out", "--log-limit", "1M"],
+        Duration::from_secs(20),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(on_time, "the run waited for the escaped writer: {stdout}");
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
 }

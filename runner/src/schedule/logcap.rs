@@ -20,6 +20,8 @@ const TAIL_MAX: usize = 1 << 20;
 const VERDICT_READ_MAX: u64 = 16 << 20;
 /// What a log keeps after a write to it failed.
 const KEPT_ON_ERROR: u64 = 64 << 10;
+/// What the copier still reads once the test is over, at most.
+const DRAIN_AFTER_STOP: usize = 1 << 20;
 /// How often the copier looks whether it was asked to stop, when the
 /// pipe stays open (a process that escaped the test's process group).
 const POLL_MS: i32 = 100;
@@ -112,16 +114,23 @@ impl Copier {
 
     fn run(&mut self, mut pipe: File, stop: &AtomicBool, failed: &AtomicBool) -> Captured {
         let mut buf = vec![0u8; 64 << 10];
+        // Read after the stop request: a process that escaped the test's
+        // process group may hold the pipe and write without pause.
+        let mut after_stop: usize = 0;
         loop {
+            let stopping = stop.load(Ordering::Relaxed);
+            if stopping && after_stop > DRAIN_AFTER_STOP {
+                break;
+            }
             let mut fds = libc::pollfd {
                 fd: pipe.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             };
             // SAFETY: one valid pollfd for the duration of the call.
-            let ready = unsafe { libc::poll(&mut fds, 1, POLL_MS) };
+            let ready = unsafe { libc::poll(&mut fds, 1, if stopping { 0 } else { POLL_MS }) };
             if ready == 0 {
-                if stop.load(Ordering::Relaxed) {
+                if stopping {
                     break;
                 }
                 continue;
@@ -134,7 +143,12 @@ impl Copier {
             }
             match pipe.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => self.take(&buf[..n]),
+                Ok(n) => {
+                    self.take(&buf[..n]);
+                    if stopping {
+                        after_stop += n;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             }
