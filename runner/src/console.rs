@@ -284,6 +284,9 @@ pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &
                 r.log.display(),
                 r.reason.as_deref().unwrap_or("failed"),
             );
+            if let Some(core) = &r.core {
+                text += &format!("          guest core: {}\n", core.display());
+            }
         }
     }
     text += &format!(
