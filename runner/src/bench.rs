@@ -71,13 +71,13 @@ pub fn bench(args: BenchArgs) -> Result<u8> {
     }
     let (floor_min, floor_median) = min_median(&mut floor);
     let (run_min, run_median) = min_median(&mut ktvmm);
-    println!("runs: {} each, process start to exit", args.runs);
-    println!(
+    outln!("runs: {} each, process start to exit", args.runs);
+    outln!(
         "(a) raw KVM floor (VM + 1 vCPU, 6 real-mode instructions to HLT): min {}, median {}",
         ms(floor_min),
         ms(floor_median)
     );
-    println!(
+    outln!(
         "(b) ktvmm run {SMALLEST_GUEST} (128 MiB, long mode, prints, exits via 0xf4): min {}, median {}",
         ms(run_min),
         ms(run_median)
@@ -85,7 +85,7 @@ pub fn bench(args: BenchArgs) -> Result<u8> {
     if args.breakdown {
         breakdown(args.runs)?;
     }
-    println!(
+    outln!(
         "ratio: {:.2}",
         run_median.as_secs_f64() / floor_median.as_secs_f64()
     );
@@ -124,18 +124,18 @@ fn runner_overhead(exe: &Path, tests: u32, rounds: u32) -> Result<u8> {
     let _ = std::fs::remove_dir_all(&dir);
     let (_, bare) = min_median(&mut bare);
     let (_, runner) = min_median(&mut runner);
-    println!(
+    outln!(
         "runner overhead: {tests} trivial tests ({SMALLEST_GUEST}) per round, -j 1, {rounds} rounds, medians"
     );
-    println!(
+    outln!(
         "(a) ktvmm run, one after another:      {} per test",
         ms(bare)
     );
-    println!(
+    outln!(
         "(b) ktvmm test -j 1 over the same tests: {} per test (startup, results files included)",
         ms(runner)
     );
-    println!(
+    outln!(
         "overhead: {} per test (target: at most 5 ms)",
         ms(runner.saturating_sub(bare))
     );
@@ -144,7 +144,7 @@ fn runner_overhead(exe: &Path, tests: u32, rounds: u32) -> Result<u8> {
 
 /// Median time of each build step and of the run itself, in this process.
 fn breakdown(runs: u32) -> Result<()> {
-    let image = load_guest(SMALLEST_GUEST)?;
+    let image = load_guest(SMALLEST_GUEST, 128)?;
     let mut steps: Vec<(&'static str, Vec<Duration>)> = Vec::new();
     let mut runs_taken = Vec::new();
     let mut teardowns = Vec::new();
@@ -179,16 +179,16 @@ fn breakdown(runs: u32) -> Result<()> {
             bail!("{SMALLEST_GUEST} did not pass: {outcome:?}");
         }
     }
-    println!("breakdown (in-process medians of {runs} builds and runs):");
+    outln!("breakdown (in-process medians of {runs} builds and runs):");
     for (name, samples) in &mut steps {
-        println!("  {:<24} {}", name, ms(min_median(samples).1));
+        outln!("  {:<24} {}", name, ms(min_median(samples).1));
     }
-    println!(
+    outln!(
         "  {:<24} {}",
         "run to guest exit (all)",
         ms(min_median(&mut runs_taken).1)
     );
-    println!(
+    outln!(
         "  {:<24} {} (ktvmm run leaves this to a detached child)",
         "KVM teardown",
         ms(min_median(&mut teardowns).1)
@@ -208,7 +208,7 @@ fn fuzz_bench(inputs: u64, runs: u32) -> Result<u8> {
         ktvmm_vmm::floor::run_once().map_err(|e| anyhow::anyhow!("raw KVM floor: {e}"))?;
     }
     let floor = f64::from(runs * 10) / started.elapsed().as_secs_f64();
-    println!("raw floor (create VM + vCPU, run to HLT, in process): {floor:.0} per second");
+    outln!("raw floor (create VM + vCPU, run to HLT, in process): {floor:.0} per second");
 
     let campaign = |seed, iterations, plant_bug: bool| {
         let mut campaign = Campaign::new(seed, iterations);
@@ -220,11 +220,12 @@ fn fuzz_bench(inputs: u64, runs: u32) -> Result<u8> {
     let first = campaign(0, inputs, false).run()?;
     let second = campaign(0, inputs, false).run()?;
     let counts = &first.stats.counts;
-    println!(
+    outln!(
         "fuzz, seed 0, {inputs} inputs, 1 job: {:.0} and {:.0} executions per second (target: 500)",
-        first.stats.speed.executions_per_second, second.stats.speed.executions_per_second
+        first.stats.speed.executions_per_second,
+        second.stats.speed.executions_per_second
     );
-    println!(
+    outln!(
         "  {} distinct exit reasons (target: 6): {}",
         counts.exit_reasons.len(),
         counts
@@ -234,8 +235,8 @@ fn fuzz_bench(inputs: u64, runs: u32) -> Result<u8> {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    println!("  {} distinct ioctls (target: 15)", counts.ioctls.len());
-    println!(
+    outln!("  {} distinct ioctls (target: 15)", counts.ioctls.len());
+    outln!(
         "  outcomes: {}",
         counts
             .outcomes
@@ -244,7 +245,7 @@ fn fuzz_bench(inputs: u64, runs: u32) -> Result<u8> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!(
+    outln!(
         "  findings: {}",
         if counts.findings.is_empty() {
             "none".to_string()
@@ -252,12 +253,13 @@ fn fuzz_bench(inputs: u64, runs: u32) -> Result<u8> {
             format!("{:?}", counts.findings)
         }
     );
-    println!(
+    outln!(
         "  executions that ran into the CPU budget, then ended otherwise: {} and {}",
-        first.stats.speed.unstable, second.stats.speed.unstable
+        first.stats.speed.unstable,
+        second.stats.speed.unstable
     );
     let same = first.stats.counts == second.stats.counts;
-    println!(
+    outln!(
         "  same statistics on the second run: {}",
         if same { "yes" } else { "NO" }
     );
@@ -270,12 +272,12 @@ fn fuzz_bench(inputs: u64, runs: u32) -> Result<u8> {
                 ktvmm_vmm::fuzz::Finding::VmmPanic { .. }
             )
         }) {
-            Some(found) => println!(
+            Some(found) => outln!(
                 "planted bug, seed {seed}: found after {:.2} s ({} inputs)",
                 found.after.as_secs_f64(),
                 found.iteration + 1
             ),
-            None => println!(
+            None => outln!(
                 "planted bug, seed {seed}: stopped at {:?} first",
                 report.stats.counts.findings
             ),

@@ -178,6 +178,10 @@ pub struct TestArgs {
     /// linked from ktvmm-results/latest).
     #[arg(short = 'o', long, value_name = "DIR")]
     pub output: Option<PathBuf>,
+    /// The most of a test's output its log keeps, in MiB (`M`, `G`
+    /// suffixes): its head and its tail, with a line saying what was cut.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_log_limit)]
+    pub log_limit: u64,
     /// Print only tests that did not pass, and the summary.
     #[arg(short = 'q', long, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -333,6 +337,16 @@ pub fn parse_mem_mib(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{text}' is not a memory size (examples: 128, 512M, 2G)"))
 }
 
+/// `--log-limit`: a size in MiB, at least 1.
+fn parse_log_limit(text: &str) -> Result<u64, String> {
+    match parse_mem_mib(text)? {
+        0 => Err(format!("'{text}' is too small: a log keeps at least 1M")),
+        // Kept in bytes: far below u64's range.
+        mib if mib > 1 << 30 => Err(format!("'{text}' is too large: at most 1024G")),
+        mib => Ok(mib),
+    }
+}
+
 /// Seconds, possibly fractional: `10`, `0.5`.
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     text.trim()
@@ -347,11 +361,32 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
 /// Rewrites QEMU-style `-smp`, `-append`, `-initrd`, `-memory` (any long
 /// option, typed with one dash) to `--smp` etc. Values of options
 /// and everything after `--` are left alone.
+#[cfg(test)]
 pub fn qemu_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    qemu_style_typed(args).0
+}
+
+/// [`qemu_style`], and each rewritten word with what the user typed
+/// (`--smp`, `-smp`), so that errors echo options as typed.
+pub fn qemu_style_typed(
+    args: impl IntoIterator<Item = OsString>,
+) -> (Vec<OsString>, Vec<(String, String)>) {
+    let args: Vec<OsString> = args.into_iter().collect();
     let command = Cli::command();
     let mut long_names = Vec::new();
     let mut takes_value = Vec::new();
-    for sub in command.get_subcommands() {
+    // Only the options of the subcommand given: `-foo` under `run` is not
+    // `test`'s `-f oo`.
+    let named = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy())
+        .find(|a| !a.starts_with('-'));
+    let subcommands: Vec<&clap::Command> = command
+        .get_subcommands()
+        .filter(|s| named.as_deref().is_none_or(|n| s.get_name() == n))
+        .collect();
+    for sub in subcommands {
         for arg in sub.get_arguments() {
             if let Some(long) = arg.get_long() {
                 long_names.push(long.to_string());
@@ -364,11 +399,24 @@ pub fn qemu_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
             }
         }
     }
-    let mut out = Vec::new();
+    let mut out: Vec<OsString> = Vec::new();
+    let mut typed = Vec::new();
     let mut value_next = false;
     let mut rest_verbatim = false;
     for arg in args {
         let text = arg.to_string_lossy().into_owned();
+        if value_next && text.starts_with('-') && text.len() > 1 {
+            // `-smp -1`: a value, wrong or not, that clap would take for an
+            // option ("use '-- -1'"); joined, its parser says what is wrong.
+            if let Some(option) = out.pop() {
+                let mut joined = option;
+                joined.push("=");
+                joined.push(&arg);
+                out.push(joined);
+                value_next = false;
+                continue;
+            }
+        }
         if rest_verbatim || value_next {
             value_next = false;
             out.push(arg);
@@ -391,12 +439,40 @@ pub fn qemu_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
                 && !long_names.iter().any(|l| l == name);
             if name.len() > 1 && !short_with_value {
                 word = format!("-{text}");
+                typed.push((format!("--{name}"), format!("-{name}")));
             }
         }
         value_next = !word.contains('=') && takes_value.contains(&word);
         out.push(if word == text { arg } else { word.into() });
     }
-    out
+    (out, typed)
+}
+
+/// Clap's message for `error`, with the options the user typed QEMU-style
+/// (`-nographic`) named as typed, not as rewritten (`--nographic`).
+pub fn as_typed(message: &str, typed: &[(String, String)]) -> String {
+    let mut message = message.to_string();
+    for (rewritten, as_typed) in typed {
+        let mut out = String::with_capacity(message.len());
+        let mut rest = message.as_str();
+        while let Some(at) = rest.find(rewritten.as_str()) {
+            let after = &rest[at + rewritten.len()..];
+            // The whole option, not the start of a longer one (`--no-pit`
+            // for `--no`), nor the end of one.
+            let whole = !after.starts_with(|c: char| c.is_alphanumeric() || c == '-' || c == '_')
+                && !rest[..at].ends_with(|c: char| c.is_alphanumeric() || c == '-');
+            out.push_str(&rest[..at]);
+            out.push_str(if whole { as_typed } else { rewritten });
+            rest = after;
+        }
+        out.push_str(rest);
+        message = out;
+        // "to pass '-bogus' as a value, use '-- -bogus'": for an option
+        // typed QEMU-style that is advice to make a file named -bogus.
+        let tip = format!("  tip: to pass '{as_typed}' as a value, use '-- {as_typed}'\n\n");
+        message = message.replace(&tip, "");
+    }
+    message
 }
 
 #[cfg(test)]

@@ -182,7 +182,10 @@ impl Observer for Console {
                 text += &format!("        | {line}\n");
             }
             text += &format!("        log: {}\n", result.log.display());
-            if let Some(command) = repro(&job.spec, &self.ktvmm) {
+            // A test that timed out would run forever when rerun without
+            // its limit.
+            let limit = (result.status == Status::Timeout).then_some(job.timeout);
+            if let Some(command) = repro(&job.spec, &self.ktvmm, limit) {
                 text += &format!("        rerun alone: {command}\n");
             }
         }
@@ -223,7 +226,11 @@ impl Observer for Console {
             let _ = write!(out, "\r\x1b[2K{line}");
             let _ = out.flush();
             self.status_shown = true;
-        } else if !running.is_empty() && now.duration_since(self.last_output) >= self.heartbeat {
+        } else if self.verbosity != Verbosity::Quiet
+            && !running.is_empty()
+            && now.duration_since(self.last_output) >= self.heartbeat
+        {
+            // -q: only what did not pass, so no progress lines in a log.
             let line = format!("{} running: {list}\n", self.progress());
             self.print(&line);
         }
@@ -291,11 +298,15 @@ pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &
     let _ = out.flush();
 }
 
+/// What [`tail`] reads of a log at most.
+const TAIL_READ_MAX: u64 = 64 << 10;
+
 /// The last `n` lines of a log file (lossy UTF-8; control characters but
 /// tab made visible, so a guest's escape sequences cannot garble the
 /// console).
 pub fn tail(log: &Path, n: usize) -> Vec<String> {
-    let Ok(bytes) = std::fs::read(log) else {
+    // Lines of a guest's console are short; a log can be huge.
+    let Ok(bytes) = crate::schedule::logcap::read_tail(log, TAIL_READ_MAX) else {
         return Vec::new();
     };
     let text = String::from_utf8_lossy(&bytes);

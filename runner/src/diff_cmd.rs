@@ -40,7 +40,7 @@ pub fn diff(args: &crate::cli::DiffArgs) -> Result<u8> {
         min: args.counter_min,
     };
     let report = compare(&a, &b, threshold);
-    print!("{}", report.text);
+    out!("{}", report.text);
     let counters_fail = args.fail_on_counters && report.counters_up > 0;
     Ok(u8::from(report.regressions > 0 || counters_fail))
 }

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ktvmm_vmm::boot::{Kernel, Protocol};
+use ktvmm_vmm::input;
+use ktvmm_vmm::memory::MAX_MEM_MIB;
 
 use crate::bundled;
 
@@ -113,7 +115,7 @@ pub fn probe_cmd(args: &crate::cli::EnvsArgs) -> anyhow::Result<u8> {
                 }
             }
         };
-        println!("{:<9} {line}", env.name());
+        outln!("{:<9} {line}", env.name());
     }
     Ok(u8::from(!all_usable))
 }
@@ -150,6 +152,9 @@ pub fn expand(tests: Vec<TestSpec>, envs: &[Env]) -> Vec<TestSpec> {
     out
 }
 
+/// No guest can be larger than the largest RAM.
+const MAX_GUEST: u64 = MAX_MEM_MIB << 20;
+
 /// Why QEMU cannot run `guest`, if it cannot.
 fn unavailable(guest: &str, qemu_installed: bool) -> Option<String> {
     if !qemu_installed {
@@ -160,7 +165,9 @@ fn unavailable(guest: &str, qemu_installed: bool) -> Option<String> {
     let multiboot = |bytes: &[u8]| Kernel::inspect_as(bytes, Some(Protocol::Multiboot)).is_ok();
     let bootable = match guest.strip_prefix(bundled::PREFIX) {
         Some(name) => bundled::guest(name).is_some_and(multiboot),
-        None => std::fs::read(guest).is_ok_and(|bytes| multiboot(&bytes)),
+        None => {
+            input::read(Path::new(guest), MAX_GUEST, "a guest").is_ok_and(|bytes| multiboot(&bytes))
+        }
     };
     (!bootable)
         .then(|| "QEMU boots multiboot kernels only, and this guest has no multiboot header".into())

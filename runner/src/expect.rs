@@ -21,6 +21,7 @@
 
 use std::path::Path;
 
+use ktvmm_vmm::input;
 use serde::Deserialize;
 
 use crate::select::matches;
@@ -56,8 +57,7 @@ struct File {
 
 /// Reads an expectations file; errors name the file and line.
 pub fn load(path: &Path) -> anyhow::Result<Vec<Expectation>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let text = input::read_text(path, input::MAX_TEXT, "an --expect file")?;
     let file: File = toml::from_str(&text).map_err(|e| {
         let line = e.span().map_or(1, |s| {
             text[..s.start.min(text.len())].matches('\n').count() + 1

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ktvmm_vmm::fuzz::{Campaign, ExecOptions, Executor, Reproducer, minimise};
+use ktvmm_vmm::input;
 
 use crate::cli::FuzzArgs;
 
@@ -36,19 +37,19 @@ pub fn fuzz(args: FuzzArgs) -> Result<u8> {
         stop_on: args.stop_on_finding.then(String::new),
     };
     let report = campaign.run().context("fuzzing")?;
-    print!("{}", report.stats);
+    out!("{}", report.stats);
     if !report.kernel_log {
-        println!("note: /dev/kmsg is not readable: kernel warnings are not watched");
+        outln!("note: /dev/kmsg is not readable: kernel warnings are not watched");
     }
     for found in &report.found {
-        println!(
+        outln!(
             "FINDING after {:.2} s (input {}): {}",
             found.after.as_secs_f64(),
             found.iteration,
             found.reproducer.finding
         );
         if let Some(path) = &found.path {
-            println!("  reproducer: {} (ktvmm fuzz --replay {0})", path.display());
+            outln!("  reproducer: {} (ktvmm fuzz --replay {0})", path.display());
         }
     }
     if let Some(json) = &args.json {
@@ -60,43 +61,82 @@ pub fn fuzz(args: FuzzArgs) -> Result<u8> {
 }
 
 fn replay(file: &Path, exec: ExecOptions) -> Result<u8> {
-    let bytes = std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    let bytes = input::read(file, input::MAX_TEXT, "a reproducer or fuzzer input")?;
+    // Decided before anything runs: a corrupted reproducer must not replay
+    // as some fuzzer input and look fixed.
+    let reproducer = match replay_kind(&bytes) {
+        ReplayKind::Reproducer => Reproducer::load(file)?,
+        ReplayKind::FuzzerInput => {
+            let mut executor = Executor::new(exec)?;
+            return replay_fuzzer_artifact(file, &bytes, &mut executor);
+        }
+        ReplayKind::Neither(why) => bail!(
+            "{}: {why}: --replay takes a reproducer ktvmm fuzz saved (JSON) or a libFuzzer input of the kvm_api target (binary)",
+            file.display()
+        ),
+    };
     let mut executor = Executor::new(exec)?;
-    if !bytes.starts_with(b"{") {
-        return replay_fuzzer_artifact(file, &bytes, &mut executor);
-    }
-    let reproducer = Reproducer::load(file)?;
     let (again, execution) = reproducer.replay(&mut executor);
     for line in &execution.trace {
-        println!("  {line}");
+        outln!("  {line}");
     }
-    println!("ended: {}", execution.end);
+    outln!("ended: {}", execution.end);
     for finding in &execution.findings {
-        println!("finding: {finding}");
+        outln!("finding: {finding}");
     }
     if again {
-        println!("REPRODUCED: {}", reproducer.finding);
+        outln!("REPRODUCED: {}", reproducer.finding);
         Ok(FOUND)
     } else {
-        println!("not reproduced: {}", reproducer.finding);
+        outln!("not reproduced: {}", reproducer.finding);
         Ok(0)
     }
+}
+
+enum ReplayKind {
+    Reproducer,
+    FuzzerInput,
+    Neither(&'static str),
+}
+
+/// What `--replay` was given. libFuzzer inputs of the `kvm_api` target are
+/// raw bytes that `arbitrary` decodes, and it decodes anything, even text:
+/// so JSON is read as a reproducer (and refused if it is not one), and
+/// other text or an empty file is neither.
+fn replay_kind(bytes: &[u8]) -> ReplayKind {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        None => ReplayKind::Neither("is empty"),
+        Some(b'{') => ReplayKind::Reproducer,
+        Some(b'[') => ReplayKind::Neither("is JSON, but not an object as reproducers are"),
+        Some(_) if is_text(bytes) => ReplayKind::Neither("is text, not JSON"),
+        Some(_) => ReplayKind::FuzzerInput,
+    }
+}
+
+/// Printable UTF-8 with line breaks and tabs: what a person wrote.
+fn is_text(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok_and(|text| {
+        text.chars()
+            .all(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t'))
+    })
 }
 
 /// A libFuzzer artifact of the `kvm_api` target: decoded, executed, and
 /// saved as a reproducer next to it when it finds something.
 fn replay_fuzzer_artifact(file: &Path, bytes: &[u8], executor: &mut Executor) -> Result<u8> {
+    // Any bytes decode (`arbitrary` fills what is missing with defaults).
     let Some(reproducer) = Reproducer::from_fuzzer_bytes(bytes, executor) else {
-        println!("{}: no finding (as kvm_api fuzzer input)", file.display());
+        outln!("{}: no finding (as kvm_api fuzzer input)", file.display());
         return Ok(0);
     };
     for line in &reproducer.trace {
-        println!("  {line}");
+        outln!("  {line}");
     }
     let out = file.with_extension("json");
     reproducer.save(&out)?;
-    println!("REPRODUCED: {}", reproducer.finding);
-    println!(
+    outln!("REPRODUCED: {}", reproducer.finding);
+    outln!(
         "wrote {} (replay and minimise it like any reproducer)",
         out.display()
     );
@@ -121,11 +161,11 @@ fn minimise_file(file: &Path, exec: ExecOptions) -> Result<u8> {
     let after = serde_json::to_string(&reproducer.input)?.len();
     let out = file.with_extension("min.json");
     reproducer.save(&out)?;
-    println!(
+    outln!(
         "minimised in {tries} executions: {before} -> {after} bytes of input, {} ops, {} program bytes",
         reproducer.input.ops.len(),
         reproducer.input.program.len()
     );
-    println!("wrote {}", out.display());
+    outln!("wrote {}", out.display());
     Ok(0)
 }

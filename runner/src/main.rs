@@ -1,9 +1,38 @@
 //! The `ktvmm` command.
 
+// `println!` and `eprintln!` panic when stdout or stderr is closed or full
+// (`ktvmm test --list | head -1`, `2>/dev/full`); ktvmm's output goes
+// through these, which drop what cannot be written.
+
+/// `print!` that never panics.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `println!` that never panics.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod bundled;
 mod cli;
 mod console;
+mod deadline;
 mod detach;
 mod diff_cmd;
 mod envs;
@@ -27,14 +56,25 @@ use std::process::ExitCode;
 use clap::Parser;
 use ktvmm_vmm::outcome::EXIT_VMM_ERROR;
 
+/// Writes a usage error to stderr, never panicking.
+fn out_or_err(message: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().write_all(message.as_bytes());
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("KTVMM_LOG", "warn")).init();
-    let cli = match cli::Cli::try_parse_from(cli::qemu_style(std::env::args_os())) {
+    let (args, typed) = cli::qemu_style_typed(std::env::args_os());
+    let cli = match cli::Cli::try_parse_from(args) {
         Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_VMM_ERROR } else { 0 };
+        Err(e) if !e.use_stderr() => {
+            // --help, --version.
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            out_or_err(&cli::as_typed(&e.render().to_string(), &typed));
+            return ExitCode::from(EXIT_VMM_ERROR);
         }
     };
     let result = match cli.command {
@@ -49,7 +89,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("ktvmm: {e:#}");
+            errln!("ktvmm: {e:#}");
             ExitCode::from(EXIT_VMM_ERROR)
         }
     }

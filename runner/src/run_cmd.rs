@@ -5,16 +5,18 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
-use ktvmm_vmm::{KernelImage, Outcome, Vm, VmConfig};
+use ktvmm_vmm::{KernelImage, Outcome, Vm, VmConfig, input};
 
 use crate::cli::RunArgs;
+use crate::deadline::Deadline;
 use crate::{bundled, detach};
 use ktvmm_vmm::kmsg::{KernelLog, Report};
 use ktvmm_vmm::kvm_stats::KvmCounters;
 use std::time::{Duration, Instant};
 
-/// Reads a guest from a file, or from the binary for `bundled:NAME`.
-pub fn load_guest(guest: &str) -> Result<KernelImage> {
+/// Reads a guest from a file, or from the binary for `bundled:NAME`; a
+/// guest cannot be larger than the RAM (`mem_mib`) it is loaded into.
+pub fn load_guest(guest: &str, mem_mib: u64) -> Result<KernelImage> {
     if let Some(name) = guest.strip_prefix(bundled::PREFIX) {
         let bytes = bundled::guest(name).ok_or_else(|| {
             let names: Vec<&str> = bundled::GUESTS.iter().map(|(n, _)| *n).collect();
@@ -28,15 +30,36 @@ pub fn load_guest(guest: &str) -> Result<KernelImage> {
             bytes: bytes.to_vec(),
         });
     }
-    read_image(Path::new(guest))
+    read_image(Path::new(guest), "a guest", mem_mib)
 }
 
-fn read_image(path: &Path) -> Result<KernelImage> {
-    let bytes = fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+fn read_image(path: &Path, what: &str, mem_mib: u64) -> Result<KernelImage> {
+    let what = format!("{what} for {mem_mib} MiB of RAM (-m)");
+    let bytes = input::read(path, mem_mib.saturating_mul(1 << 20), &what)?;
     Ok(KernelImage {
         name: path.display().to_string(),
         bytes,
     })
+}
+
+/// Runs the VM for what is left of the deadline after setup; a timeout
+/// still names the whole limit.
+fn run_within(vm: &mut Vm, deadline: Option<&Deadline>, debugging: bool) -> Outcome {
+    let Some(deadline) = deadline else {
+        return vm.run(None);
+    };
+    let left = deadline.running();
+    if debugging {
+        // The VM's own limit stops while a debugger holds the guest; a
+        // watchdog on the wall clock would not.
+        deadline.done();
+    }
+    let mut outcome = vm.run(Some(left));
+    deadline.done();
+    if let Outcome::Timeout { seconds, .. } = &mut outcome {
+        *seconds = deadline.limit().as_secs_f64();
+    }
+    outcome
 }
 
 /// Runs the guest; exits the process with the guest's exit code, or returns
@@ -66,13 +89,18 @@ pub fn run(args: RunArgs) -> Result<u8> {
     // Read only when the guest times out or hangs.
     let mut kernel_log = KernelLog::open_at_end();
     let started = Instant::now();
+    let deadline = args
+        .vm
+        .timeout
+        .map(|limit| Deadline::start(limit, args.json_outcome.clone()));
     let (outcome, vm) = match Vm::build(config) {
         Ok(mut vm) => {
             vm.keep_cpu_state(args.core.is_some());
+            let debugging = gdb.is_some();
             if let Some(listener) = gdb.take() {
                 vm.debug_with(listener, args.hold);
             }
-            (vm.run(args.vm.timeout), Some(vm))
+            (run_within(&mut vm, deadline.as_ref(), debugging), Some(vm))
         }
         Err(e) => (
             Outcome::VmmError {
@@ -106,25 +134,25 @@ pub fn run(args: RunArgs) -> Result<u8> {
         write_outcome(path, &run)?;
     }
     if let Some(message) = outcome.message() {
-        eprintln!("ktvmm: {message}");
+        errln!("ktvmm: {message}");
     }
     if !host_log.is_empty() {
         // Indented, under the timeout message: the runner takes a test's
         // reason from the last line that starts with "ktvmm: ".
-        eprintln!("  host kernel log during the run:");
+        errln!("  host kernel log during the run:");
         for line in host_log.lines() {
-            eprintln!("    {line}");
+            errln!("    {line}");
         }
         if host_log.left_out > 0 {
-            eprintln!(
+            errln!(
                 "    ({} more message(s) left out: another process's, or naming no process)",
                 host_log.left_out
             );
         }
     }
     match &core {
-        Some(Ok(path)) => eprintln!("ktvmm core: guest core written to {}", path.display()),
-        Some(Err(e)) => eprintln!("ktvmm core: no core: {e:#}"),
+        Some(Ok(path)) => errln!("ktvmm core: guest core written to {}", path.display()),
+        Some(Err(e)) => errln!("ktvmm core: no core: {e:#}"),
         None => {}
     }
     if args.stats {
@@ -152,7 +180,7 @@ fn gdb_listener(args: &RunArgs) -> Result<Option<std::net::TcpListener>> {
     let listener = std::net::TcpListener::bind(&address)
         .with_context(|| format!("--gdb {spec}: cannot listen on {address}"))?;
     let shown = listener.local_addr().map_or(address, |a| a.to_string());
-    eprintln!(
+    errln!(
         "ktvmm gdb: waiting for GDB on {shown}{} (gdb -ex 'target remote {shown}' {})",
         if args.hold { ", vCPUs held" } else { "" },
         args.guest
@@ -171,8 +199,13 @@ fn gdb_address(spec: &str) -> Option<String> {
 
 /// The VM `args` ask for, with the guest (and initrd) read in.
 fn vm_config(args: &RunArgs) -> Result<VmConfig> {
-    let kernel = load_guest(&args.guest)?;
-    let initrd = args.vm.initrd.as_deref().map(read_image).transpose()?;
+    let kernel = load_guest(&args.guest, args.vm.mem_mib)?;
+    let initrd = args
+        .vm
+        .initrd
+        .as_deref()
+        .map(|path| read_image(path, "an initrd", args.vm.mem_mib))
+        .transpose()?;
     Ok(VmConfig {
         kernel,
         cpus: args.vm.smp,
@@ -245,18 +278,18 @@ fn write_outcome(path: &Path, run: &Run) -> Result<()> {
 /// `--stats`: the run's time and KVM's largest counters, on stderr (stdout
 /// is the guest's console).
 fn print_stats(run: &Run) {
-    eprintln!("ktvmm stats: the run took {:.3} s", run.wall.as_secs_f64());
+    errln!("ktvmm stats: the run took {:.3} s", run.wall.as_secs_f64());
     let Some(counters) = run.counters else {
-        eprintln!("  KVM offers no counters here (no KVM_CAP_BINARY_STATS_FD)");
+        errln!("  KVM offers no counters here (no KVM_CAP_BINARY_STATS_FD)");
         return;
     };
-    eprintln!(
+    errln!(
         "  KVM counters ({} VM, {} per vCPU, summed over vCPUs), largest first:",
         counters.vm.len(),
         counters.vcpu.len()
     );
     for (name, value) in counters.top(STATS_SHOWN) {
-        eprintln!("    {name:<32} {value:>14}");
+        errln!("    {name:<32} {value:>14}");
     }
 }
 

@@ -57,11 +57,11 @@ pub fn test(args: TestArgs) -> Result<u8> {
     };
     if args.dry_run {
         if let Some(plan) = &plan {
-            print!("{plan}");
+            out!("{plan}");
         }
-        println!("would run {} tests:", tests.len());
+        outln!("would run {} tests:", tests.len());
         for test in &tests {
-            println!("  {}", test.name);
+            outln!("  {}", test.name);
         }
         return Ok(0);
     }
@@ -69,16 +69,16 @@ pub fn test(args: TestArgs) -> Result<u8> {
     if args.list {
         for test in &tests {
             if test.groups.is_empty() {
-                println!("{}", test.name);
+                outln!("{}", test.name);
             } else {
-                println!("{}  [{}]", test.name, test.groups.join(", "));
+                outln!("{}  [{}]", test.name, test.groups.join(", "));
             }
         }
         return Ok(0);
     }
     if tests.is_empty() {
         if args.rerun_failed && selection.only.as_ref().is_some_and(HashSet::is_empty) {
-            println!("nothing to rerun: every test passed last time");
+            outln!("nothing to rerun: every test passed last time");
             return Ok(0);
         }
         bail!("no tests selected ({discovered} found; check -f/-x/-g/--shard)");
@@ -102,10 +102,10 @@ pub fn test(args: TestArgs) -> Result<u8> {
         kvm_env::apply(plan, &env_host).context("cannot set up the KVM environment")?;
     }
     for notice in plan.iter().flat_map(|p| &p.notices).chain(&qemu_notices) {
-        println!("notice: {notice}");
+        outln!("notice: {notice}");
     }
     if let Some(seed) = args.shuffle {
-        println!("order shuffled with --shuffle {seed}");
+        outln!("order shuffled with --shuffle {seed}");
     }
     let host_stats = host_stats(&tests);
     let options = schedule::Options {
@@ -118,6 +118,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
         host_stats: host_stats.as_ref().ok().cloned(),
         cores: args.cores,
         gdb_port: args.gdb.as_ref().map(|_| args.gdb_port),
+        log_limit: args.log_limit << 20,
     };
     let verbosity = match (args.quiet, args.verbose) {
         (true, _) => Verbosity::Quiet,
@@ -141,7 +142,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
     if let Err(Some(why)) = &host_stats {
         // Said once, not per test.
         let notice = format!("no KVM counters for host programs: {why}");
-        println!("notice: {notice}");
+        outln!("notice: {notice}");
         meta.notices.push(notice);
     }
     console.expect(expectations.clone(), meta.clone());
@@ -184,15 +185,15 @@ pub fn test(args: TestArgs) -> Result<u8> {
     console::summary(&results, started.elapsed(), not_run, output.path());
     let disagreements = crate::envs::disagreements(&results);
     if args.envs.len() > 1 && !disagreements.is_empty() {
-        println!("environments disagree ({}):", disagreements.len());
+        outln!("environments disagree ({}):", disagreements.len());
         for line in &disagreements {
-            println!("{line}");
+            outln!("{line}");
         }
     }
     if let Some(plan) = plan.as_ref().filter(|p| !p.changes.is_empty())
         && let Err(e) = kvm_env::apply(&plan.reverse(), &env_host)
     {
-        eprintln!("ktvmm: putting the KVM module parameters back failed: {e}");
+        errln!("ktvmm: putting the KVM module parameters back failed: {e}");
     }
     written.context("cannot write the results")?;
     Ok(if interrupted {
@@ -351,7 +352,7 @@ fn print_gdb_attach(tests: &[TestSpec], output: &OutputDir, port: u16) -> Result
             _ => guest.guest.clone(),
         }
     };
-    println!(
+    outln!(
         "{} waits for GDB, held at its first instruction; attach with:\n  \
          gdb -ex 'set architecture i386:x86-64' -ex 'target remote 127.0.0.1:{port}' {symbols}",
         test.name

@@ -488,7 +488,8 @@ fn bad_machine_shapes_get_one_clear_message() {
         &["too small for 128 vCPU stacks"],
     );
     expect_error(&["run", "bundled:exitcode", "-smp", "two"], &["two"]);
-    expect_error(&["run", "bundled:exitcode", "-bogus"], &["--bogus"]);
+    // Echoed as typed, without advice to pass it as a value.
+    expect_error(&["run", "bundled:exitcode", "-bogus"], &["'-bogus'"]);
     expect_error(&["run"], &["GUEST"]);
 }
 

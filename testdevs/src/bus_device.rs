@@ -8,6 +8,9 @@ pub enum Action {
     Continue,
     /// The guest asked to end the VM with this exit code.
     Exit(u32),
+    /// The device cannot go on for a reason on the host's side (its output
+    /// is closed or full): the run ends with this as ktvmm's error.
+    Stop(&'static str),
 }
 
 /// A device reached through a bus window; `offset` is relative to the start

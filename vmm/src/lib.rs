@@ -14,6 +14,7 @@ pub mod floor;
 pub mod forensics;
 pub mod fuzz;
 pub mod gdb;
+pub mod input;
 pub mod irq_routing;
 pub mod kick;
 pub mod kmsg;

@@ -58,7 +58,7 @@ pub enum LoadError {
     NoSegments,
     /// A segment overlaps the memory the VMM keeps for itself.
     #[error(
-        "segment {start:#x}..{end:#x} overlaps VMM-reserved memory {reserved_start:#x}..{reserved_end:#x} ({what}); link the guest at or above {min:#x}"
+        "segment {start:#x}..{end:#x} overlaps VMM-reserved memory {reserved_start:#x}..{reserved_end:#x} ({what}); {advice}"
     )]
     Reserved {
         /// Segment start.
@@ -71,13 +71,11 @@ pub enum LoadError {
         reserved_end: u64,
         /// What is reserved there.
         what: &'static str,
-        /// Lowest address a guest may use.
-        min: u64,
+        /// What to do about it, for where the range is.
+        advice: String,
     },
     /// A segment does not fit in guest RAM.
-    #[error(
-        "segment {start:#x}..{end:#x} lies outside guest RAM (0..{ram_end:#x}); give the guest more memory with -m or link it lower"
-    )]
+    #[error("segment {start:#x}..{end:#x} lies outside guest RAM (0..{ram_end:#x}); {advice}")]
     OutsideRam {
         /// Segment start.
         start: u64,
@@ -85,6 +83,8 @@ pub enum LoadError {
         end: u64,
         /// End of RAM below the MMIO hole.
         ram_end: u64,
+        /// What to do about it.
+        advice: String,
     },
     /// The entry point is not inside a loaded segment.
     #[error("entry point {0:#x} is not inside any loadable segment")]
@@ -249,31 +249,47 @@ pub fn check_placement(
     ram_end: u64,
     reserved: &[ReservedRange],
 ) -> Result<(), LoadError> {
-    let min = reserved
-        .iter()
-        .filter(|r| r.range.start == 0)
-        .map(|r| r.range.end)
-        .max()
-        .unwrap_or(0);
     for segment in segments {
+        // Outside RAM first: a segment too large for any RAM also overlaps
+        // something, and moving it would not help.
+        if segment.end > ram_end {
+            let size = segment.end - segment.start;
+            let advice = if size > crate::memory::MAX_MEM_MIB << 20 {
+                format!(
+                    "its {size} bytes (p_memsz) are more than any guest's RAM ({} MiB at most): check how the guest is linked",
+                    crate::memory::MAX_MEM_MIB
+                )
+            } else {
+                "give the guest more memory with -m or link it lower".to_string()
+            };
+            return Err(LoadError::OutsideRam {
+                start: segment.start,
+                end: segment.end,
+                ram_end,
+                advice,
+            });
+        }
         if let Some(r) = reserved
             .iter()
             .find(|r| segment.start < r.range.end && r.range.start < segment.end)
         {
+            let advice = if r.range.start == 0 {
+                format!("link the guest at or above {:#x}", r.range.end)
+            } else if r.range.end >= ram_end {
+                "give the guest more memory with -m or link it lower".to_string()
+            } else {
+                format!(
+                    "link the guest below {:#x} or at or above {:#x}",
+                    r.range.start, r.range.end
+                )
+            };
             return Err(LoadError::Reserved {
                 start: segment.start,
                 end: segment.end,
                 reserved_start: r.range.start,
                 reserved_end: r.range.end,
                 what: r.what,
-                min,
-            });
-        }
-        if segment.end > ram_end {
-            return Err(LoadError::OutsideRam {
-                start: segment.start,
-                end: segment.end,
-                ram_end,
+                advice,
             });
         }
     }

@@ -108,11 +108,26 @@ fn find_header(bytes: &[u8]) -> Option<(usize, u32)> {
     })
 }
 
+/// Why no header was found: none at all, or one whose checksum is wrong
+/// (named, with the value that would be right).
+fn no_header(bytes: &[u8]) -> String {
+    let bad_checksum = (0..SEARCH_LEN.min(bytes.len())).step_by(4).find_map(|at| {
+        (word(bytes, at)? == HEADER_MAGIC).then_some(())?;
+        Some((at, word(bytes, at + 4)?, word(bytes, at + 8)?))
+    });
+    match bad_checksum {
+        Some((at, flags, checksum)) => format!(
+            "the multiboot header at file offset {at:#x} has a bad checksum {checksum:#x} (magic + flags + checksum must be 0: with flags {flags:#x} it must be {:#x})",
+            0u32.wrapping_sub(HEADER_MAGIC).wrapping_sub(flags)
+        ),
+        None => "no multiboot header in the first 8 KiB".into(),
+    }
+}
+
 /// Checks a multiboot kernel: the header, then either the load addresses
 /// it carries or, without them, an ELF32 i386 executable's segments.
 pub fn inspect(bytes: &[u8]) -> Result<MultibootImage, LoadError> {
-    let (at, flags) = find_header(bytes)
-        .ok_or_else(|| LoadError::Malformed("no multiboot header in the first 8 KiB".into()))?;
+    let (at, flags) = find_header(bytes).ok_or_else(|| LoadError::Malformed(no_header(bytes)))?;
     let unknown = flags & 0xffff & !UNDERSTOOD_REQUIREMENTS;
     if unknown != 0 {
         return Err(LoadError::Malformed(format!(

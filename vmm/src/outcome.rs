@@ -187,7 +187,8 @@ impl Outcome {
             Outcome::UnexpectedExit { cpu, exit } => {
                 format!("unhandled KVM exit on vCPU {cpu}: {exit}")
             }
-            Outcome::VmmError { message } => format!("ktvmm error: {message}"),
+            // Printed after "ktvmm: ": no second prefix.
+            Outcome::VmmError { message } => message.clone(),
         })
     }
 

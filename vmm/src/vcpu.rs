@@ -205,6 +205,9 @@ impl From<Action> for Step {
         match action {
             Action::Continue => Step::Continue,
             Action::Exit(code) => Step::End(Outcome::GuestExit { code }),
+            Action::Stop(why) => Step::End(Outcome::VmmError {
+                message: why.to_string(),
+            }),
         }
     }
 }

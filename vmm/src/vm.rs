@@ -500,7 +500,10 @@ impl Vm {
             *vcpus = snapshots;
         }
         let mut serial = crate::bus::lock(&self.platform.console);
-        if let Err(e) = serial.finish() {
+        // A console that failed has already ended the run, with a reason.
+        if let Err(e) = serial.finish()
+            && !matches!(outcome, Outcome::VmmError { .. })
+        {
             log::warn!("writing the guest console failed: {e}");
         }
         outcome

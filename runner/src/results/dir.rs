@@ -30,7 +30,13 @@ pub struct OutputDir {
     // Behind a lock so parallel test workers can ask for log paths through
     // a shared reference.
     logs: Mutex<LogNames>,
+    /// Held for the run: a second run into the same `-o DIR` would mix its
+    /// logs with this one's and overwrite its results.
+    _lock: Option<fs::File>,
 }
+
+/// The lock file in an output directory.
+pub const LOCK: &str = ".ktvmm-test.lock";
 
 /// The log file names handed out so far, so that no two tests share one.
 #[derive(Debug, Default)]
@@ -54,7 +60,10 @@ impl OutputDir {
     /// `latest` link: the user chose where it goes.
     pub fn at(dir: &Path) -> Result<OutputDir, ResultsError> {
         create_dir_all(&dir.join(LOGS))?;
-        Ok(OutputDir::new(dir.to_path_buf()))
+        let lock = lock(dir)?;
+        let mut out = OutputDir::new(dir.to_path_buf());
+        out._lock = Some(lock);
+        Ok(out)
     }
 
     /// Creates a new directory under `base` named for `now` in UTC
@@ -90,6 +99,7 @@ impl OutputDir {
         OutputDir {
             path,
             logs: Mutex::new(LogNames::default()),
+            _lock: None,
         }
     }
 
@@ -127,6 +137,42 @@ impl OutputDir {
         logs.by_test.insert(key, path.clone());
         path
     }
+}
+
+/// Takes `dir`'s lock (flock: released by the kernel however the run
+/// ends), or says which run holds it.
+fn lock(dir: &Path) -> Result<fs::File, ResultsError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK);
+    let write_error = |source| ResultsError::Write {
+        path: path.clone(),
+        source,
+    };
+    let mut file = fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(write_error)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(write_error(error));
+        }
+        let mut holder = String::new();
+        let _ = (&file).take(64).read_to_string(&mut holder);
+        return Err(ResultsError::Locked {
+            path: dir.to_path_buf(),
+            holder: holder.trim().to_string(),
+        });
+    }
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = writeln!(file, "{}", std::process::id());
+    Ok(file)
 }
 
 /// A test name made safe as a file name: ASCII letters, digits, `-`, `_`
@@ -250,6 +296,13 @@ mod tests {
         let out = OutputDir::at(&dir).unwrap();
         assert_eq!(out.path(), dir);
         assert!(dir.join(LOGS).is_dir());
+        // Not while a run holds it...
+        assert!(matches!(
+            OutputDir::create(Some(&dir)),
+            Err(ResultsError::Locked { .. })
+        ));
+        // ...but once it has ended.
+        drop(out);
         OutputDir::create(Some(&dir)).unwrap();
         assert!(!scratch.0.join("a").join(LATEST).exists());
     }

@@ -1,9 +1,9 @@
 //! `results.json`: the run's metadata and every result, the machine-readable
 //! record `--rerun-failed` reads back.
 
-use std::fs;
 use std::path::Path;
 
+use ktvmm_vmm::input;
 use serde::{Deserialize, Serialize};
 
 use super::{ResultsError, write_atomic};
@@ -41,10 +41,7 @@ pub fn write(path: &Path, meta: &RunMeta, tests: &[TestResult]) -> Result<(), Re
 
 /// Reads a `results.json`.
 pub fn read(path: &Path) -> Result<ResultsFile, ResultsError> {
-    let text = fs::read(path).map_err(|source| ResultsError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = input::read(path, input::MAX_RESULTS, "a results.json")?;
     serde_json::from_slice(&text).map_err(|source| ResultsError::Parse {
         path: path.to_path_buf(),
         source,
@@ -67,6 +64,7 @@ pub fn failed_names(path: &Path) -> Result<Vec<String>, ResultsError> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
     use std::path::PathBuf;
     use std::time::Duration;
 
@@ -132,7 +130,7 @@ mod tests {
         let scratch = Scratch::new("badjson");
         let path = scratch.0.join("results.json");
         let e = read(&path).unwrap_err();
-        assert!(matches!(e, ResultsError::Read { .. }));
+        assert!(matches!(e, ResultsError::Input(_)));
         assert!(e.to_string().contains(&*path.to_string_lossy()), "{e}");
 
         fs::write(&path, "{\"meta\": ").unwrap();

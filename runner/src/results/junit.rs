@@ -2,8 +2,6 @@
 //! result, and the tail of the log of anything that did not pass.
 
 use std::fmt::Write as _;
-use std::fs;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::utc::Utc;
@@ -173,20 +171,9 @@ fn resolve_log(dir: &Path, log: &Path) -> PathBuf {
 /// output is arbitrary bytes) with terminal escape sequences removed;
 /// `None` if there is no log or nothing in it.
 fn log_tail(path: &Path) -> Option<String> {
-    let mut f = fs::File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    let start = len.saturating_sub(TAIL_BYTES);
-    f.seek(SeekFrom::Start(start)).ok()?;
-    let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes).ok()?;
-    let mut slice = &bytes[..];
-    if start > 0 {
-        // Started mid-line: drop the fragment.
-        if let Some(nl) = slice.iter().position(|&b| b == b'\n') {
-            slice = &slice[nl + 1..];
-        }
-    }
-    let text = strip_ansi(&String::from_utf8_lossy(slice));
+    // From the start of a line; never blocking on a FIFO in its place.
+    let bytes = crate::schedule::logcap::read_tail(path, TAIL_BYTES).ok()?;
+    let text = strip_ansi(&String::from_utf8_lossy(&bytes));
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
     (!tail.trim().is_empty()).then_some(tail)
@@ -276,6 +263,7 @@ fn hostname() -> Option<String> {
 mod tests {
     use super::super::testutil::*;
     use super::*;
+    use std::fs;
 
     const NASTY: &str = "a<b>&c\"d'e ]]> f\u{0}g\u{1b}[31mh\u{7}\u{fffe}i/#";
 

@@ -63,6 +63,21 @@ pub enum ResultsError {
         /// Why.
         source: io::Error,
     },
+    /// Another run is writing into the directory.
+    #[error(
+        "{}: another ktvmm test (pid {holder}) is writing its results here; wait for it to end or choose another -o DIR",
+        path.display()
+    )]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+        /// The pid the lock file names.
+        holder: String,
+    },
+    /// A previous run's results are not a regular file, too large or
+    /// unreadable.
+    #[error(transparent)]
+    Input(#[from] ktvmm_vmm::input::InputError),
     /// A previous run's results could not be read.
     #[error("{}: cannot read", path.display())]
     Read {
@@ -257,7 +272,10 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, [JUNIT_XML, "logs", RESULTS_JSON, RESULTS_TAP]);
+        assert_eq!(
+            names,
+            [dir::LOCK, JUNIT_XML, "logs", RESULTS_JSON, RESULTS_TAP]
+        );
     }
 
     #[test]

@@ -3,12 +3,14 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
+use super::logcap::{Capture, Captured};
 use crate::suite::{GuestTest, TestKind, TestSpec, Vmm};
 use crate::verdict::Ending;
 
@@ -132,10 +134,12 @@ pub fn qemu_command(g: &GuestTest) -> Command {
 }
 
 /// A command line that runs `spec` alone, by hand: what a failure's
-/// report offers to copy and paste.
-pub fn repro(spec: &TestSpec, ktvmm: &Path) -> Option<String> {
+/// report offers to copy and paste; with `limit`, stopped after it (a guest
+/// by `--timeout`, anything else by timeout(1)).
+pub fn repro(spec: &TestSpec, ktvmm: &Path, limit: Option<Duration>) -> Option<String> {
     let mut words: Vec<String> = Vec::new();
     let mut prefix = String::new();
+    let seconds = limit.map(|l| l.as_secs_f64().to_string());
     match &spec.kind {
         TestKind::Skip(_) => return None,
         TestKind::Guest(g) => {
@@ -143,8 +147,14 @@ pub fn repro(spec: &TestSpec, ktvmm: &Path) -> Option<String> {
                 Vmm::Ktvmm => ktvmm_run(g, ktvmm),
                 Vmm::Qemu { .. } => qemu_command(g),
             };
+            if let (Some(seconds), Vmm::Qemu { .. }) = (&seconds, g.vmm) {
+                words.extend(["timeout".to_string(), seconds.clone()]);
+            }
             words.push(cmd.get_program().to_string_lossy().into_owned());
             words.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+            if let (Some(seconds), Vmm::Ktvmm) = (&seconds, g.vmm) {
+                words.extend(["--timeout".to_string(), seconds.clone()]);
+            }
         }
         TestKind::Exec(e) => {
             if let Some(dir) = &e.cwd {
@@ -152,6 +162,12 @@ pub fn repro(spec: &TestSpec, ktvmm: &Path) -> Option<String> {
                     "cd {} && ",
                     crate::results::shell_quote(&[dir.display().to_string()])
                 );
+            }
+            if let Some(seconds) = &seconds {
+                words.extend(["timeout".to_string(), seconds.clone()]);
+                if !e.env.is_empty() {
+                    words.push("env".into());
+                }
             }
             words.extend(e.env.iter().map(|(k, v)| format!("{k}={v}")));
             words.push(e.path.display().to_string());
@@ -165,27 +181,42 @@ pub fn repro(spec: &TestSpec, ktvmm: &Path) -> Option<String> {
 pub struct Running {
     child: Child,
     pgid: i32,
+    capture: Capture,
 }
 
 impl Running {
     /// Starts `cmd` in a new process group with stdout and stderr going to
-    /// `log`; `done` receives `token` once the process has exited (it is
-    /// left for [`Running::reap`] to collect).
+    /// `log` (at most `log_limit` bytes of it: [`logcap`]); `done` receives
+    /// `token` once the process has exited (it is left for
+    /// [`Running::reap`] to collect).
     pub fn spawn(
         mut cmd: Command,
         log: &Path,
+        log_limit: u64,
         done: Sender<usize>,
         token: usize,
     ) -> io::Result<Running> {
-        let out = File::create(log)?;
-        let err = out.try_clone()?;
+        let file = File::create(log)?;
+        let (read, write) = pipe()?;
+        let capture = Capture::start(read, file, log, log_limit)?;
+        let err = write.try_clone()?;
         cmd.stdin(Stdio::null())
-            .stdout(out)
+            .stdout(write)
             .stderr(err)
             .process_group(0);
+        // No pre_exec (PR_SET_PDEATHSIG): it would make std fork instead of
+        // posix_spawn, 5 ms more per test; the guard kills the test's
+        // process group, its first process included, if the runner dies.
         let child = cmd.spawn()?;
+        // The pipe's write ends went to the child with `cmd`: dropping it
+        // closes ours, so the copier sees the end of the output.
+        drop(cmd);
         let pid = child.id() as i32;
-        let running = Running { child, pgid: pid };
+        let running = Running {
+            child,
+            pgid: pid,
+            capture,
+        };
         let watcher = std::thread::Builder::new()
             .name(format!("wait-{pid}"))
             .spawn(move || {
@@ -214,19 +245,39 @@ impl Running {
         unsafe { libc::kill(-self.pgid, signal) };
     }
 
-    /// Collects the exited process. Anything it left behind in its process
-    /// group is killed first, so no test leaves orphans.
-    pub fn reap(mut self) -> Ending {
+    /// Whether its log could not be written (a full disk): it should be
+    /// stopped.
+    pub fn log_failed(&self) -> bool {
+        self.capture.failed()
+    }
+
+    /// Collects the exited process and the end of its output. Anything it
+    /// left behind in its process group is killed first, so no test leaves
+    /// orphans.
+    pub fn reap(mut self) -> (Ending, Captured) {
         self.signal(libc::SIGKILL);
-        match self.child.wait() {
+        let ending = match self.child.wait() {
             Ok(status) => match (status.code(), status.signal()) {
                 (Some(code), _) => Ending::Exited(code),
                 (None, Some(signal)) => Ending::Signalled(signal),
                 (None, None) => Ending::Exited(-1),
             },
             Err(_) => Ending::Exited(-1),
-        }
+        };
+        (ending, self.capture.finish())
     }
+}
+
+/// A pipe, both ends close-on-exec (the child gets its end as stdout and
+/// stderr, which clears the flag there).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both are new descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Blocks until `pid` has exited, without reaping it: the zombie keeps the

@@ -5,6 +5,8 @@
 
 mod child;
 pub mod debugfs_stats;
+mod guard;
+pub mod logcap;
 
 pub use child::{qemu_command, repro};
 
@@ -57,6 +59,8 @@ pub struct Options {
     /// Where host programs' VMs are read from, and how their counters
     /// divide; `None` when debugfs cannot be read.
     pub host_stats: Option<(PathBuf, debugfs_stats::Names)>,
+    /// Bytes of a test's output its log keeps (head and tail).
+    pub log_limit: u64,
 }
 
 /// What the scheduler reports as it goes.
@@ -82,6 +86,8 @@ pub struct Finished {
 enum Stop {
     TimedOut,
     Interrupted,
+    /// Its log could not be written.
+    LogFailed,
 }
 
 struct Slot {
@@ -102,6 +108,7 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
     let mut next = 0;
     let mut seen_requests = interrupt::requests();
     let mut interrupted = false;
+    let mut guard = guard::Guard::start(options.jobs.max(1));
 
     loop {
         while !interrupted && slots.len() < options.jobs.max(1) && next < jobs.len() {
@@ -117,8 +124,9 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
             // An outcome left by an earlier run in the same place must not
             // stand in for this one's.
             let _ = std::fs::remove_file(child::outcome_path(&job.log));
-            match Running::spawn(cmd, &job.log, done_tx.clone(), next) {
+            match Running::spawn(cmd, &job.log, options.log_limit, done_tx.clone(), next) {
                 Ok(running) => {
+                    guard.watch(running.pgid());
                     let started = Instant::now();
                     let limit = match &job.spec.kind {
                         // Held for a debugger: ktvmm's own limit, which
@@ -179,8 +187,10 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
         };
         while let Some(index) = done {
             if let Some(slot) = slots.remove(&index) {
+                let pgid = slot.running.pgid();
                 let names = options.host_stats.as_ref().map(|(_, names)| names);
                 let result = finish(&jobs[index], slot, names);
+                guard.forget(pgid);
                 observer.finished(&jobs[index], &result);
                 results[index] = Some(result);
             }
@@ -205,6 +215,10 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
             }
             if slot.kill_at.is_some_and(|t| now >= t) {
                 slot.running.signal(libc::SIGKILL);
+            } else if slot.stop.is_none() && slot.running.log_failed() {
+                slot.stop = Some(Stop::LogFailed);
+                slot.running.signal(libc::SIGTERM);
+                slot.kill_at = Some(now + options.grace);
             } else if slot.stop.is_none() && now >= slot.deadline {
                 slot.stop = Some(Stop::TimedOut);
                 slot.running.signal(libc::SIGTERM);
@@ -233,15 +247,13 @@ fn finish(job: &Job, mut slot: Slot, names: Option<&debugfs_stats::Names>) -> Te
         _ => None,
     };
     let duration = slot.started.elapsed();
-    let exited = slot.running.reap();
+    let (exited, captured) = slot.running.reap();
     let ending = match slot.stop {
         Some(Stop::TimedOut) => Ending::TimedOut,
         Some(Stop::Interrupted) => Ending::Interrupted,
-        None => exited,
+        Some(Stop::LogFailed) | None => exited,
     };
-    let log_text = std::fs::read(&job.log)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    let log_text = logcap::read_for_verdict(&job.log);
     let outcome = match (&job.spec.kind, slot.stop) {
         // A test the runner stopped is judged by that, whatever ktvmm wrote.
         (TestKind::Guest(g), None) if g.vmm == Vmm::Ktvmm => {
@@ -300,6 +312,14 @@ fn finish(job: &Job, mut slot: Slot, names: Option<&debugfs_stats::Names>) -> Te
             None => text,
         });
     }
+    // Without its log the verdict is not to be trusted.
+    let status = match captured.error {
+        Some(error) => {
+            reason = Some(error);
+            Status::Error
+        }
+        None => status,
+    };
     TestResult {
         name: job.spec.name.clone(),
         status,

@@ -6,6 +6,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use ktvmm_vmm::input;
 use ktvmm_vmm::loader::is_guest_kernel;
 
 use super::file::{self, is_suite_file, stem};
@@ -103,6 +104,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), SuiteError> {
     Ok(())
 }
 
+/// A file in a directory is read whole to see what it is; no guest or
+/// test program is this large.
+const MAX_PLAIN: u64 = 1 << 30;
+
 enum Plain {
     Guest,
     Exec,
@@ -110,7 +115,11 @@ enum Plain {
 
 /// A guest kernel, a host executable, or neither.
 fn classify(path: &Path) -> Result<Option<Plain>, SuiteError> {
-    let bytes = fs::read(path).map_err(|e| path_error(path, format!("cannot read: {e}")))?;
+    let bytes = input::read(
+        path,
+        MAX_PLAIN,
+        "a guest or executable found in a directory",
+    )?;
     if is_guest_kernel(&bytes) {
         return Ok(Some(Plain::Guest));
     }

@@ -2,7 +2,7 @@
 //! `docs/suites.md`. Every problem is reported as `FILE:LINE: what`, and a
 //! file with any problem yields no tests at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +12,7 @@ use toml::Spanned;
 
 use super::{ExecTest, ExitCodes, GuestTest, SuiteError, TestKind, TestSpec};
 use ktvmm_vmm::cpu_model;
+use ktvmm_vmm::input;
 
 use crate::bundled;
 use crate::cli::parse_mem_mib;
@@ -74,10 +75,7 @@ enum RawMemory {
 
 /// Reads and checks one suite file.
 pub fn load(path: &Path) -> Result<Vec<TestSpec>, SuiteError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SuiteError::Read {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let text = input::read_text(path, input::MAX_TEXT, "a suite file")?;
     parse(path, &text)
 }
 
@@ -121,24 +119,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<TestSpec>, SuiteError> {
     }
 
     let mut tests: Vec<TestSpec> = Vec::new();
-    let mut lines: Vec<usize> = Vec::new();
+    // Name -> line, and the lines' starts: a suite of 100,000 tests is read
+    // in linear time.
+    let mut lines: HashMap<String, usize> = HashMap::new();
+    let index = LineIndex::new(text);
     for spanned in raw.tests {
         let span = spanned.span();
-        let line = line_of(text, span.start);
+        let line = index.line_of(span.start);
         let raw = spanned.into_inner();
         let spec = test(raw, base, path, &defaults, default_mem, default_timeout)
             .map_err(|m| at(Some(span.clone()), m))?;
-        if let Some(i) = tests.iter().position(|t| t.name == spec.name) {
+        if let Some(first) = lines.get(&spec.name) {
             return Err(at(
                 Some(span),
                 format!(
-                    "test '{}' is already defined on line {}; names must be unique",
-                    spec.name, lines[i]
+                    "test '{}' is already defined on line {first}; names must be unique",
+                    spec.name
                 ),
             ));
         }
+        lines.insert(spec.name.clone(), line);
         tests.push(spec);
-        lines.push(line);
     }
     if tests.is_empty() {
         return Err(at(
@@ -312,11 +313,21 @@ pub fn stem(path: &Path) -> String {
 
 fn existing_file(base: &Path, relative: &str, key: &str) -> Result<PathBuf, String> {
     let path = base.join(relative);
-    if path.is_file() {
+    match std::fs::metadata(&path) {
         // A bare name would be looked up in PATH when it runs.
-        Ok(std::path::absolute(&path).unwrap_or(path))
-    } else {
-        Err(format!("{key} {}: no such file", path.display()))
+        Ok(meta) if meta.is_file() => Ok(std::path::absolute(&path).unwrap_or(path)),
+        Ok(meta) if meta.is_dir() => Err(format!(
+            "{key} {}: is a directory, not a file",
+            path.display()
+        )),
+        Ok(_) => Err(format!(
+            "{key} {}: is not a regular file (a FIFO or device)",
+            path.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(format!("{key} {}: no such file", path.display()))
+        }
+        Err(e) => Err(format!("{key} {}: {e}", path.display())),
     }
 }
 
@@ -336,6 +347,28 @@ fn timeout(secs: f64) -> Result<Duration, String> {
         .map_err(|_| format!("timeout {secs} is not a positive number of seconds"))
 }
 
+/// Where each line of a text starts, to turn many byte offsets into line
+/// numbers without scanning the text for each.
+struct LineIndex(Vec<usize>);
+
+impl LineIndex {
+    fn new(text: &str) -> LineIndex {
+        LineIndex(newline_offsets(text))
+    }
+
+    /// The 1-based line of byte `offset`.
+    fn line_of(&self, offset: usize) -> usize {
+        self.0.partition_point(|&nl| nl < offset) + 1
+    }
+}
+
+fn newline_offsets(text: &str) -> Vec<usize> {
+    text.bytes()
+        .enumerate()
+        .filter_map(|(i, b)| (b == b'\n').then_some(i))
+        .collect()
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
         .iter()
@@ -347,6 +380,15 @@ fn line_of(text: &str, offset: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_line_index_agrees_with_counting() {
+        let text = "a\n\nbc\nd";
+        let index = LineIndex::new(text);
+        for offset in 0..=text.len() + 2 {
+            assert_eq!(index.line_of(offset), line_of(text, offset), "{offset}");
+        }
+    }
 
     fn dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ktvmm-suite-{}-{name}", std::process::id()));

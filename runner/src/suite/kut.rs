@@ -7,6 +7,7 @@
 //! so it does for QEMU options it cannot honour: never a silent pass.
 
 use std::cell::OnceCell;
+use std::collections::HashMap;
 use std::path::Path;
 #[cfg(test)]
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use super::{ExitCodes, GuestTest, SuiteError, TestKind, TestSpec};
 use ktvmm_vmm::cpu_model::{self, CpuSpec, HostCpu};
+use ktvmm_vmm::input;
 
 use crate::cli::{parse_mem_mib, parse_seconds};
 
@@ -72,6 +74,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, SuiteError> {
         message,
     };
     let mut entries: Vec<Entry> = Vec::new();
+    // Section name -> its line: duplicates are found in linear time.
+    let mut defined: HashMap<String, usize> = HashMap::new();
     let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
     while let Some((number, raw)) = lines.next() {
         let line = raw.trim();
@@ -79,12 +83,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, SuiteError> {
             continue;
         }
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            if let Some(first) = entries.iter().find(|e| e.name == name) {
+            // As in suite files: `[]` would run a test with no name.
+            super::file::check_name(name).map_err(|e| err(number, format!("[{name}]: {e}")))?;
+            if let Some(first) = defined.get(name) {
                 return Err(err(
                     number,
-                    format!("[{name}] is already defined on line {}", first.line),
+                    format!("[{name}] is already defined on line {first}"),
                 ));
             }
+            defined.insert(name.to_string(), number);
             entries.push(Entry {
                 name: name.to_string(),
                 line: number,
@@ -183,12 +190,12 @@ impl Host {
     }
 }
 
+/// A `check` names a sysfs parameter: a few bytes.
+const CHECK_FILE_MAX: u64 = 64 << 10;
+
 /// Reads `path` and turns its entries into tests.
 pub fn load(path: &Path, host: &Host) -> Result<Vec<TestSpec>, SuiteError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SuiteError::Read {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let text = input::read_text(path, input::MAX_TEXT, "a unittests.cfg")?;
     let dir = path.parent().unwrap_or(Path::new("."));
     parse(path, &text)?
         .into_iter()
@@ -240,7 +247,8 @@ fn skip_reason(entry: &Entry, dir: &Path, host: &Host) -> Result<Option<String>,
     }
     for check in entry.check.split_whitespace() {
         let (path, value) = check.split_once('=').unwrap_or((check, ""));
-        let actual = std::fs::read_to_string(path).ok();
+        // A sysfs parameter: a few bytes, never a FIFO or /dev/zero.
+        let actual = input::read_text(Path::new(path), CHECK_FILE_MAX, "a `check` file").ok();
         if actual.as_deref().map(str::trim_end) != Some(value) {
             return Ok(Some(format!("{path} not equal to {value}")));
         }
@@ -625,6 +633,11 @@ file = s3.flat
                 "[a]\nfile = a.flat\nqemu_params = \"\"\"-m 1\n",
                 3,
                 "closing",
+            ),
+            (
+                "[a]\nfile = a.flat\n[]\nfile = b.flat\n",
+                3,
+                "[]: a test name cannot be empty",
             ),
         ];
         for (text, line, needle) in cases {

@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use ktvmm_vmm::input::{self, InputError};
+
 use crate::suite::{ExitCodes, TestKind, TestSpec};
 
 /// A kernel release (`uname -r`) as KUT's scripts split it.
@@ -139,8 +141,8 @@ pub fn write_files(tests: &mut [TestSpec], dir: &Path) -> Result<(), String> {
     let user_path = std::env::var_os("KVM_UNIT_TESTS_ENV").map(PathBuf::from);
     let user = match &user_path {
         Some(path) if path.is_file() => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("{}: cannot read: {e}", path.display()))?,
+            input::read_text(path, input::MAX_TEXT, "a KVM_UNIT_TESTS_ENV file")
+                .map_err(|e| e.to_string())?,
         ),
         _ => None,
     };
@@ -161,8 +163,15 @@ pub fn write_files(tests: &mut [TestSpec], dir: &Path) -> Result<(), String> {
             guest.initrd = Some(file.clone());
             continue;
         }
-        // A tree without errata.txt has no errata lines, as KUT's.
-        let errata = std::fs::read_to_string(&errata_path).ok();
+        // A tree without errata.txt has no errata lines, as KUT's; one
+        // that is a FIFO or huge is an error, not a hang.
+        let errata = match input::read_text(&errata_path, input::MAX_TEXT, "an errata.txt") {
+            Ok(text) => Some(text),
+            Err(InputError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+                None
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         let text = build(&release, errata.as_deref(), user.as_deref())
             .map_err(|e| format!("{}: {e}", errata_path.display()))?;
         let file = dir.join(format!("kut-env.{}", written.len() + 1));

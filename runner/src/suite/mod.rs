@@ -146,14 +146,9 @@ pub enum SuiteError {
         /// What is wrong with it.
         message: String,
     },
-    /// A suite file cannot be read.
-    #[error("{}: cannot read: {message}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        message: String,
-    },
+    /// A file that is not a regular file, too large or unreadable.
+    #[error(transparent)]
+    Input(#[from] ktvmm_vmm::input::InputError),
     /// A line of a suite file is wrong.
     #[error("{}:{line}: {message}", path.display())]
     Line {

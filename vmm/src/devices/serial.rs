@@ -41,8 +41,12 @@ impl Console {
         }
     }
 
-    /// Writes out a last, unterminated line.
+    /// Writes out a last, unterminated line, ended: whatever ktvmm says
+    /// next ("guest timed out ...") starts a line of its own.
     pub fn finish(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            self.pending.push(b'\n');
+        }
         self.out.write_all(&self.pending)?;
         self.pending.clear();
         self.out.flush()
@@ -131,13 +135,29 @@ impl<W: UartOutput> BusDevice for SerialDevice<W> {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Action {
-        if let Err(e) = self.uart.write(offset as u8, data[0]) {
-            log::warn!("serial: {e}");
+        match self.uart.write(offset as u8, data[0]) {
+            // A console that cannot be written (stdout closed: `| head`, or
+            // a full disk) ends the run once, instead of a warning per byte
+            // while the guest goes on.
+            Err(vm_superio::serial::Error::IOError(e)) => return Action::Stop(console_failure(&e)),
+            Err(e) => log::warn!("serial: {e}"),
+            Ok(()) => {}
         }
         match self.uart.writer_mut().take_exit() {
             Some(code) => Action::Exit(code),
             None => Action::Continue,
         }
+    }
+}
+
+/// Why the console stopped, in a user's words.
+fn console_failure(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EPIPE) => "the guest's console output was closed (a pipe whose reader exited)",
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => {
+            "the guest's console output is full (no space left for it)"
+        }
+        _ => "the guest's console could not be written",
     }
 }
 
@@ -169,7 +189,9 @@ mod tests {
         }
         assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
         dev.finish().unwrap();
-        assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\nthere");
+        // The last line is ended, so that "ktvmm: guest timed out" after
+        // it is not glued to the guest's text.
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\nthere\n");
     }
 
     #[test]

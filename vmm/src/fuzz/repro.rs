@@ -17,20 +17,33 @@ pub const FORMAT: &str = "ktvmm-fuzz-reproducer/1";
 #[derive(Debug, thiserror::Error)]
 pub enum ReproError {
     /// The file could not be read or written.
-    #[error("{path}: {source}")]
+    // `error`, not `source`: the message holds it, and a `source` would be
+    // printed a second time by `{:#}`.
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: String,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    /// The file is not a regular file, too large or unreadable.
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
     /// The file is not a reproducer.
-    #[error("{path}: not a ktvmm fuzz reproducer: {source}")]
+    #[error("{path}: not a ktvmm fuzz reproducer: {error}")]
     Format {
         /// The file.
         path: String,
         /// What is wrong.
-        source: serde_json::Error,
+        error: serde_json::Error,
+    },
+    /// JSON without a `format`: something else.
+    #[error(
+        "{path}: has no \"format\": not a ktvmm fuzz reproducer (those say \"format\": \"{FORMAT}\")"
+    )]
+    NoFormat {
+        /// The file.
+        path: String,
     },
     /// A reproducer of another version.
     #[error("{path}: format {found}, but this ktvmm reads {FORMAT}")]
@@ -153,30 +166,29 @@ impl Reproducer {
     /// Reads one.
     pub fn load(path: &Path) -> Result<Self, ReproError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ReproError::Io {
-            path: name.clone(),
-            source,
-        })?;
+        let text = crate::input::read_text(path, crate::input::MAX_TEXT, "a reproducer")?;
         let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| ReproError::Format {
+            serde_json::from_str(&text).map_err(|error| ReproError::Format {
                 path: name.clone(),
-                source,
+                error,
             })?;
-        let found = value.get("format").and_then(|f| f.as_str()).unwrap_or("");
+        let Some(found) = value.get("format").and_then(|f| f.as_str()) else {
+            return Err(ReproError::NoFormat { path: name });
+        };
         if found != FORMAT {
             return Err(ReproError::Version {
                 path: name,
                 found: found.into(),
             });
         }
-        serde_json::from_value(value).map_err(|source| ReproError::Format { path: name, source })
+        serde_json::from_value(value).map_err(|error| ReproError::Format { path: name, error })
     }
 
     /// Writes it.
     pub fn save(&self, path: &Path) -> Result<(), ReproError> {
-        let io = |source| ReproError::Io {
+        let io = |error| ReproError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         };
         let text = serde_json::to_string_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
         std::fs::write(path, text + "\n").map_err(io)

@@ -42,6 +42,7 @@ pub(super) fn handle_exit(
             match buses.mmio.write(addr, data) {
                 Action::Continue => RunEnd::Continue,
                 Action::Exit(_) => end("guest-exit"),
+                Action::Stop(_) => end("device-stop"),
             }
         }
         VcpuExit::Hlt => end("hlt"),
