@@ -162,11 +162,17 @@ impl Observer for Console {
             seconds(result.duration)
         );
         if let Some(s) = &result.subtests {
-            let parts: Vec<String> = [(s.pass, "pass"), (s.fail, "fail"), (s.skip, "skip")]
-                .iter()
-                .filter(|(n, _)| *n > 0)
-                .map(|(n, what)| format!("{n} {what}"))
-                .collect();
+            let parts: Vec<String> = [
+                (s.pass, "pass"),
+                (s.fail, "fail"),
+                (s.skip, "skip"),
+                (s.xfail, "xfail"),
+                (s.not_run, "not run"),
+            ]
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect();
             text += &format!(" [{}]", parts.join(", "));
         }
         if let Some(reason) = result

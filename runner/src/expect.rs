@@ -175,6 +175,7 @@ mod tests {
             fail: 2,
             skip: 0,
             failed: vec!["RDMSR(SPEC_CTRL)".into(), "WRMSR(SPEC_CTRL)".into()],
+            ..Default::default()
         });
         let mut other = r.clone();
         other

@@ -11,6 +11,7 @@ mod expect;
 mod fuzz_cmd;
 mod interrupt;
 mod kvm_env;
+mod reasons;
 mod results;
 mod run_cmd;
 mod schedule;

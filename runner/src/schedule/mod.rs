@@ -233,21 +233,9 @@ fn finish(job: &Job, slot: Slot) -> TestResult {
         }
     }
     let subtests = crate::subtests::count(&log_text);
-    if let Some(failed) = subtests
-        .as_ref()
-        .filter(|s| status == Status::Fail && !s.failed.is_empty())
-    {
-        let shown: Vec<&str> = failed.failed.iter().take(3).map(String::as_str).collect();
-        let more = (failed.fail as usize).saturating_sub(shown.len());
-        let mut text = format!("{} failed: {}", plural(failed.fail), shown.join("; "));
-        if more > 0 {
-            text += &format!(" (+{more} more)");
-        }
-        reason = Some(match reason {
-            Some(r) => format!("{r}; {text}"),
-            None => text,
-        });
-    }
+    // The test's own words: the skip's reason, the failed assertion or
+    // subtests.
+    let reason = crate::reasons::explain(status, reason, &log_text, subtests.as_ref());
     TestResult {
         name: job.spec.name.clone(),
         status,
@@ -263,14 +251,6 @@ fn finish(job: &Job, slot: Slot) -> TestResult {
             .then(|| hang_report(&child::outcome_path(&job.log)))
             .flatten(),
         iteration: job.iteration,
-    }
-}
-
-fn plural(n: u32) -> String {
-    if n == 1 {
-        "1 subtest".into()
-    } else {
-        format!("{n} subtests")
     }
 }
 
