@@ -35,6 +35,15 @@ pub fn test(args: TestArgs) -> Result<u8> {
     };
     let selection = selection(&args)?;
     let mut tests = crate::envs::expand(selection.apply(tests), &args.envs);
+    for test in &mut tests {
+        if args
+            .exclusive
+            .iter()
+            .any(|p| crate::select::matches(p, &test.name))
+        {
+            test.exclusive = true;
+        }
+    }
     if let Some(seed) = args.shuffle {
         crate::select::shuffle(&mut tests, seed);
     }
@@ -63,22 +72,26 @@ pub fn test(args: TestArgs) -> Result<u8> {
         return Ok(0);
     }
 
-    if args.list {
-        for test in &tests {
-            if test.groups.is_empty() {
-                println!("{}", test.name);
-            } else {
-                println!("{}  [{}]", test.name, test.groups.join(", "));
-            }
-        }
-        return Ok(0);
-    }
+    // Listing and running agree on an empty selection.
     if tests.is_empty() {
         if args.rerun_failed && selection.only.as_ref().is_some_and(HashSet::is_empty) {
             println!("nothing to rerun: every test passed last time");
             return Ok(0);
         }
         bail!("no tests selected ({discovered} found; check -f/-x/-g/--shard)");
+    }
+    if args.list {
+        for test in &tests {
+            let mut line = test.name.clone();
+            if !test.groups.is_empty() {
+                line += &format!("  [{}]", test.groups.join(", "));
+            }
+            if test.exclusive {
+                line += "  (runs alone)";
+            }
+            println!("{line}");
+        }
+        return Ok(0);
     }
 
     let output = OutputDir::create(args.output.as_deref())?;

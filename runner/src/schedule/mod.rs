@@ -93,6 +93,12 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
     loop {
         while !interrupted && slots.len() < options.jobs.max(1) && next < jobs.len() {
             let job = &jobs[next];
+            // A test that must run alone waits for the running ones to
+            // finish, and nothing starts beside it (order is kept).
+            let alone_running = slots.keys().any(|&i| jobs[i].spec.exclusive);
+            if alone_running || (job.spec.exclusive && !slots.is_empty()) {
+                break;
+            }
             observer.started(job);
             let Some(cmd) = child::command(&job.spec, &options.ktvmm, job.timeout, &job.log) else {
                 let result = skipped(job);

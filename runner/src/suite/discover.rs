@@ -136,6 +136,7 @@ fn plain(path: &Path, name: String, kind: Plain) -> TestSpec {
         timeout: None,
         groups: Vec::new(),
         source: path.to_path_buf(),
+        exclusive: false,
     }
 }
 

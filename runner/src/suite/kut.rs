@@ -218,6 +218,7 @@ fn spec(entry: &Entry, dir: &Path, source: &Path, host: &Host) -> Result<TestSpe
         timeout: Some(timeout),
         groups: entry.groups.clone(),
         source: source.to_path_buf(),
+        exclusive: false,
     })
 }
 

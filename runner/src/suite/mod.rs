@@ -24,6 +24,9 @@ pub struct TestSpec {
     pub groups: Vec<String>,
     /// The suite file (or path on the command line) that defined it.
     pub source: PathBuf,
+    /// Runs with nothing else running (a performance test that other tests
+    /// would slow past its limit).
+    pub exclusive: bool,
 }
 
 /// How a test runs.
