@@ -418,7 +418,7 @@ impl QemuParams {
 }
 
 /// Splits like a POSIX shell (quotes and backslashes; no expansion).
-fn shell_words(text: &str) -> Result<Vec<String>, String> {
+pub(crate) fn shell_words(text: &str) -> Result<Vec<String>, String> {
     let mut words = Vec::new();
     let mut word: Option<String> = None;
     let mut chars = text.chars();

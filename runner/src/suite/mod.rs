@@ -3,6 +3,7 @@
 
 pub mod discover;
 pub mod file;
+pub mod kselftest;
 pub mod kut;
 pub mod kut_env;
 
