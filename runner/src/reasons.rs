@@ -137,9 +137,12 @@ fn strip_skipping(line: &str) -> &str {
 /// The first assertion failure the log reports, as
 /// `file.c:line: expression: message`.
 pub fn assertion(log: &str) -> Option<String> {
-    let lines: Vec<&str> = log.lines().map(|l| l.trim_end_matches('\r')).collect();
+    let lines: Vec<&str> = log.lines().map(own_text).collect();
     for (i, line) in lines.iter().enumerate() {
-        if line.trim() == "==== Test Assertion Failure ====" {
+        if line
+            .trim_end()
+            .ends_with("==== Test Assertion Failure ====")
+        {
             return Some(kvm_assertion(&lines[i + 1..]));
         }
         if let Some(place) = line
@@ -151,6 +154,26 @@ pub fn assertion(log: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// A line as the test wrote it, without another thread's progress text:
+/// a status line redrawn with `\r` and no newline (`\r1 vCPUs haven't
+/// rendezvoused...`) lands in front of the next line written to stderr.
+/// The lines of an assertion block are indented, so what follows the
+/// first run of two spaces after the last `\r` is the test's own.
+fn own_text(line: &str) -> &str {
+    let line = line.trim_end_matches('\r');
+    let Some(cr) = line.rfind('\r') else {
+        return line;
+    };
+    let after = &line[cr + 1..];
+    if after.starts_with(' ') {
+        return after;
+    }
+    match after.find("  ") {
+        Some(at) => &after[at..],
+        None => after,
+    }
 }
 
 /// KVM's block (`lib/assert.c`): `  file.c:line: expression`, `  pid=...`,
@@ -288,6 +311,25 @@ mod tests {
         );
         let bare = "==== Test Assertion Failure ====\n  lib/kvm_util.c:99: false\n  pid=1 tid=1 errno=0 - Success\n  (stack trace empty)\n";
         assert_eq!(assertion(bare).as_deref(), Some("lib/kvm_util.c:99: false"));
+    }
+
+    /// mmu_stress_test's rendezvous progress (`\r` and no newline, on
+    /// stdout) interleaved with the assertion on stderr, as logged here.
+    #[test]
+    fn kvm_assertion_through_progress_lines() {
+        let log = "Waiting for vCPUs to finish run 1...\n\
+                   \r1 vCPUs haven't rendezvoused...==== Test Assertion Failure ====\n  \
+                   lib/x86/processor.c:734: Unconditional guest failure\n  \
+                   pid=15261 tid=15874 errno=4 - Interrupted system call\n\
+                   \r1 vCPUs haven't rendezvoused...     1\t0x412c41: assert_on_unhandled_exception at processor.c:778\n     \
+                   2\t0x407614: _vcpu_run at kvm_util.c:1663\n     3\t (inlined by) vcpu_run at kvm_util.c:1674\n\
+                   \r1 vCPUs haven't rendezvoused...  Unhandled exception '0xe' at guest RIP '0x40357c'\n";
+        assert_eq!(
+            assertion(log).as_deref(),
+            Some(
+                "lib/x86/processor.c:734: Unconditional guest failure: Unhandled exception '0xe' at guest RIP '0x40357c'"
+            )
+        );
     }
 
     #[test]
