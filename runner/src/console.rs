@@ -285,6 +285,7 @@ pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &
             );
         }
     }
+    text += &skips_by_reason(results);
     text += &format!(
         "results: {} (results.json, junit.xml, results.tap)\n",
         output.display()
@@ -292,6 +293,37 @@ pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
+}
+
+/// Skipped tests grouped by their reason, most frequent first: a kernel
+/// selftests run skips dozens of tests for a handful of reasons (a missing
+/// CPU feature or capability), and that is what a reader wants to see.
+fn skips_by_reason(results: &[TestResult]) -> String {
+    const NAMES_SHOWN: usize = 3;
+    let mut groups: Vec<(&str, Vec<String>)> = Vec::new();
+    for r in results.iter().filter(|r| r.status == Status::Skip) {
+        let reason = r.reason.as_deref().unwrap_or("skipped");
+        let name = display_name(&r.name, r.iteration);
+        match groups.iter_mut().find(|(g, _)| *g == reason) {
+            Some((_, names)) => names.push(name),
+            None => groups.push((reason, vec![name])),
+        }
+    }
+    if groups.is_empty() {
+        return String::new();
+    }
+    // Stable: equal counts keep the order the tests ran in.
+    groups.sort_by_key(|(_, names)| std::cmp::Reverse(names.len()));
+    let total: usize = groups.iter().map(|(_, n)| n.len()).sum();
+    let mut text = format!("skipped ({total}), by reason:\n");
+    for (reason, names) in groups {
+        let mut shown = names[..names.len().min(NAMES_SHOWN)].join(", ");
+        if names.len() > NAMES_SHOWN {
+            shown += &format!(", +{} more", names.len() - NAMES_SHOWN);
+        }
+        text += &format!("  {:>3}  {reason}  ({shown})\n", names.len());
+    }
+    text
 }
 
 /// The last `n` lines of a log file, made safe and readable to print:
@@ -402,6 +434,34 @@ mod tests {
         assert_eq!(clock(Duration::from_secs(125)), "2:05");
         assert_eq!(display_name("edu", 1), "edu");
         assert_eq!(display_name("edu", 3), "edu#3");
+    }
+
+    #[test]
+    fn skips_are_summarised_by_reason() {
+        let skip = |name: &str, reason: &str| TestResult {
+            name: name.into(),
+            status: Status::Skip,
+            duration: Duration::ZERO,
+            exit_code: Some(4),
+            reason: Some(reason.into()),
+            log: "l".into(),
+            subtests: None,
+            forensics: None,
+            iteration: 1,
+        };
+        let mut results = vec![skip("a", "no VMX")];
+        for name in ["b", "c", "d", "e"] {
+            results.push(skip(name, "no SVM"));
+        }
+        results.push(skip("f", "no VMX"));
+        let mut pass = skip("p", "");
+        pass.status = Status::Pass;
+        results.push(pass);
+        assert_eq!(
+            skips_by_reason(&results),
+            "skipped (6), by reason:\n    4  no SVM  (b, c, d, +1 more)\n    2  no VMX  (a, f)\n"
+        );
+        assert_eq!(skips_by_reason(&results[6..]), "");
     }
 
     #[test]

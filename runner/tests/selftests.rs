@@ -304,6 +304,12 @@ fn selftests_run_with_the_kernels_verdicts_and_their_reasons() {
             && stdout.contains("): Requirement not met: kvm_has_cap(KVM_CAP_HYPERV_TIME)"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains(
+            "skipped (1), by reason:\n    1  Requirement not met: kvm_has_cap(KVM_CAP_HYPERV_TIME)  (skip_test)\n"
+        ),
+        "{stdout}"
+    );
     // The carriage return of a progress line, readable in the tail.
     assert!(stdout.contains("| progress 50%^M100%"), "{stdout}");
     assert!(!stdout.contains('\u{fffd}'), "{stdout}");
