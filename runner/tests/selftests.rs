@@ -347,6 +347,23 @@ fn exact_names_select_one_test_and_an_empty_selection_stops_list_and_run_alike()
             "{args:?}: {stderr}"
         );
     }
+    // A relative path to the tree: tests start in their own directories.
+    let output = common::ktvmm()
+        .current_dir(&dir)
+        .args([
+            "test",
+            "selftests/kvm",
+            "-f",
+            "=noshebang.sh",
+            "-f",
+            "=wrapper.sh",
+        ])
+        .args(["-o", "out-relative"])
+        .output()
+        .unwrap();
+    let (code, stdout, stderr) = parts(&output);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("2 passed"), "{stdout}");
     // --exclusive marks more; a suite key does the same.
     let (_, stdout, _) = parts(&run(&["test", kvm, "--list", "--exclusive", "=pass_test"]).0);
     assert!(

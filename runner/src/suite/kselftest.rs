@@ -86,6 +86,9 @@ fn target_of(dir: &Path) -> Option<(PathBuf, String)> {
 
 /// Every test of the selftest directory `dir`, in the kernel runner's order.
 pub fn load(dir: &Path, layout: &Layout) -> Result<Vec<TestSpec>, SuiteError> {
+    // Tests start in their own directory: a relative path would then be
+    // looked up from there.
+    let dir = &std::path::absolute(dir).map_err(|e| path_error(dir, e.to_string()))?;
     let mut listed = Vec::new();
     match layout {
         Layout::Install => listed = install_list(dir)?,
