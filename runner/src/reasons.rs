@@ -248,7 +248,14 @@ fn plural(n: u32, what: &str) -> String {
     }
 }
 
+/// One printable line of at most `MAX_REASON_CHARS`: a reason is read from
+/// a log, which may hold control characters.
 fn cut(text: String) -> String {
+    let text = if text.chars().any(char::is_control) {
+        crate::console::visible(text.as_bytes())
+    } else {
+        text
+    };
     if text.chars().count() <= MAX_REASON_CHARS {
         return text;
     }
@@ -364,6 +371,13 @@ mod tests {
             reason.as_deref(),
             Some("exit code 1; 2 subtests failed: b; epsilon; 2 subtests planned never reported")
         );
+        let odd = explain(
+            Status::Skip,
+            None,
+            "SKIP: no\x1b[31m colour\tat all\n",
+            None,
+        );
+        assert_eq!(odd.as_deref(), Some("no^[[31m colour\tat all"));
         let long = "x".repeat(1000);
         let cut_reason = explain(Status::Fail, Some(long), "", None).unwrap();
         assert_eq!(cut_reason.chars().count(), MAX_REASON_CHARS);
