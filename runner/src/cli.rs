@@ -32,6 +32,9 @@ pub enum Command {
     /// Fuzz KVM's API and ktvmm's devices from a seed, for a bounded number
     /// of inputs; replay or minimise a saved reproducer.
     Fuzz(FuzzArgs),
+    /// Say which environments can run guests on this host (`ktvmm test
+    /// --env`): exit 0 when every one named (default: all) can.
+    Envs(EnvsArgs),
     /// One run of the raw KVM floor (what `bench` times as its baseline).
     #[command(hide = true)]
     BenchFloor,
@@ -47,6 +50,16 @@ pub struct RunArgs {
     /// Write the outcome as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json_outcome: Option<PathBuf>,
+    /// After the run, print its time and KVM's largest counters for the VM
+    /// and its vCPUs on stderr (the outcome file has them all).
+    #[arg(long)]
+    pub stats: bool,
+    /// When the run does not pass (a guest code other than 0 or 77, a
+    /// timeout, a hang, a crash), write an ELF core of the guest to FILE:
+    /// all RAM and every vCPU's registers, as QEMU's dump-guest-memory
+    /// does (open it with `gdb GUEST FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub core: Option<PathBuf>,
     /// Leave the test devices out: a bare platform (COM1, isa-debug-exit,
     /// PCI host bridge).
     #[arg(long)]
@@ -185,6 +198,20 @@ pub struct TestArgs {
     /// run, and run nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Keep an ELF core of every guest that does not pass (fails, times
+    /// out, hangs) next to its log: `gdb GUEST LOG.core` opens it.
+    #[arg(long)]
+    pub cores: bool,
+}
+
+/// Options of `ktvmm envs`.
+#[derive(Debug, Args)]
+pub struct EnvsArgs {
+    /// Environments to probe: ktvmm, qemu-kvm, qemu-tcg (default: all).
+    pub envs: Vec<crate::envs::Env>,
+    /// The CPU model to probe QEMU with.
+    #[arg(long, default_value = "max")]
+    pub cpu: String,
 }
 
 /// Options of `ktvmm diff`.
@@ -194,6 +221,16 @@ pub struct DiffArgs {
     pub before: PathBuf,
     /// The later run.
     pub after: PathBuf,
+    /// List a KVM counter when it moved by at least this factor...
+    #[arg(long, default_value_t = 2.0, value_name = "X")]
+    pub counter_factor: f64,
+    /// ...and by at least this many (both must hold).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub counter_min: u64,
+    /// Exit 1 when a KVM counter rose past those thresholds, as for a
+    /// regression (a CI gate on patches).
+    #[arg(long)]
+    pub fail_on_counters: bool,
 }
 
 /// Options of `ktvmm bench`.

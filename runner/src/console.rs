@@ -283,6 +283,9 @@ pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &
                 r.log.display(),
                 r.reason.as_deref().unwrap_or("failed"),
             );
+            if let Some(core) = &r.core {
+                text += &format!("          guest core: {}\n", core.display());
+            }
         }
     }
     text += &skips_by_reason(results);
@@ -447,6 +450,8 @@ mod tests {
             log: "l".into(),
             subtests: None,
             forensics: None,
+            core: None,
+            kvm_stats: None,
             iteration: 1,
         };
         let mut results = vec![skip("a", "no VMX")];

@@ -1,8 +1,8 @@
 //! `ktvmm diff RUN_A RUN_B`: what changed between two runs. Regressions
 //! (a test or subtest that passed in A and fails in B) come first and make
 //! the exit status 1, so CI can gate on them; then fixes, other verdict
-//! changes, tests that appeared or vanished, the biggest duration changes,
-//! and the two environments side by side.
+//! changes, tests that appeared or vanished, KVM counters that moved, the
+//! biggest duration changes, and the two environments side by side.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -19,12 +19,30 @@ const DURATION_ROWS: usize = 5;
 /// Smaller duration changes are noise.
 const MIN_DURATION_CHANGE: Duration = Duration::from_millis(50);
 
-/// Compares `a` (before) with `b` (after); returns 1 on a regression.
-pub fn diff(a: &Path, b: &Path) -> Result<u8> {
-    let (a, b) = (load(a)?, load(b)?);
-    let report = compare(&a, &b);
+/// How far a KVM counter must move to be listed: by `factor` and by `min`.
+#[derive(Clone, Copy, Debug)]
+pub struct Threshold {
+    /// The larger value over the smaller (a counter from 0 counts as 1).
+    pub factor: f64,
+    /// The difference.
+    pub min: u64,
+}
+
+/// Counter changes listed at most.
+const COUNTER_ROWS: usize = 20;
+
+/// Compares `before` with `after`; returns 1 on a regression (and, with
+/// `--fail-on-counters`, on a KVM counter that rose past the thresholds).
+pub fn diff(args: &crate::cli::DiffArgs) -> Result<u8> {
+    let (a, b) = (load(&args.before)?, load(&args.after)?);
+    let threshold = Threshold {
+        factor: args.counter_factor,
+        min: args.counter_min,
+    };
+    let report = compare(&a, &b, threshold);
     print!("{}", report.text);
-    Ok(u8::from(report.regressions > 0))
+    let counters_fail = args.fail_on_counters && report.counters_up > 0;
+    Ok(u8::from(report.regressions > 0 || counters_fail))
 }
 
 fn load(path: &Path) -> Result<ResultsFile> {
@@ -55,6 +73,8 @@ fn verdicts(file: &ResultsFile) -> BTreeMap<&str, &TestResult> {
 struct Report {
     text: String,
     regressions: usize,
+    /// KVM counters that rose past the thresholds.
+    counters_up: usize,
 }
 
 fn is_good(s: Status) -> bool {
@@ -64,7 +84,7 @@ fn is_good(s: Status) -> bool {
     )
 }
 
-fn compare(a: &ResultsFile, b: &ResultsFile) -> Report {
+fn compare(a: &ResultsFile, b: &ResultsFile, threshold: Threshold) -> Report {
     let (va, vb) = (verdicts(a), verdicts(b));
     let mut regressions = Vec::new();
     let mut fixes = Vec::new();
@@ -125,6 +145,15 @@ fn compare(a: &ResultsFile, b: &ResultsFile) -> Report {
     let names = |v: &[&str]| v.iter().map(|n| format!("  {n}")).collect::<Vec<_>>();
     section("new tests", &names(&appeared));
     section("vanished tests", &names(&vanished));
+    let moved = counter_changes(&va, &vb, threshold);
+    let counters_up = moved.iter().filter(|c| c.after > c.before).count();
+    let mut counter_lines: Vec<String> = moved.iter().map(ToString::to_string).collect();
+    if counter_lines.len() > COUNTER_ROWS {
+        let more = counter_lines.len() - COUNTER_ROWS;
+        counter_lines.truncate(COUNTER_ROWS);
+        counter_lines.push(format!("  ... and {more} more"));
+    }
+    section("KVM counters that changed", &counter_lines);
     let duration_lines: Vec<String> = durations
         .iter()
         .map(|(n, da, db)| format!("  {n}: {} -> {}", seconds(*da), seconds(*db)))
@@ -141,7 +170,107 @@ fn compare(a: &ResultsFile, b: &ResultsFile) -> Report {
         va.len(),
         vb.len()
     );
-    Report { text, regressions }
+    Report {
+        text,
+        regressions,
+        counters_up,
+    }
+}
+
+/// A KVM counter of one test that moved.
+struct CounterChange<'a> {
+    test: &'a str,
+    counter: String,
+    before: u64,
+    after: u64,
+}
+
+impl CounterChange<'_> {
+    /// The larger value over the smaller; from 0, as from 1.
+    fn ratio(&self) -> f64 {
+        let (lo, hi) = (self.before.min(self.after), self.before.max(self.after));
+        hi as f64 / lo.max(1) as f64
+    }
+}
+
+impl std::fmt::Display for CounterChange<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = if self.after >= self.before { "x" } else { "/" };
+        write!(
+            f,
+            "  {}: {} {} -> {} ({how}{:.0})",
+            self.test,
+            self.counter,
+            thousands(self.before),
+            thousands(self.after),
+            self.ratio()
+        )
+    }
+}
+
+/// Counters of tests in both runs that moved by `threshold`, the largest
+/// moves first. Times (`*_ns`) are left out: on a shared host they are
+/// noise, and the durations section covers time.
+fn counter_changes<'a>(
+    va: &BTreeMap<&'a str, &'a TestResult>,
+    vb: &BTreeMap<&'a str, &'a TestResult>,
+    threshold: Threshold,
+) -> Vec<CounterChange<'a>> {
+    let mut moved = Vec::new();
+    for (name, rb) in vb {
+        let Some(ra) = va.get(name) else { continue };
+        let (ca, cb) = (counters(ra), counters(rb));
+        for (counter, &after) in &cb {
+            // A counter only one kernel offers does not compare.
+            let Some(&before) = ca.get(counter) else {
+                continue;
+            };
+            let change = CounterChange {
+                test: name,
+                counter: counter.clone(),
+                before,
+                after,
+            };
+            if before.abs_diff(after) >= threshold.min && change.ratio() >= threshold.factor {
+                moved.push(change);
+            }
+        }
+    }
+    moved.sort_by(|x, y| y.ratio().total_cmp(&x.ratio()).then(x.test.cmp(y.test)));
+    moved
+}
+
+/// A test's counters as `name -> value`: the VM's as KVM names them,
+/// the vCPUs' sums as `vcpu.name`.
+fn counters(r: &TestResult) -> BTreeMap<String, u64> {
+    let mut all = BTreeMap::new();
+    let Some(stats) = &r.kvm_stats else {
+        return all;
+    };
+    for (group, prefix) in [("vm", ""), ("vcpu", "vcpu.")] {
+        let Some(map) = stats.get(group).and_then(|m| m.as_object()) else {
+            continue;
+        };
+        for (name, value) in map {
+            if let (Some(value), false) = (value.as_u64(), name.ends_with("_ns")) {
+                all.insert(format!("{prefix}{name}"), value);
+            }
+        }
+    }
+    all
+}
+
+/// `48210` as `48,210`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn failed_subtests(r: &TestResult) -> BTreeSet<&str> {
@@ -198,6 +327,11 @@ mod tests {
     use crate::results::testutil::{meta, result};
     use crate::verdict::Subtests;
 
+    const THRESHOLD: Threshold = Threshold {
+        factor: 2.0,
+        min: 1000,
+    };
+
     fn file(tests: Vec<TestResult>) -> ResultsFile {
         ResultsFile {
             meta: meta(),
@@ -245,7 +379,7 @@ mod tests {
                 sub_b,
             ],
         };
-        let report = compare(&a, &b);
+        let report = compare(&a, &b, THRESHOLD);
         let t = &report.text;
         assert_eq!(report.regressions, 2, "{t}");
         assert!(
@@ -271,8 +405,43 @@ mod tests {
     #[test]
     fn identical_runs_have_nothing_to_say() {
         let a = file(vec![result("x", Status::Pass)]);
-        let report = compare(&a, &a);
+        let report = compare(&a, &a, THRESHOLD);
         assert_eq!(report.regressions, 0);
         assert!(report.text.starts_with("environment"), "{}", report.text);
+    }
+
+    #[test]
+    fn counters_that_moved_past_both_thresholds_are_named() {
+        let with = |name: &str, vm: serde_json::Value, vcpu: serde_json::Value| {
+            let mut r = result(name, Status::Pass);
+            r.kvm_stats = Some(serde_json::json!({ "vm": vm, "vcpu": vcpu }));
+            r
+        };
+        let a = file(vec![with(
+            "access",
+            serde_json::json!({"remote_tlb_flush": 12, "pages_4k": 100}),
+            serde_json::json!({"exits": 5000, "halt_wait_ns": 1, "io_exits": 10}),
+        )]);
+        let b = file(vec![with(
+            "access",
+            serde_json::json!({"remote_tlb_flush": 48210, "pages_4k": 150}),
+            serde_json::json!({"exits": 1000, "halt_wait_ns": 900000000, "io_exits": 900}),
+        )]);
+        let report = compare(&a, &b, THRESHOLD);
+        let t = &report.text;
+        assert!(
+            t.contains(
+                "KVM counters that changed (2):\n  access: remote_tlb_flush 12 -> 48,210 (x4018)\n  access: vcpu.exits 5,000 -> 1,000 (/5)"
+            ),
+            "{t}"
+        );
+        // Below the absolute minimum (io_exits, pages_4k) or a time: not listed.
+        assert!(
+            !t.contains("io_exits") && !t.contains("pages_4k") && !t.contains("halt_wait"),
+            "{t}"
+        );
+        assert_eq!((report.regressions, report.counters_up), (0, 1));
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(1234567), "1,234,567");
     }
 }

@@ -50,6 +50,9 @@ impl FromStr for Env {
 }
 
 impl Env {
+    /// Every environment, in the order `ktvmm envs` lists them.
+    pub const ALL: [Env; 3] = [Env::Ktvmm, Env::QemuKvm, Env::QemuTcg];
+
     fn name(self) -> &'static str {
         match self {
             Env::Ktvmm => "ktvmm",
@@ -65,6 +68,54 @@ impl Env {
             Env::QemuTcg => Vmm::Qemu { tcg: true },
         }
     }
+}
+
+/// `ktvmm envs`: whether each environment can boot a guest here, and how.
+pub fn probe_cmd(args: &crate::cli::EnvsArgs) -> anyhow::Result<u8> {
+    use crate::qemu_probe::{ProbeKernel, Usability, probe_with_workaround};
+    let envs = if args.envs.is_empty() {
+        &Env::ALL[..]
+    } else {
+        &args.envs
+    };
+    let kernel = ProbeKernel::write()?;
+    let mut all_usable = true;
+    for &env in envs {
+        let line = match env {
+            Env::Ktvmm => match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+            {
+                Ok(_) => "usable".to_string(),
+                Err(e) => {
+                    all_usable = false;
+                    format!("unavailable: /dev/kvm: {e}")
+                }
+            },
+            Env::QemuKvm | Env::QemuTcg if !which(QEMU) => {
+                all_usable = false;
+                format!(
+                    "unavailable: {QEMU} is not installed (Debian: apt-get install qemu-system-x86)"
+                )
+            }
+            Env::QemuKvm | Env::QemuTcg => {
+                match probe_with_workaround(kernel.path(), env == Env::QemuTcg, &args.cpu) {
+                    Usability::Usable => format!("usable with -cpu {}", args.cpu),
+                    Usability::Workaround { model, why } => format!(
+                        "usable with -cpu {model} (-cpu {} cannot start a VM here: {why})",
+                        args.cpu
+                    ),
+                    Usability::Unavailable(why) => {
+                        all_usable = false;
+                        format!("unavailable with -cpu {}: {why}", args.cpu)
+                    }
+                }
+            }
+        };
+        println!("{:<9} {line}", env.name());
+    }
+    Ok(u8::from(!all_usable))
 }
 
 /// One test per guest and environment.

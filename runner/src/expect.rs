@@ -9,7 +9,15 @@
 //! kvm_module = "kvm_pvm"        # optional: only on this KVM backend
 //! kernel = "6.18*"              # optional: only on matching host kernels
 //! subtests = ["*SPEC_CTRL*"]    # optional: only these subtests may fail
+//! failure = "guest exit code 1*" # optional: only a failure whose reason matches
 //! ```
+//!
+//! Without `subtests` or `failure`, any failure of the test is expected:
+//! fine for a test known to be broken, too broad where the failure is
+//! known. With `subtests`, some of them must have failed and nothing else;
+//! with `failure` alone, the reason must match and no subtest may have
+//! failed. Naming both pins a failure down: a crash, or a new failure in the
+//! same test, is then unexpected.
 
 use std::path::Path;
 
@@ -34,6 +42,9 @@ pub struct Expectation {
     /// failure unexpected.
     #[serde(default)]
     pub subtests: Vec<String>,
+    /// Only a failure whose reason (as results.json gives it, before this
+    /// file is applied) matches this name or glob.
+    pub failure: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -69,14 +80,22 @@ impl Expectation {
                 .is_none_or(|k| matches_all(k, &meta.host_kernel))
     }
 
-    /// Whether every failed subtest is one this expectation names.
-    fn covers_subtests(&self, result: &TestResult) -> bool {
-        self.subtests.is_empty()
-            || result.subtests.as_ref().is_some_and(|s| {
-                s.failed
+    /// Whether the way `result` failed is the way this expectation says.
+    fn covers(&self, result: &TestResult) -> bool {
+        let failed: &[String] = result.subtests.as_ref().map_or(&[], |s| &s.failed);
+        let reason_matches = self
+            .failure
+            .as_ref()
+            .is_none_or(|f| matches_all(f, result.reason.as_deref().unwrap_or("")));
+        let subtests_match = if self.subtests.is_empty() {
+            self.failure.is_none() || failed.is_empty()
+        } else {
+            !failed.is_empty()
+                && failed
                     .iter()
                     .all(|f| self.subtests.iter().any(|p| matches_all(p, f)))
-            })
+        };
+        reason_matches && subtests_match
     }
 }
 
@@ -104,7 +123,7 @@ pub fn apply_one(expectations: &[Expectation], meta: &RunMeta, result: &mut Test
             return;
         };
         match result.status {
-            Status::Fail | Status::Timeout if expected.covers_subtests(result) => {
+            Status::Fail | Status::Timeout if expected.covers(result) => {
                 let how = result.reason.take().unwrap_or_else(|| "failed".into());
                 result.status = Status::XFail;
                 result.reason = Some(format!("{how}; expected: {}", expected.reason));
@@ -131,6 +150,7 @@ mod tests {
             kvm_module: None,
             kernel: None,
             subtests: Vec::new(),
+            failure: None,
         }
     }
 
@@ -192,6 +212,51 @@ mod tests {
             Status::Fail,
             "an unlisted subtest failed"
         );
+    }
+
+    #[test]
+    fn a_failure_pattern_pins_the_failure_down() {
+        let mut crash = expectation("edu");
+        crash.failure = Some("QEMU died of SIGABRT: *EDU: DMA range*".into());
+        let mut expected = result("edu", Status::Fail);
+        expected.reason = Some("QEMU died of SIGABRT: qemu: hardware error: EDU: DMA range".into());
+        let mut other_crash = result("edu", Status::Fail);
+        other_crash.reason = Some("QEMU died of SIGSEGV".into());
+        let mut crash_after_failures = expected.clone();
+        crash_after_failures.subtests = Some(Subtests {
+            pass: 1,
+            fail: 1,
+            skip: 0,
+            failed: vec!["edu: liveness".into()],
+            ..Default::default()
+        });
+        let mut results = vec![expected, other_crash, crash_after_failures];
+        apply(&[crash], &meta(), &mut results);
+        let statuses: Vec<Status> = results.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [Status::XFail, Status::Fail, Status::Fail]);
+
+        // Subtests and a reason together: the guest ran to its end and
+        // only the named subtests failed; a crash is not that.
+        let mut layout = expectation("pci-enum");
+        layout.failure = Some("guest exit code 1*".into());
+        layout.subtests = vec!["*slot 1*".into()];
+        let mut as_known = result("pci-enum", Status::Fail);
+        as_known.reason = Some("guest exit code 1; 1 subtest failed: slot 1".into());
+        as_known.subtests = Some(Subtests {
+            pass: 3,
+            fail: 1,
+            skip: 0,
+            failed: vec!["slot 1 holds pci-testdev".into()],
+            ..Default::default()
+        });
+        let mut crashed = as_known.clone();
+        crashed.reason = Some("QEMU died of SIGABRT".into());
+        let mut none_failed = as_known.clone();
+        none_failed.subtests = None;
+        let mut results = vec![as_known, crashed, none_failed];
+        apply(&[layout], &meta(), &mut results);
+        let statuses: Vec<Status> = results.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [Status::XFail, Status::Fail, Status::Fail]);
     }
 
     #[test]

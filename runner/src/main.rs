@@ -9,8 +9,10 @@ mod diff_cmd;
 mod envs;
 mod expect;
 mod fuzz_cmd;
+mod guest_outcome;
 mod interrupt;
 mod kvm_env;
+mod qemu_probe;
 mod reasons;
 mod results;
 mod run_cmd;
@@ -40,8 +42,9 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => run_cmd::run(args),
         cli::Command::Test(args) => test_cmd::test(args),
         cli::Command::Bench(args) => bench::bench(args),
-        cli::Command::Diff(args) => diff_cmd::diff(&args.before, &args.after),
+        cli::Command::Diff(args) => diff_cmd::diff(&args),
         cli::Command::Fuzz(args) => fuzz_cmd::fuzz(args),
+        cli::Command::Envs(args) => envs::probe_cmd(&args),
         cli::Command::BenchFloor => bench::floor_once(),
     };
     match result {

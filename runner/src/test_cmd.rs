@@ -94,6 +94,8 @@ pub fn test(args: TestArgs) -> Result<u8> {
         return Ok(0);
     }
 
+    // Whether QEMU can start VMs here, before any test is judged under it.
+    let qemu_notices = crate::qemu_probe::apply(&mut tests);
     let output = OutputDir::create(args.output.as_deref())?;
     crate::envs::write_bundled_guests(&mut tests, output.path()).with_context(|| {
         format!(
@@ -106,12 +108,13 @@ pub fn test(args: TestArgs) -> Result<u8> {
     if let Some(plan) = plan.as_ref().filter(|p| !p.changes.is_empty()) {
         kvm_env::apply(plan, &env_host).context("cannot set up the KVM environment")?;
     }
-    for notice in plan.iter().flat_map(|p| &p.notices) {
+    for notice in plan.iter().flat_map(|p| &p.notices).chain(&qemu_notices) {
         println!("notice: {notice}");
     }
     if let Some(seed) = args.shuffle {
         println!("order shuffled with --shuffle {seed}");
     }
+    let host_stats = host_stats(&tests);
     let options = schedule::Options {
         jobs: args
             .jobs
@@ -119,6 +122,8 @@ pub fn test(args: TestArgs) -> Result<u8> {
             .min(tests.len()),
         grace: KILL_GRACE,
         ktvmm: std::env::current_exe().context("cannot find the ktvmm executable")?,
+        host_stats: host_stats.as_ref().ok().cloned(),
+        cores: args.cores,
     };
     let verbosity = match (args.quiet, args.verbose) {
         (true, _) => Verbosity::Quiet,
@@ -138,6 +143,13 @@ pub fn test(args: TestArgs) -> Result<u8> {
     };
     let mut console = Console::new(verbosity, round_size, args.heartbeat, options.ktvmm.clone());
     let mut meta = RunMeta::probe(std::env::args().collect(), started_at);
+    meta.notices = qemu_notices;
+    if let Err(Some(why)) = &host_stats {
+        // Said once, not per test.
+        let notice = format!("no KVM counters for host programs: {why}");
+        println!("notice: {notice}");
+        meta.notices.push(notice);
+    }
     console.expect(expectations.clone(), meta.clone());
     let mut results: Vec<TestResult> = Vec::new();
     let mut interrupted = false;
@@ -303,6 +315,25 @@ fn jobs(
         }
     }
     jobs
+}
+
+/// Where host programs' KVM counters come from: `Err(None)` when no test
+/// is a host program, `Err(Some(why))` when debugfs cannot be read.
+fn host_stats(
+    tests: &[TestSpec],
+) -> std::result::Result<(std::path::PathBuf, schedule::debugfs_stats::Names), Option<String>> {
+    use schedule::debugfs_stats::{DEBUGFS_KVM, Names, unavailable};
+    if !tests
+        .iter()
+        .any(|t| matches!(t.kind, crate::suite::TestKind::Exec(_)))
+    {
+        return Err(None);
+    }
+    let root = std::path::PathBuf::from(DEBUGFS_KVM);
+    match unavailable(&root) {
+        Some(why) => Err(Some(why)),
+        None => Ok((root, Names::probe())),
+    }
 }
 
 fn available_cpus() -> usize {

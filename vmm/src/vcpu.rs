@@ -11,8 +11,11 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::time::Instant;
 
 use crate::bus::Bus;
+use crate::core_dump::CpuState;
 use crate::forensics::VcpuSnapshot;
 use crate::kick::RunGuard;
+use crate::kvm_stats;
+use crate::liveness::Watch;
 use crate::outcome::{Outcome, internal_error_reason};
 
 /// The port and memory buses every vCPU dispatches to.
@@ -24,23 +27,66 @@ pub struct Buses {
     pub mmio: Bus,
 }
 
+/// How a vCPU's run ended.
+pub struct VcpuEnd {
+    /// What ended the run, when this vCPU did (`None`: it was stopped).
+    pub outcome: Option<Outcome>,
+    /// Where it was, when stopped with a report asked for (a timeout).
+    pub snapshot: Option<VcpuSnapshot>,
+    /// KVM's counters for it, empty where KVM offers none.
+    pub stats: Vec<kvm_stats::Stat>,
+    /// Its registers at the end, when asked for (for a core file).
+    pub state: Option<CpuState>,
+}
+
 /// A vCPU ready to run.
 pub struct Vcpu {
     fd: VcpuFd,
     index: u32,
     buses: Arc<Buses>,
+    watch: Arc<Watch>,
+    keep_state: bool,
 }
 
 impl Vcpu {
-    /// Wraps a configured vCPU.
-    pub fn new(fd: VcpuFd, index: u32, buses: Arc<Buses>) -> Self {
-        Self { fd, index, buses }
+    /// Wraps a configured vCPU; it answers liveness questions on `watch`.
+    pub fn new(fd: VcpuFd, index: u32, buses: Arc<Buses>, watch: Arc<Watch>) -> Self {
+        Self {
+            fd,
+            index,
+            buses,
+            watch,
+            keep_state: false,
+        }
+    }
+
+    /// Makes the run end with the vCPU's registers (`VcpuEnd::state`).
+    pub fn keep_state(mut self, keep: bool) -> Self {
+        self.keep_state = keep;
+        self
+    }
+
+    /// Runs until the guest ends the run or `stop` is set; then reads
+    /// KVM's counters for it, final since it will not run again.
+    pub fn run(mut self, stop: &AtomicBool, report: &AtomicBool) -> VcpuEnd {
+        let (outcome, snapshot) = self.run_loop(stop, report);
+        let stats = kvm_stats::read(&self.fd).unwrap_or_else(|e| {
+            log::debug!("vCPU {}: no KVM counters: {e}", self.index);
+            Vec::new()
+        });
+        let state = self.keep_state.then(|| CpuState::read(&self.fd)).flatten();
+        VcpuEnd {
+            outcome,
+            snapshot,
+            stats,
+            state,
+        }
     }
 
     /// Runs until the guest ends the run (`Some`) or `stop` is set (`None`).
     /// Stopped with `report` set (a timeout), it also says where it was.
-    pub fn run(
-        mut self,
+    fn run_loop(
+        &mut self,
         stop: &AtomicBool,
         report: &AtomicBool,
     ) -> (Option<Outcome>, Option<VcpuSnapshot>) {
@@ -60,7 +106,15 @@ impl Vcpu {
                     last_exit = (exit_name(&exit), Instant::now());
                     handle_exit(&self.buses, self.index, run, exit)
                 }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Step::Continue,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // A kick: answer a liveness question if that is why,
+                    // then re-arm KVM_RUN. A stop kick is still seen, by the
+                    // `stop` check above, since `stop` is set before it.
+                    self.watch.answer_if_asked(&self.fd);
+                    // SAFETY: `run` is this vCPU's mapped kvm_run.
+                    unsafe { std::ptr::write_volatile(&mut (*run).immediate_exit, 0) };
+                    Step::Continue
+                }
                 Err(e) => Step::End(Outcome::VmmError {
                     message: format!("KVM_RUN failed on vCPU {}: {e}", self.index),
                 }),

@@ -22,14 +22,16 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use crate::boot::{self, Kernel, Protocol};
 use crate::boot_plan::PlanError;
 use crate::bus::BusError;
+use crate::core_dump::{self, CpuState, RamRange};
 use crate::cpu_model::{self, CpuModelError, CpuSpec};
 use crate::forensics::VcpuSnapshot;
+use crate::liveness::{self, VcpuLiveness, Watch};
 use crate::loader::{KernelImage, LoadError};
 use crate::memory::{GuestMemory, MemoryError, RamLayout};
 use crate::outcome::Outcome;
 use crate::platform::{Machine, Platform};
-use crate::vcpu::Vcpu;
-use crate::{cpuid, irq_routing, kick};
+use crate::vcpu::{Vcpu, VcpuEnd};
+use crate::{cpuid, irq_routing, kick, kvm_stats};
 
 /// Everything that describes one VM.
 pub struct VmConfig {
@@ -191,6 +193,9 @@ pub struct Vm {
     _vm: Arc<VmFd>,
     _memory: GuestMemory,
     timings: Timings,
+    counters: Option<kvm_stats::KvmCounters>,
+    keep_cpu_state: bool,
+    cpu_states: Vec<CpuState>,
 }
 
 impl Vm {
@@ -319,7 +324,42 @@ impl Vm {
             _vm: vm,
             _memory: memory,
             timings,
+            counters: None,
+            keep_cpu_state: false,
+            cpu_states: Vec::new(),
         })
+    }
+
+    /// Makes the run keep every vCPU's registers for [`Vm::write_core`].
+    pub fn keep_cpu_state(&mut self, keep: bool) {
+        self.keep_cpu_state = keep;
+    }
+
+    /// Writes an ELF core of the guest (all RAM, each vCPU's registers) to
+    /// `out`, after a run with [`Vm::keep_cpu_state`] on.
+    pub fn write_core<W: std::io::Write + std::io::Seek>(
+        &self,
+        out: &mut W,
+    ) -> std::io::Result<()> {
+        let ram: Vec<RamRange> = self
+            ._memory
+            .iter()
+            .map(|region| RamRange {
+                gpa: region.start_addr().0,
+                // SAFETY: the mapping lives as long as `self`, and every
+                // vCPU has stopped, so nothing writes it while it is read.
+                bytes: unsafe {
+                    std::slice::from_raw_parts(region.as_ptr(), region.len() as usize)
+                },
+            })
+            .collect();
+        core_dump::write(out, &ram, &self.cpu_states)
+    }
+
+    /// KVM's counters for the VM and its vCPUs at the end of its run;
+    /// `None` before the run, or where KVM has no binary statistics.
+    pub fn kvm_counters(&self) -> Option<&kvm_stats::KvmCounters> {
+        self.counters.as_ref()
     }
 
     /// How long each build step, and starting the vCPU threads, took.
@@ -350,20 +390,22 @@ impl Vm {
         // Set with `stop` on a timeout: only then do vCPUs report their state.
         let report = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Outcome>();
-        let mut threads: Vec<JoinHandle<Option<VcpuSnapshot>>> =
-            Vec::with_capacity(self.vcpus.len());
+        let mut threads: Vec<JoinHandle<VcpuEnd>> = Vec::with_capacity(self.vcpus.len());
         let mut outcome = None;
+        let watches: Vec<Arc<Watch>> = self.vcpus.iter().map(|_| Arc::default()).collect();
         for (index, fd) in self.vcpus.drain(..).enumerate() {
-            let vcpu = Vcpu::new(fd, index as u32, self.platform.buses.clone());
+            let watch = watches[index].clone();
+            let vcpu = Vcpu::new(fd, index as u32, self.platform.buses.clone(), watch)
+                .keep_state(self.keep_cpu_state);
             let (stop, report, tx) = (stop.clone(), report.clone(), tx.clone());
             let spawned = thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
-                    let (outcome, snapshot) = vcpu.run(&stop, &report);
-                    if let Some(outcome) = outcome {
+                    let mut end = vcpu.run(&stop, &report);
+                    if let Some(outcome) = end.outcome.take() {
                         let _ = tx.send(outcome);
                     }
-                    snapshot
+                    end
                 });
             match spawned {
                 Ok(handle) => threads.push(handle),
@@ -378,30 +420,33 @@ impl Vm {
         drop(tx);
         self.timings.step("start vCPU threads");
 
-        let mut outcome = outcome.unwrap_or_else(|| {
-            let received = match timeout {
-                Some(limit) => rx.recv_timeout(limit).map_err(|e| match e {
-                    mpsc::RecvTimeoutError::Timeout => Outcome::timeout(limit),
-                    mpsc::RecvTimeoutError::Disconnected => vcpus_gone(),
-                }),
-                None => rx.recv().map_err(|_| vcpus_gone()),
-            };
-            received.unwrap_or_else(|outcome| outcome)
-        });
+        let mut outcome =
+            outcome.unwrap_or_else(|| self.wait_for_outcome(&rx, timeout, &threads, &watches));
 
         report.store(
-            matches!(outcome, Outcome::Timeout { .. }),
+            matches!(outcome, Outcome::Timeout { .. } | Outcome::Hung { .. }),
             Ordering::Release,
         );
         stop.store(true, Ordering::Release);
         for thread in &threads {
             kick::kick(thread);
         }
-        let snapshots: Vec<VcpuSnapshot> = threads
-            .into_iter()
-            .filter_map(|thread| thread.join().ok().flatten())
-            .collect();
-        if let Outcome::Timeout { vcpus, .. } = &mut outcome {
+        let mut snapshots: Vec<VcpuSnapshot> = Vec::new();
+        let mut vcpu_stats: Vec<Vec<kvm_stats::Stat>> = Vec::new();
+        self.cpu_states.clear();
+        for thread in threads {
+            if let Ok(end) = thread.join() {
+                snapshots.extend(end.snapshot);
+                vcpu_stats.push(end.stats);
+                self.cpu_states.extend(end.state);
+            }
+        }
+        // Every vCPU has stopped: these are the run's final counts.
+        self.counters = kvm_stats::read(&*self._vm)
+            .map(|vm_stats| kvm_stats::KvmCounters::combine(&vm_stats, &vcpu_stats))
+            .map_err(|e| log::debug!("no KVM counters for the VM: {e}"))
+            .ok();
+        if let Outcome::Timeout { vcpus, .. } | Outcome::Hung { vcpus, .. } = &mut outcome {
             // Where a hung guest was: what a developer looks at first.
             *vcpus = snapshots;
         }
@@ -412,6 +457,71 @@ impl Vm {
         outcome
     }
 }
+
+impl Vm {
+    /// Waits for a vCPU to end the run, for `timeout`, or until the guest
+    /// is found dead twice in a row, `LIVENESS_PERIOD` apart (twice, so that
+    /// a device's pending work has had time to wake it).
+    fn wait_for_outcome<T>(
+        &self,
+        rx: &mpsc::Receiver<Outcome>,
+        timeout: Option<Duration>,
+        threads: &[JoinHandle<T>],
+        watches: &[Arc<Watch>],
+    ) -> Outcome {
+        let started = Instant::now();
+        let mut dead_before = false;
+        loop {
+            let left = timeout.map(|limit| limit.saturating_sub(started.elapsed()));
+            let slice = left.map_or(LIVENESS_PERIOD, |left| left.min(LIVENESS_PERIOD));
+            match rx.recv_timeout(slice) {
+                Ok(outcome) => return outcome,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return vcpus_gone(),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if let Some(limit) = timeout
+                && started.elapsed() >= limit
+            {
+                return Outcome::timeout(limit);
+            }
+            let dead = self.dead(threads, watches);
+            if let (Some(why), true) = (dead, dead_before) {
+                return Outcome::Hung {
+                    reason: why.to_string(),
+                    after_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                    vcpus: Vec::new(),
+                };
+            }
+            dead_before = dead.is_some();
+        }
+    }
+
+    /// Asks every vCPU for its state and says whether the guest is dead.
+    fn dead<T>(&self, threads: &[JoinHandle<T>], watches: &[Arc<Watch>]) -> Option<&'static str> {
+        for (watch, thread) in watches.iter().zip(threads) {
+            watch.ask();
+            kick::kick(thread);
+        }
+        let asked = Instant::now();
+        let mut answers: Vec<Option<Option<VcpuLiveness>>> = vec![None; watches.len()];
+        while answers.iter().any(Option::is_none) && asked.elapsed() < ANSWER_WAIT {
+            for (answer, watch) in answers.iter_mut().zip(watches) {
+                if answer.is_none() {
+                    *answer = watch.answer();
+                }
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        // A vCPU that did not answer in time, or could not, is not stuck.
+        let states: Vec<Option<VcpuLiveness>> = answers.into_iter().map(Option::flatten).collect();
+        liveness::dead(&states, liveness::ioapic_delivers_nmi(&self._vm))
+    }
+}
+
+/// How often the run loop checks whether the guest can still run.
+const LIVENESS_PERIOD: Duration = Duration::from_millis(500);
+/// How long it waits for the vCPUs' answers.
+const ANSWER_WAIT: Duration = Duration::from_millis(200);
 
 /// What KVM can offer a guest, through a `/dev/kvm` handle of its own so
 /// that it can run on another thread.

@@ -35,6 +35,7 @@ impl RunMeta {
                 .map_or(0, |d| d.as_secs()),
             duration: Duration::ZERO,
             interrupted: false,
+            notices: Vec::new(),
         }
     }
 }

@@ -206,6 +206,7 @@ pub(crate) mod testutil {
             started_unix: 1_795_395_723,
             duration: Duration::from_millis(12_345),
             interrupted: false,
+            notices: Vec::new(),
         }
     }
 
@@ -226,6 +227,8 @@ pub(crate) mod testutil {
             log: PathBuf::from(format!("logs/{name}.log")),
             subtests: None,
             forensics: None,
+            kvm_stats: None,
+            core: None,
             iteration: 1,
         }
     }

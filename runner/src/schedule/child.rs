@@ -19,7 +19,13 @@ pub fn outcome_path(log: &Path) -> std::path::PathBuf {
 
 /// The command that runs `spec` (none for a test the suite skips); `ktvmm`
 /// is this binary, which boots guests; `log` is where its output goes.
-pub fn command(spec: &TestSpec, ktvmm: &Path, timeout: Duration, log: &Path) -> Option<Command> {
+pub fn command(
+    spec: &TestSpec,
+    options: &super::Options,
+    timeout: Duration,
+    log: &Path,
+) -> Option<Command> {
+    let ktvmm = options.ktvmm.as_path();
     Some(match &spec.kind {
         TestKind::Guest(g) if g.vmm != Vmm::Ktvmm => qemu_command(g),
         TestKind::Guest(g) => {
@@ -29,6 +35,9 @@ pub fn command(spec: &TestSpec, ktvmm: &Path, timeout: Duration, log: &Path) -> 
             cmd.arg(format!("--timeout={}", timeout.as_secs_f64()))
                 .arg("--json-outcome")
                 .arg(outcome_path(log));
+            if options.cores {
+                cmd.arg("--core").arg(log.with_extension("core"));
+            }
             cmd
         }
         TestKind::Skip(_) => return None,
@@ -77,7 +86,7 @@ fn ktvmm_run(g: &GuestTest, ktvmm: &Path) -> Command {
 
 /// QEMU with the devices ktvmm has, as kvm-unit-tests' scripts start it,
 /// and ktvmm's default CPU model (`max`) unless the test names one.
-fn qemu_command(g: &GuestTest) -> Command {
+pub fn qemu_command(g: &GuestTest) -> Command {
     let mut cmd = Command::new(crate::envs::QEMU);
     let accel = match g.vmm {
         Vmm::Qemu { tcg: true } => "accel=tcg",
@@ -188,6 +197,11 @@ impl Running {
                 Err(e)
             }
         }
+    }
+
+    /// The process group it leads.
+    pub fn pgid(&self) -> i32 {
+        self.pgid
     }
 
     /// Sends `signal` to the whole process group.

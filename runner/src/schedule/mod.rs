@@ -4,8 +4,9 @@
 //! [`Observer`].
 
 mod child;
+pub mod debugfs_stats;
 
-pub use child::repro;
+pub use child::{qemu_command, repro};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,15 +15,18 @@ use std::time::{Duration, Instant};
 
 use child::Running;
 
-use crate::interrupt;
 use crate::suite::{TestKind, TestSpec, Vmm};
 use crate::verdict::{self, Ending, Status, TestResult};
+use crate::{guest_outcome, interrupt};
 
 /// How often the observer is ticked while tests run.
 const TICK: Duration = Duration::from_millis(100);
 /// A guest's VMM stops it at its limit; the runner steps in only this much
 /// later, should the VMM itself be stuck.
 const GUEST_BACKSTOP: Duration = Duration::from_secs(2);
+/// And, with `--cores`, this much more for writing the guest's core after
+/// its limit (all of its RAM, to a disk of unknown speed).
+const CORE_GRACE: Duration = Duration::from_secs(30);
 
 /// One test to run.
 #[derive(Clone, Debug)]
@@ -46,6 +50,11 @@ pub struct Options {
     pub grace: Duration,
     /// The `ktvmm` binary, which boots guests.
     pub ktvmm: PathBuf,
+    /// Guests write a core when they do not pass (`ktvmm test --cores`).
+    pub cores: bool,
+    /// Where host programs' VMs are read from, and how their counters
+    /// divide; `None` when debugfs cannot be read.
+    pub host_stats: Option<(PathBuf, debugfs_stats::Names)>,
 }
 
 /// What the scheduler reports as it goes.
@@ -75,6 +84,8 @@ enum Stop {
 
 struct Slot {
     running: Running,
+    /// For a host program: its VMs' counters so far.
+    sampler: Option<debugfs_stats::Sampler>,
     started: Instant,
     deadline: Instant,
     stop: Option<Stop>,
@@ -100,26 +111,39 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
                 break;
             }
             observer.started(job);
-            let Some(cmd) = child::command(&job.spec, &options.ktvmm, job.timeout, &job.log) else {
+            let Some(cmd) = child::command(&job.spec, options, job.timeout, &job.log) else {
                 let result = skipped(job);
                 observer.finished(job, &result);
                 results[next] = Some(result);
                 next += 1;
                 continue;
             };
+            // An outcome left by an earlier run in the same place must not
+            // stand in for this one's.
+            let _ = std::fs::remove_file(child::outcome_path(&job.log));
             match Running::spawn(cmd, &job.log, done_tx.clone(), next) {
                 Ok(running) => {
                     let started = Instant::now();
                     let limit = match &job.spec.kind {
                         // ktvmm stops its guests itself; QEMU does not.
+                        TestKind::Guest(g) if g.vmm == Vmm::Ktvmm && options.cores => {
+                            job.timeout + GUEST_BACKSTOP + CORE_GRACE
+                        }
                         TestKind::Guest(g) if g.vmm == Vmm::Ktvmm => job.timeout + GUEST_BACKSTOP,
                         TestKind::Guest(_) => job.timeout,
                         TestKind::Exec(_) | TestKind::Skip(_) => job.timeout,
+                    };
+                    let sampler = match (&job.spec.kind, &options.host_stats) {
+                        (TestKind::Exec(_), Some((root, _))) => {
+                            Some(debugfs_stats::Sampler::new(root))
+                        }
+                        _ => None,
                     };
                     slots.insert(
                         next,
                         Slot {
                             running,
+                            sampler,
                             started,
                             deadline: started + limit,
                             stop: None,
@@ -154,7 +178,8 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
         };
         while let Some(index) = done {
             if let Some(slot) = slots.remove(&index) {
-                let result = finish(&jobs[index], slot);
+                let names = options.host_stats.as_ref().map(|(_, names)| names);
+                let result = finish(&jobs[index], slot, names);
                 observer.finished(&jobs[index], &result);
                 results[index] = Some(result);
             }
@@ -174,6 +199,9 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
             }
         }
         for slot in slots.values_mut() {
+            if let Some(sampler) = &mut slot.sampler {
+                sampler.sample(slot.running.pgid());
+            }
             if slot.kill_at.is_some_and(|t| now >= t) {
                 slot.running.signal(libc::SIGKILL);
             } else if slot.stop.is_none() && now >= slot.deadline {
@@ -198,7 +226,11 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
     }
 }
 
-fn finish(job: &Job, slot: Slot) -> TestResult {
+fn finish(job: &Job, mut slot: Slot, names: Option<&debugfs_stats::Names>) -> TestResult {
+    let host_stats = match (slot.sampler.take(), names) {
+        (Some(sampler), Some(names)) => sampler.finish(names),
+        _ => None,
+    };
     let duration = slot.started.elapsed();
     let exited = slot.running.reap();
     let ending = match slot.stop {
@@ -209,6 +241,13 @@ fn finish(job: &Job, slot: Slot) -> TestResult {
     let log_text = std::fs::read(&job.log)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
+    let outcome = match (&job.spec.kind, slot.stop) {
+        // A test the runner stopped is judged by that, whatever ktvmm wrote.
+        (TestKind::Guest(g), None) if g.vmm == Vmm::Ktvmm => {
+            guest_outcome::read(&child::outcome_path(&job.log))
+        }
+        _ => None,
+    };
     let (status, mut reason) = match &job.spec.kind {
         TestKind::Guest(g) if g.vmm != Vmm::Ktvmm => match ending {
             Ending::Exited(code) => match crate::envs::qemu_exit(code) {
@@ -226,17 +265,23 @@ fn finish(job: &Job, slot: Slot) -> TestResult {
             }
             other => verdict::guest_status(other, g.exit_codes),
         },
-        TestKind::Guest(g) => verdict::guest_status(ending, g.exit_codes),
+        TestKind::Guest(g) => match &outcome {
+            Some(Ok(outcome)) => verdict::ktvmm_guest_status(outcome, g.exit_codes),
+            Some(Err(why)) => (Status::Error, Some(format!("unreadable outcome: {why}"))),
+            None => {
+                let (status, reason) = verdict::ktvmm_without_outcome(ending);
+                // What ktvmm managed to say on its last `ktvmm:` line.
+                let said = log_text.lines().rev().find(|l| l.starts_with("ktvmm: "));
+                (
+                    status,
+                    said.map(|l| l["ktvmm: ".len()..].to_string()).or(reason),
+                )
+            }
+        },
         TestKind::Exec(_) | TestKind::Skip(_) => verdict::exec_status(ending),
     };
-    if status == Status::Timeout {
+    if ending == Ending::TimedOut {
         reason = Some(format!("timed out after {} s", job.timeout.as_secs_f64()));
-    }
-    if let (TestKind::Guest(_), true) = (&job.spec.kind, status != Status::Pass) {
-        // `ktvmm run` says what went wrong on its last `ktvmm:` line.
-        if let Some(line) = log_text.lines().rev().find(|l| l.starts_with("ktvmm: ")) {
-            reason = Some(line["ktvmm: ".len()..].to_string());
-        }
     }
     let subtests = crate::subtests::count(&log_text);
     // The test's own words: the skip's reason, the failed assertion or
@@ -253,18 +298,29 @@ fn finish(job: &Job, slot: Slot) -> TestResult {
         reason,
         log: job.log.clone(),
         subtests,
-        forensics: (status == Status::Timeout)
-            .then(|| hang_report(&child::outcome_path(&job.log)))
-            .flatten(),
+        forensics: match &outcome {
+            Some(Ok(outcome)) if status == Status::Timeout => outcome.vcpus.clone(),
+            _ => None,
+        },
+        core: core_of(outcome.as_ref().and_then(|o| o.as_ref().ok()), status),
+        kvm_stats: match outcome {
+            Some(Ok(outcome)) => outcome.kvm_stats,
+            _ => host_stats,
+        },
         iteration: job.iteration,
     }
 }
 
-/// The vCPU snapshots `ktvmm run` wrote into its outcome file on timeout.
-fn hang_report(outcome: &std::path::Path) -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(outcome).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    value.get("vcpus").cloned()
+/// The guest core of a test that did not pass; one that passed has its
+/// core (written for a code the runner reads as a pass or skip) removed.
+fn core_of(outcome: Option<&guest_outcome::GuestOutcome>, status: Status) -> Option<PathBuf> {
+    let core = outcome?.core.clone()?;
+    if status.is_failure() || status == Status::XFail {
+        Some(core)
+    } else {
+        let _ = std::fs::remove_file(&core);
+        None
+    }
 }
 
 fn cannot_start(job: &Job, error: &std::io::Error) -> TestResult {
@@ -283,6 +339,8 @@ fn cannot_start(job: &Job, error: &std::io::Error) -> TestResult {
         log: job.log.clone(),
         subtests: None,
         forensics: None,
+        kvm_stats: None,
+        core: None,
         iteration: job.iteration,
     }
 }
@@ -302,6 +360,8 @@ fn skipped(job: &Job) -> TestResult {
         log: job.log.clone(),
         subtests: None,
         forensics: None,
+        kvm_stats: None,
+        core: None,
         iteration: job.iteration,
     }
 }

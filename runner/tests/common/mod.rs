@@ -16,6 +16,49 @@ pub fn ktvmm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ktvmm"))
 }
 
+/// Whether a test may use an optional tool it compares ktvmm against
+/// (QEMU, GDB, a browser): ktvmm never needs one, so without it the test
+/// is skipped with one line on the terminal (not captured, so a green run
+/// says what it did not check). When `require` (e.g. `KTVMM_REQUIRE_QEMU`)
+/// is 1, as `.ci/run` sets it, a missing or unusable tool fails the test.
+pub fn optional_tool(test: &str, require: &str, usable: Result<(), String>) -> bool {
+    use std::io::Write;
+    let Err(why) = usable else {
+        return true;
+    };
+    if std::env::var(require).is_ok_and(|v| v == "1") {
+        panic!("{test}: {why} ({require}=1 makes this a failure)");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {why} (set {require}=1 to make this a failure)"
+    );
+    false
+}
+
+/// Whether QEMU can start a VM here, as `ktvmm envs qemu-kvm` finds out by
+/// booting a tiny guest (installed is not enough).
+pub fn qemu_usable(test: &str) -> bool {
+    let usable = match ktvmm().args(["envs", "qemu-kvm"]).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "no comparison with QEMU: ktvmm envs says {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        )),
+        Err(e) => Err(format!("cannot run ktvmm envs: {e}")),
+    };
+    optional_tool(test, "KTVMM_REQUIRE_QEMU", usable)
+}
+
+/// Whether GDB is there for the tests that open cores or attach to guests.
+pub fn gdb_usable(test: &str) -> bool {
+    let usable = match Command::new("gdb").arg("--version").output() {
+        Ok(out) if out.status.success() => Ok(()),
+        _ => Err("gdb is not installed (Debian: apt-get install gdb)".to_string()),
+    };
+    optional_tool(test, "KTVMM_REQUIRE_GDB", usable)
+}
+
 /// Runs `ktvmm` with `args`; returns the output and how long it took.
 pub fn run(args: &[&str]) -> (Output, Duration) {
     let started = Instant::now();
