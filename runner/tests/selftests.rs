@@ -117,7 +117,7 @@ fn selftests_tree(dir: &Path) -> PathBuf {
     // program of the same stem; only the script is a test.
     file(
         &kvm.join("x86/wrapper.sh"),
-        "#!/bin/sh\nexec ./wrapper from-wrapper\n",
+        "#!/bin/sh\nexec ./wrapper \"${1:-from-wrapper}\"\n",
         0o755,
     );
     file(
@@ -348,8 +348,11 @@ fn exact_names_select_one_test_and_an_empty_selection_stops_list_and_run_alike()
         );
     }
     // A relative path to the tree: tests start in their own directories.
+    // KSELFTEST_<NAME>_ARGS are the test's arguments, as runner.sh gives
+    // them.
     let output = common::ktvmm()
         .current_dir(&dir)
+        .env("KSELFTEST_WRAPPER_SH_ARGS", "from-the-environment")
         .args([
             "test",
             "selftests/kvm",
@@ -364,6 +367,8 @@ fn exact_names_select_one_test_and_an_empty_selection_stops_list_and_run_alike()
     let (code, stdout, stderr) = parts(&output);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("2 passed"), "{stdout}");
+    let log = std::fs::read_to_string(dir.join("out-relative/logs/wrapper.sh.log")).unwrap();
+    assert_eq!(log, "helper: from-the-environment\n");
     // --exclusive marks more; a suite key does the same.
     let (_, stdout, _) = parts(&run(&["test", kvm, "--list", "--exclusive", "=pass_test"]).0);
     assert!(

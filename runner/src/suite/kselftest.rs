@@ -341,9 +341,14 @@ fn how_to_run(file: &Path, collection_dir: &Path) -> ExecTest {
     let head = first_bytes(file);
     if meta.permissions().mode() & 0o111 != 0 {
         if head.starts_with(b"\x7fELF") || head.starts_with(b"#!") {
-            return exec(file.to_path_buf(), Vec::new());
+            return exec(
+                file.to_path_buf(),
+                extra_args(file, |k| std::env::var(k).ok()),
+            );
         }
-        return exec("/bin/sh".into(), vec![shown]);
+        let mut args = vec![shown];
+        args.extend(extra_args(file, |k| std::env::var(k).ok()));
+        return exec("/bin/sh".into(), args);
     }
     let runner = collection_dir.join("ksft_runner.sh");
     if std::fs::metadata(&runner).is_ok_and(|m| m.permissions().mode() & 0o111 != 0) {
@@ -361,6 +366,31 @@ fn how_to_run(file: &Path, collection_dir: &Path) -> ExecTest {
     refuse(&format!(
         "{shown} is not executable and has no #! line: the kernel's runner fails it without running it"
     ))
+}
+
+/// The arguments `runner.sh` gives an executable test: the words of
+/// `KSELFTEST_<NAME>_ARGS`, NAME the file's base name with blanks and
+/// control characters dropped, anything else that is not alphanumeric
+/// made `_`, upper-cased (`state_test` -> `KSELFTEST_STATE_TEST_ARGS`),
+/// split on whitespace as the shell splits an unquoted variable.
+fn extra_args(file: &Path, var: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    let base = file
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let sanitized: String = base
+        .chars()
+        .filter(|c| !c.is_whitespace() && !c.is_control())
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    var(&format!("KSELFTEST_{sanitized}_ARGS"))
+        .map(|v| v.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 /// A test that fails at once, with `message` in its log.
@@ -549,6 +579,24 @@ mod tests {
         write("ksft_runner.sh", "#!/bin/sh\n", 0o755);
         let run = how_to_run(&write("data.py", "x\n", 0o644), &d);
         assert_eq!(run.path, d.join("ksft_runner.sh"));
+    }
+
+    #[test]
+    fn arguments_from_the_environment_as_runner_sh_reads_them() {
+        let env = |k: &str| match k {
+            "KSELFTEST_DIRTY_LOG_PERF_TEST_ARGS" => Some(" -i 3  -v 2 ".to_string()),
+            "KSELFTEST_NX_HUGE_PAGES_TEST_SH_ARGS" => Some("-x".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            extra_args(Path::new("/k/dirty_log_perf_test"), env),
+            ["-i", "3", "-v", "2"]
+        );
+        assert_eq!(
+            extra_args(Path::new("x86/nx_huge_pages_test.sh"), env),
+            ["-x"]
+        );
+        assert!(extra_args(Path::new("state_test"), env).is_empty());
     }
 
     #[test]
