@@ -118,9 +118,10 @@ pub fn load(dir: &Path, layout: &Layout) -> Result<Vec<TestSpec>, SuiteError> {
             }
         }
     }
+    // One collection keeps runner.sh's bare names; several need theirs.
     let several = listed
-        .iter()
-        .any(|l| listed.first().is_some_and(|f| f.collection != l.collection));
+        .windows(2)
+        .any(|w| w[0].collection != w[1].collection);
     let mut settings: Vec<(String, Duration)> = Vec::new();
     let mut tests = Vec::new();
     for item in listed {
