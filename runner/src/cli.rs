@@ -60,6 +60,17 @@ pub struct RunArgs {
     /// does (open it with `gdb GUEST FILE`).
     #[arg(long, value_name = "FILE")]
     pub core: Option<PathBuf>,
+    /// Serve GDB's remote protocol on [ADDR:]PORT (QEMU's `-gdb tcp::PORT`
+    /// is accepted too); without ADDR, on 127.0.0.1 only.
+    #[arg(long, value_name = "[ADDR:]PORT")]
+    pub gdb: Option<String>,
+    /// Serve GDB on 127.0.0.1:1234 (QEMU's -s).
+    #[arg(short = 's')]
+    pub gdb_default: bool,
+    /// Hold the vCPUs before the guest's first instruction until GDB
+    /// connects and continues (QEMU's -S; with -s or --gdb).
+    #[arg(short = 'S')]
+    pub hold: bool,
     /// Leave the test devices out: a bare platform (COM1, isa-debug-exit,
     /// PCI host bridge).
     #[arg(long)]

@@ -9,7 +9,7 @@ use ktvmm_vmm::{KernelImage, Outcome, Vm, VmConfig};
 
 use crate::cli::RunArgs;
 use crate::{bundled, detach};
-use ktvmm_vmm::kmsg::KernelLog;
+use ktvmm_vmm::kmsg::{KernelLog, Report};
 use ktvmm_vmm::kvm_stats::KvmCounters;
 use std::time::{Duration, Instant};
 
@@ -52,7 +52,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
                 };
                 let run = Run {
                     outcome: &outcome,
-                    host_log: &[],
+                    host_log: &Report::default(),
                     wall: Duration::ZERO,
                     counters: None,
                     core: None,
@@ -62,11 +62,16 @@ pub fn run(args: RunArgs) -> Result<u8> {
             return Err(e);
         }
     };
-    let mut kernel_log = args.vm.timeout.and_then(|_| KernelLog::open_at_end());
+    let mut gdb = gdb_listener(&args)?;
+    // Read only when the guest times out or hangs.
+    let mut kernel_log = KernelLog::open_at_end();
     let started = Instant::now();
     let (outcome, vm) = match Vm::build(config) {
         Ok(mut vm) => {
             vm.keep_cpu_state(args.core.is_some());
+            if let Some(listener) = gdb.take() {
+                vm.debug_with(listener, args.hold);
+            }
             (vm.run(args.vm.timeout), Some(vm))
         }
         Err(e) => (
@@ -76,10 +81,11 @@ pub fn run(args: RunArgs) -> Result<u8> {
             None,
         ),
     };
-    // A hang report includes what the host kernel said meanwhile.
+    // A hang report includes what the host kernel said meanwhile about
+    // this VM, and the host-wide alarms (see ktvmm_vmm::kmsg).
     let host_log = match (&outcome, kernel_log.as_mut()) {
-        (Outcome::Timeout { .. }, Some(log)) => log.new_lines(),
-        _ => Vec::new(),
+        (Outcome::Timeout { .. } | Outcome::Hung { .. }, Some(log)) => log.read(),
+        _ => Default::default(),
     };
     let wall = started.elapsed();
     let core = match (&args.core, &vm) {
@@ -106,8 +112,14 @@ pub fn run(args: RunArgs) -> Result<u8> {
         // Indented, under the timeout message: the runner takes a test's
         // reason from the last line that starts with "ktvmm: ".
         eprintln!("  host kernel log during the run:");
-        for line in &host_log {
+        for line in host_log.lines() {
             eprintln!("    {line}");
+        }
+        if host_log.left_out > 0 {
+            eprintln!(
+                "    ({} more message(s) left out: another process's, or naming no process)",
+                host_log.left_out
+            );
         }
     }
     match &core {
@@ -122,6 +134,39 @@ pub fn run(args: RunArgs) -> Result<u8> {
         Some(vm) => detach::exit_leaving_teardown(outcome.exit_code(), vm),
         None => Ok(outcome.exit_code()),
     }
+}
+
+/// The port GDB connects to, bound before the guest starts, as `--gdb`,
+/// `-gdb tcp::PORT` or `-s` ask.
+fn gdb_listener(args: &RunArgs) -> Result<Option<std::net::TcpListener>> {
+    let spec = match (&args.gdb, args.gdb_default) {
+        (Some(spec), _) => spec.clone(),
+        (None, true) => "1234".to_string(),
+        (None, false) if args.hold => {
+            anyhow::bail!("-S holds the vCPUs for a debugger: give -s or --gdb PORT too")
+        }
+        (None, false) => return Ok(None),
+    };
+    let address = gdb_address(&spec)
+        .ok_or_else(|| anyhow!("--gdb {spec}: want PORT, ADDR:PORT or tcp::PORT"))?;
+    let listener = std::net::TcpListener::bind(&address)
+        .with_context(|| format!("--gdb {spec}: cannot listen on {address}"))?;
+    let shown = listener.local_addr().map_or(address, |a| a.to_string());
+    eprintln!(
+        "ktvmm gdb: waiting for GDB on {shown}{} (gdb -ex 'target remote {shown}' {})",
+        if args.hold { ", vCPUs held" } else { "" },
+        args.guest
+    );
+    Ok(Some(listener))
+}
+
+/// `1234`, `:1234`, `tcp::1234` -> `127.0.0.1:1234`; `ADDR:PORT` as given.
+fn gdb_address(spec: &str) -> Option<String> {
+    let spec = spec.strip_prefix("tcp:").unwrap_or(spec);
+    let (host, port) = spec.rsplit_once(':').unwrap_or(("", spec));
+    let port: u16 = port.parse().ok()?;
+    let host = if host.is_empty() { "127.0.0.1" } else { host };
+    Some(format!("{host}:{port}"))
 }
 
 /// The VM `args` ask for, with the guest (and initrd) read in.
@@ -146,7 +191,8 @@ fn vm_config(args: &RunArgs) -> Result<VmConfig> {
 /// What a run leaves to report.
 struct Run<'a> {
     outcome: &'a Outcome,
-    host_log: &'a [String],
+    /// This VM's and the host-wide kernel messages (see `kmsg`).
+    host_log: &'a Report,
     /// From building the VM to the end of the run.
     wall: Duration,
     counters: Option<&'a KvmCounters>,
@@ -185,7 +231,11 @@ fn write_outcome(path: &Path, run: &Run) -> Result<()> {
             object.insert("core".into(), core.display().to_string().into());
         }
         if !run.host_log.is_empty() {
-            object.insert("host_kernel_log".into(), run.host_log.to_vec().into());
+            object.insert("host_kernel_log".into(), run.host_log.lines().into());
+            object.insert(
+                "host_kernel_log_left_out".into(),
+                run.host_log.left_out.into(),
+            );
         }
     }
     fs::write(path, json.to_string() + "\n")

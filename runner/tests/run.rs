@@ -797,9 +797,19 @@ fn a_hang_report_carries_the_host_kernel_log_of_the_run() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
+    // Lines in the form KVM logs a guest's trouble in ("kvm [PID]: ..."):
+    // one naming the hung VM's process, one naming another (PID 1, init,
+    // never a VMM here) as another lane's guest would, and one naming no
+    // process at all. Only the first is this VM's. (No fake WARNING: other
+    // tests on the machine watch the kernel log for real ones.)
     let marker = format!("ktvmm-test-marker-{}", std::process::id());
+    let ours = format!("kvm [{}]: {marker}-ours", child.id());
+    let theirs = format!("kvm [1]: {marker}-theirs");
+    let nobody = format!("{marker}-nobody");
     // Writing the kernel log needs root; reading it (what ktvmm does) too.
-    let wrote = std::fs::write("/dev/kmsg", format!("{marker}\n")).is_ok();
+    let wrote = [&ours, &theirs, &nobody]
+        .iter()
+        .all(|line| std::fs::write("/dev/kmsg", format!("{line}\n")).is_ok());
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(124), "{stderr}");
@@ -810,19 +820,45 @@ fn a_hang_report_carries_the_host_kernel_log_of_the_run() {
             stderr.contains("host kernel log during the run:"),
             "{stderr}"
         );
-        let lines = outcome["host_kernel_log"]
+        let lines: Vec<&str> = outcome["host_kernel_log"]
             .as_array()
-            .expect("host_kernel_log");
-        // The report keeps the last 40 lines: on a host whose kernel is busy
-        // logging (other VMs, other tests), the marker may be older than
-        // that; otherwise it must be there.
-        if lines.len() < 40 {
-            assert!(stderr.contains(&marker), "{stderr}");
-            assert!(
-                lines.iter().any(|l| l.as_str() == Some(&marker)),
-                "{outcome}"
-            );
+            .expect("host_kernel_log")
+            .iter()
+            .filter_map(|l| l.as_str())
+            .collect();
+        // Every line is marked as this VM's or as a host-wide alarm.
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.starts_with("[this VM] ") || l.starts_with("[host-wide] ")),
+            "{outcome}"
+        );
+        // The report keeps the last 40 lines: on a host whose kernel keeps
+        // logging this VM's trouble or host-wide alarms, the marker may be
+        // older than that; otherwise it must be there.
+        // In a container's own PID namespace ktvmm cannot tie PIDs (the
+        // kernel prints the host's numbers): then nothing is this VM's.
+        let pids_are_global = std::fs::read_link("/proc/self/ns/pid")
+            .is_ok_and(|ns| ns.as_os_str() == "pid:[4026531836]");
+        if lines.len() < 40 && pids_are_global {
+            let want = format!("[this VM] {ours}");
+            assert!(lines.contains(&want.as_str()), "{outcome}");
+            assert!(stderr.contains(&want), "{stderr}");
         }
+        // Another process's line, and one that names none, never are.
+        assert!(
+            !stderr.contains("-theirs") && !stderr.contains("-nobody"),
+            "{stderr}"
+        );
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.contains("-theirs") || l.contains("-nobody")),
+            "{outcome}"
+        );
+        let left_out = outcome["host_kernel_log_left_out"].as_u64();
+        assert!(left_out >= Some(2), "{outcome}");
+        assert!(stderr.contains("left out"), "{stderr}");
     } else {
         assert!(outcome.get("host_kernel_log").is_none(), "{outcome}");
     }

@@ -58,6 +58,18 @@ impl Drop for RunGuard {
     }
 }
 
+/// Makes the vCPU thread `thread` (a `pthread_t`) leave `KVM_RUN` now;
+/// whether it enters it again is up to its loop.
+pub fn kick_thread(thread: libc::pthread_t) {
+    // SAFETY: the caller keeps the thread joinable while it may be kicked,
+    // so the pthread_t stays valid; a thread outside its vCPU loop ignores
+    // the signal.
+    let ret = unsafe { libc::pthread_kill(thread, kick_signal()) };
+    if ret != 0 {
+        log::debug!("kick: pthread_kill returned {ret}");
+    }
+}
+
 /// Makes the vCPU thread `thread` leave `KVM_RUN` and not enter it again.
 pub fn kick<T>(thread: &JoinHandle<T>) {
     // SAFETY: the handle keeps the thread joinable, so its pthread_t is valid;

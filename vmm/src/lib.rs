@@ -13,6 +13,7 @@ pub mod devices;
 pub mod floor;
 pub mod forensics;
 pub mod fuzz;
+pub mod gdb;
 pub mod irq_routing;
 pub mod kick;
 pub mod kmsg;

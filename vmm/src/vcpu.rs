@@ -13,6 +13,7 @@ use std::time::Instant;
 use crate::bus::Bus;
 use crate::core_dump::CpuState;
 use crate::forensics::VcpuSnapshot;
+use crate::gdb::control::{Control, StopEvent};
 use crate::kick::RunGuard;
 use crate::kvm_stats;
 use crate::liveness::Watch;
@@ -46,6 +47,7 @@ pub struct Vcpu {
     buses: Arc<Buses>,
     watch: Arc<Watch>,
     keep_state: bool,
+    debug: Option<Arc<Control>>,
 }
 
 impl Vcpu {
@@ -57,7 +59,15 @@ impl Vcpu {
             buses,
             watch,
             keep_state: false,
+            debug: None,
         }
+    }
+
+    /// Puts the vCPU under a debugger's control: it parks when asked and
+    /// reports `KVM_EXIT_DEBUG` instead of failing on it.
+    pub fn debug(mut self, control: Option<Arc<Control>>) -> Self {
+        self.debug = control;
+        self
     }
 
     /// Makes the run end with the vCPU's registers (`VcpuEnd::state`).
@@ -101,7 +111,26 @@ impl Vcpu {
                     .flatten();
                 return (None, snapshot);
             }
+            if let Some(control) = &self.debug
+                && control.stop_requested()
+            {
+                control.park(self.index as usize, &self.fd);
+                continue;
+            }
             let step = match self.fd.run() {
+                Ok(VcpuExit::Debug(arch)) if self.debug.is_some() => {
+                    last_exit = ("debug", Instant::now());
+                    log::debug!("vCPU {}: debug exit {arch:?}", self.index);
+                    let event = StopEvent::Debug {
+                        exception: arch.exception,
+                        dr6: arch.dr6,
+                    };
+                    if let Some(control) = &self.debug {
+                        // Stops the others too; this one parks next.
+                        control.report(self.index, event);
+                    }
+                    Step::Continue
+                }
                 Ok(exit) => {
                     last_exit = (exit_name(&exit), Instant::now());
                     handle_exit(&self.buses, self.index, run, exit)

@@ -5,6 +5,7 @@
 //! kernel, write the boot structures, attach devices, create the vCPUs.
 
 use std::io::Write;
+use std::os::unix::thread::JoinHandleExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -31,7 +32,7 @@ use crate::memory::{GuestMemory, MemoryError, RamLayout};
 use crate::outcome::Outcome;
 use crate::platform::{Machine, Platform};
 use crate::vcpu::{Vcpu, VcpuEnd};
-use crate::{cpuid, irq_routing, kick, kvm_stats};
+use crate::{cpuid, gdb, irq_routing, kick, kvm_stats};
 
 /// Everything that describes one VM.
 pub struct VmConfig {
@@ -196,6 +197,7 @@ pub struct Vm {
     counters: Option<kvm_stats::KvmCounters>,
     keep_cpu_state: bool,
     cpu_states: Vec<CpuState>,
+    gdb: Option<(std::net::TcpListener, bool)>,
 }
 
 impl Vm {
@@ -327,7 +329,14 @@ impl Vm {
             counters: None,
             keep_cpu_state: false,
             cpu_states: Vec::new(),
+            gdb: None,
         })
+    }
+
+    /// Serves GDB on `listener` during the run; with `hold`, the vCPUs
+    /// wait for the debugger before the guest's first instruction.
+    pub fn debug_with(&mut self, listener: std::net::TcpListener, hold: bool) {
+        self.gdb = Some((listener, hold));
     }
 
     /// Makes the run keep every vCPU's registers for [`Vm::write_core`].
@@ -393,14 +402,22 @@ impl Vm {
         let mut threads: Vec<JoinHandle<VcpuEnd>> = Vec::with_capacity(self.vcpus.len());
         let mut outcome = None;
         let watches: Vec<Arc<Watch>> = self.vcpus.iter().map(|_| Arc::default()).collect();
+        let control = self
+            .gdb
+            .as_ref()
+            .map(|(_, hold)| Arc::new(gdb::control::Control::new(self.vcpus.len(), *hold)));
         for (index, fd) in self.vcpus.drain(..).enumerate() {
             let watch = watches[index].clone();
             let vcpu = Vcpu::new(fd, index as u32, self.platform.buses.clone(), watch)
-                .keep_state(self.keep_cpu_state);
+                .keep_state(self.keep_cpu_state)
+                .debug(control.clone());
             let (stop, report, tx) = (stop.clone(), report.clone(), tx.clone());
             let spawned = thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
+                    // KVM and its backends name the vCPU thread in what
+                    // they log; a hang report keeps those lines.
+                    crate::kmsg::claim_this_thread();
                     let mut end = vcpu.run(&stop, &report);
                     if let Some(outcome) = end.outcome.take() {
                         let _ = tx.send(outcome);
@@ -419,15 +436,47 @@ impl Vm {
         }
         drop(tx);
         self.timings.step("start vCPU threads");
+        let exit_code = Arc::new(std::sync::Mutex::new(None));
+        let server = match (self.gdb.take(), &control) {
+            (Some((listener, _)), Some(control)) => {
+                control.set_threads(threads.iter().map(|t| t.as_pthread_t()).collect());
+                let session = gdb::Session {
+                    listener,
+                    control: control.clone(),
+                    memory: self._memory.clone(),
+                    vcpus: threads.len(),
+                    exit_code: exit_code.clone(),
+                };
+                let (done_tx, done_rx) = mpsc::channel::<()>();
+                let spawned = thread::Builder::new().name("gdb".into()).spawn(move || {
+                    gdb::serve(session);
+                    let _ = done_tx.send(());
+                });
+                spawned.ok().map(|_| done_rx)
+            }
+            _ => None,
+        };
 
-        let mut outcome =
-            outcome.unwrap_or_else(|| self.wait_for_outcome(&rx, timeout, &threads, &watches));
+        let mut outcome = outcome.unwrap_or_else(|| {
+            self.wait_for_outcome(&rx, timeout, &threads, &watches, control.as_deref())
+        });
 
         report.store(
             matches!(outcome, Outcome::Timeout { .. } | Outcome::Hung { .. }),
             Ordering::Release,
         );
         stop.store(true, Ordering::Release);
+        if let Some(control) = &control {
+            // A debugger still attached hears how the guest ended; parked
+            // vCPUs leave, and see `stop`.
+            if let Ok(mut code) = exit_code.lock() {
+                *code = Some(outcome.exit_code());
+            }
+            control.finish();
+            if let Some(done) = server {
+                let _ = done.recv_timeout(Duration::from_millis(500));
+            }
+        }
         for thread in &threads {
             kick::kick(thread);
         }
@@ -468,11 +517,18 @@ impl Vm {
         timeout: Option<Duration>,
         threads: &[JoinHandle<T>],
         watches: &[Arc<Watch>],
+        debugger: Option<&gdb::control::Control>,
     ) -> Outcome {
         let started = Instant::now();
+        // Time the debugger held the guest does not count against it.
+        let ran = || {
+            started
+                .elapsed()
+                .saturating_sub(debugger.map_or(Duration::ZERO, |d| d.held()))
+        };
         let mut dead_before = false;
         loop {
-            let left = timeout.map(|limit| limit.saturating_sub(started.elapsed()));
+            let left = timeout.map(|limit| limit.saturating_sub(ran()));
             let slice = left.map_or(LIVENESS_PERIOD, |left| left.min(LIVENESS_PERIOD));
             match rx.recv_timeout(slice) {
                 Ok(outcome) => return outcome,
@@ -480,9 +536,14 @@ impl Vm {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
             if let Some(limit) = timeout
-                && started.elapsed() >= limit
+                && ran() >= limit
             {
                 return Outcome::timeout(limit);
+            }
+            if debugger.is_some_and(|d| d.stop_requested()) {
+                // Parked for the debugger: held, not dead.
+                dead_before = false;
+                continue;
             }
             let dead = self.dead(threads, watches);
             if let (Some(why), true) = (dead, dead_before) {

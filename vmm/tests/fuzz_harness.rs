@@ -152,3 +152,118 @@ fn the_kvm_api_corpus_replays_without_a_vmm_panic() {
         );
     }
 }
+
+/// CPUID leaf 0's EBX, EDX, ECX for a vendor string.
+fn vendor_words(name: &[u8; 12]) -> [u32; 3] {
+    let word = |i: usize| u32::from_le_bytes([name[i], name[i + 1], name[i + 2], name[i + 3]]);
+    [word(0), word(4), word(8)]
+}
+
+/// KVM normalises TSC_AUX by the guest's CPUID vendor, whatever the
+/// host's: every vendor is tried on this host (the default CPUID, which
+/// carries the host's vendor, among them), KVM's answer is the one its
+/// rule gives, and the oracle agrees with it.
+#[test]
+fn tsc_aux_follows_kvms_rule_for_the_guests_vendor() {
+    use ktvmm_vmm::fuzz::rules::{GuestVendor, TSC_AUX};
+    use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+
+    let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
+    let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+    let leaf0 = supported
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0)
+        .copied()
+        .unwrap();
+    let host = [leaf0.ebx, leaf0.edx, leaf0.ecx];
+    let host_vendor = GuestVendor::from_leaf0(host[0], host[1], host[2]);
+    eprintln!("host vendor (KVM_GET_SUPPORTED_CPUID): {host_vendor:?}");
+
+    let mut executor = Executor::new(ExecOptions {
+        trace: true,
+        ..ExecOptions::default()
+    })
+    .unwrap();
+    let high = 0x0000_0800_0000_0000_u64;
+    let cases: [(&str, Option<&[u8; 12]>, GuestVendor); 5] = [
+        ("default CPUID", None, host_vendor),
+        ("GenuineIntel", Some(b"GenuineIntel"), GuestVendor::Intel),
+        (
+            "AuthenticAMD",
+            Some(b"AuthenticAMD"),
+            GuestVendor::AmdCompatible,
+        ),
+        (
+            "HygonGenuine",
+            Some(b"HygonGenuine"),
+            GuestVendor::AmdCompatible,
+        ),
+        ("ktvmmVendor!", Some(b"ktvmmVendor!"), GuestVendor::Other),
+    ];
+    for (name, vendor_name, vendor) in cases {
+        let cpuid = vendor_name.map_or(Vec::new(), |v| {
+            let want = vendor_words(v);
+            // Leaf 0 registers 1 (EBX), 3 (EDX), 2 (ECX), flipped from
+            // the host's value to the wanted one.
+            vec![
+                (0, 1, want[0] ^ host[0]),
+                (0, 3, want[1] ^ host[1]),
+                (0, 2, want[2] ^ host[2]),
+            ]
+        });
+        let input = Input {
+            shape: Shape {
+                irqchip: false,
+                extra_slots: 0,
+            },
+            vcpus: vec![VcpuSetup {
+                cpuid,
+                ..VcpuSetup::default()
+            }],
+            program: vec![0xf4],
+            ops: vec![
+                Op::SetMsr {
+                    cpu: 0,
+                    index: TSC_AUX,
+                    value: 0x5678,
+                },
+                Op::SetMsr {
+                    cpu: 0,
+                    index: TSC_AUX,
+                    value: high | 0x1234,
+                },
+            ],
+        };
+        let execution = executor.execute(&input);
+        assert!(
+            execution.findings.is_empty(),
+            "{name}: {:?}",
+            execution.findings
+        );
+        let seen: Vec<&String> = execution
+            .trace
+            .iter()
+            .filter(|l| l.contains("MSR 0xc0000103 write"))
+            .collect();
+        assert_eq!(seen.len(), 2, "{name}: {:?}", execution.trace);
+        if seen[0].contains("refused") {
+            // No TSC_AUX on this host (no RDTSCP or RDPID): nothing to see.
+            eprintln!("{name}: this host refuses every TSC_AUX write");
+            continue;
+        }
+        assert!(seen[0].ends_with("read back 0x5678"), "{name}: {}", seen[0]);
+        match vendor {
+            GuestVendor::Intel => assert!(seen[1].ends_with("refused"), "{name}: {}", seen[1]),
+            GuestVendor::AmdCompatible => {
+                assert!(seen[1].ends_with("read back 0x1234"), "{name}: {}", seen[1])
+            }
+            GuestVendor::Other => assert!(
+                seen[1].ends_with("refused") || seen[1].ends_with("read back 0x1234"),
+                "{name}: {}",
+                seen[1]
+            ),
+        }
+        eprintln!("{name} ({vendor:?}): {}", seen[1]);
+    }
+}

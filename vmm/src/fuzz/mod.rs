@@ -20,6 +20,7 @@ pub mod planted;
 pub mod program;
 pub mod repro;
 pub mod rng;
+pub mod rules;
 pub mod stats;
 
 use std::collections::BTreeSet;

@@ -6,7 +6,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kmsg::KernelLog;
+use super::rules;
+use crate::kmsg::{self, KernelLog};
 
 /// A bug an execution found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,12 +36,17 @@ pub enum Finding {
         /// How long it took, in milliseconds.
         millis: u64,
     },
-    /// A `GET_*` right after a successful `SET_*` disagreed with it.
+    /// A `GET_*` right after a successful `SET_*` disagreed with it, or
+    /// KVM accepted what its rules say it refuses.
     RoundTrip {
         /// The ioctl pair.
         ioctl: String,
         /// What differed.
         detail: String,
+        /// The id of the KVM rule the harness believes broken (see
+        /// [`rules`]); empty in reproducers older than the rules.
+        #[serde(default)]
+        rule: String,
     },
     /// The kernel's taint flags changed during the execution.
     Taint {
@@ -70,6 +76,9 @@ impl Finding {
             }
             Finding::FailEntry { reason } => format!("fail-entry: {reason:#x}"),
             Finding::Hang { .. } => "hang".into(),
+            Finding::RoundTrip { ioctl, rule, .. } if !rule.is_empty() => {
+                format!("round-trip: {ioctl} [{rule}]")
+            }
             Finding::RoundTrip { ioctl, .. } => format!("round-trip: {ioctl}"),
             Finding::Taint { .. } => "taint".into(),
             Finding::KernelLog { .. } => "kernel-log".into(),
@@ -110,7 +119,22 @@ impl fmt::Display for Finding {
                 write!(f, "KVM_EXIT_FAIL_ENTRY, hardware reason {reason:#x}")
             }
             Finding::Hang { millis } => write!(f, "KVM_RUN hung for {millis} ms after a kick"),
-            Finding::RoundTrip { ioctl, detail } => write!(f, "{ioctl} round trip: {detail}"),
+            Finding::RoundTrip {
+                ioctl,
+                detail,
+                rule,
+            } => {
+                write!(f, "{ioctl} round trip: {detail}")?;
+                match rules::rule(rule) {
+                    Some(rule) => write!(
+                        f,
+                        "; breaks KVM's rule {}: {} ({})",
+                        rule.id, rule.says, rule.source
+                    ),
+                    None if rule.is_empty() => Ok(()),
+                    None => write!(f, "; breaks KVM's rule {rule}"),
+                }
+            }
             Finding::Taint { before, after } => {
                 write!(f, "kernel taint changed from {before:#x} to {after:#x}")
             }
@@ -157,21 +181,14 @@ pub fn taint() -> Option<u64> {
 }
 
 /// Watches the host for signs of a kernel bug between two points: new
-/// taint flags, new `WARNING:`/`BUG:`/`Call Trace` lines in the kernel log
-/// (when it is readable).
+/// taint flags, new kernel-wide alarms (`WARNING:`, `BUG:`, a call trace,
+/// a lockup: [`kmsg::is_alarm`]) in the kernel log when it is readable.
+/// Another process's KVM messages are not this harness's and are left
+/// out; an alarm counts whoever logged it.
 pub struct HostWatch {
     log: Option<KernelLog>,
     taint: Option<u64>,
 }
-
-/// Kernel log lines that mean the kernel hit a bug.
-const ALARMS: [&str; 5] = [
-    "WARNING:",
-    "BUG:",
-    "Call Trace",
-    "general protection",
-    "Oops",
-];
 
 impl HostWatch {
     /// Starts watching from now.
@@ -198,9 +215,11 @@ impl HostWatch {
         }
         self.taint = now;
         if let Some(log) = &mut self.log {
-            for line in log.new_lines() {
-                if ALARMS.iter().any(|alarm| line.contains(alarm)) {
-                    findings.push(Finding::KernelLog { line });
+            for message in log.read().messages {
+                if kmsg::is_alarm(&message.text) {
+                    findings.push(Finding::KernelLog {
+                        line: message.to_string(),
+                    });
                 }
             }
         }
@@ -238,5 +257,31 @@ mod tests {
             .is_host_wide()
         );
         assert!(!a.is_host_wide());
+    }
+
+    #[test]
+    fn a_round_trip_finding_names_the_kvm_rule_it_believes_broken() {
+        let finding = Finding::RoundTrip {
+            ioctl: "KVM_SET_MSRS/KVM_GET_MSRS".into(),
+            detail: "MSR 0xc0000103 (TSC_AUX): set 0x80000000005, read back 0x80000000005".into(),
+            rule: rules::TSC_AUX_AMD.id.into(),
+        };
+        let text = finding.to_string();
+        assert!(
+            text.contains("breaks KVM's rule tsc-aux-amd-bits-31-0"),
+            "{text}"
+        );
+        assert!(text.contains("__kvm_set_msr()"), "{text}");
+        // Different rules are different bugs.
+        assert_eq!(
+            finding.signature(),
+            "round-trip: KVM_SET_MSRS/KVM_GET_MSRS [tsc-aux-amd-bits-31-0]"
+        );
+        // A reproducer saved before findings named rules still loads.
+        let old: Finding = serde_json::from_str(
+            r#"{"kind":"round-trip","ioctl":"KVM_SET_REGS/KVM_GET_REGS","detail":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(old.signature(), "round-trip: KVM_SET_REGS/KVM_GET_REGS");
     }
 }

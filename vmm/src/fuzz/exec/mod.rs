@@ -35,6 +35,7 @@ use super::input::{Input, Mode, Op, VcpuSetup, is_clock_msr};
 use super::oracle::{Finding, documented};
 use super::planted::{self, PlantedBug};
 use super::program::{CODE_ADDR, EXTRA_SLOTS_ADDR, RAM_SIZE, STACK_TOP};
+use super::rules::{GuestVendor, Rule};
 use crate::kick::{self, RunGuard};
 use crate::memory::GuestMemory;
 use crate::platform::{Machine, Platform};
@@ -151,6 +152,9 @@ enum RunEnd {
 impl Executor {
     /// Opens KVM, reads what it supports, and arms the kick signal.
     pub fn new(options: ExecOptions) -> Result<Self, ExecError> {
+        // This thread makes every KVM call of the executions: what the
+        // kernel logs naming it is about this harness's VMs.
+        crate::kmsg::claim_this_thread();
         let kvm = Kvm::new().map_err(ExecError::NoKvm)?;
         let setup = |what| {
             move |e: kvm_ioctls::Error| ExecError::Setup {
@@ -336,10 +340,15 @@ impl Executor {
             for &(leaf, reg, flip) in &setup.cpuid {
                 edit_cpuid(&mut cpuid, leaf, reg, flip);
             }
-            calls.call("KVM_SET_CPUID2", fd.set_cpuid2(&cpuid));
+            let vendor = match calls.call("KVM_SET_CPUID2", fd.set_cpuid2(&cpuid)) {
+                Some(()) => GuestVendor::of(cpuid.as_slice()),
+                // KVM holds no CPUID for the vCPU.
+                None => GuestVendor::of(&[]),
+            };
             let vcpu = Vcpu {
                 fd,
                 cpuid,
+                vendor,
                 ended: false,
                 single_step: false,
             };
@@ -502,10 +511,11 @@ impl Calls<'_> {
         }
     }
 
-    fn round_trip(&mut self, ioctl: &str, detail: impl FnOnce() -> String) {
+    fn round_trip(&mut self, ioctl: &str, rule: &Rule, detail: impl FnOnce() -> String) {
         self.record.findings.push(Finding::RoundTrip {
             ioctl: ioctl.into(),
             detail: detail(),
+            rule: rule.id.into(),
         });
     }
 
@@ -516,7 +526,11 @@ impl Calls<'_> {
 
 struct Vcpu {
     fd: VcpuFd,
+    /// The CPUID the input gave the vCPU (edits build on it).
     cpuid: CpuId,
+    /// The vendor of the CPUID KVM holds: the last `KVM_SET_CPUID2` that
+    /// succeeded (KVM's MSR rules differ by it).
+    vendor: GuestVendor,
     /// The last run ended for good (until a call changes the vCPU's state).
     ended: bool,
     /// KVM single-steps it (and owns RFLAGS.TF meanwhile).

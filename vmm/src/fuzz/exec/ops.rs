@@ -10,6 +10,7 @@ use kvm_bindings::{
 use super::slots::set_slot;
 use super::{Built, Calls};
 use crate::fuzz::input::{Op, is_clock_msr};
+use crate::fuzz::rules::{self, GuestVendor};
 
 /// One KVM call of the input, with its round-trip check.
 pub(super) fn op(built: &mut Built, op: &Op, calls: &mut Calls<'_>) {
@@ -40,7 +41,7 @@ pub(super) fn op(built: &mut Built, op: &Op, calls: &mut Calls<'_>) {
                     want.rflags = (want.rflags | 2) & kept;
                     got.rflags &= kept;
                     if want != got {
-                        calls.round_trip("KVM_SET_REGS/KVM_GET_REGS", || {
+                        calls.round_trip("KVM_SET_REGS/KVM_GET_REGS", &rules::REGS, || {
                             format!("set {want:x?}, read back {got:x?}")
                         });
                     }
@@ -62,7 +63,7 @@ pub(super) fn op(built: &mut Built, op: &Op, calls: &mut Calls<'_>) {
                     let kept =
                         |s: &kvm_sregs| (s.cr2, s.gdt.base, s.gdt.limit, s.idt.base, s.idt.limit);
                     if kept(&sregs) != kept(&back) {
-                        calls.round_trip("KVM_SET_SREGS/KVM_GET_SREGS", || {
+                        calls.round_trip("KVM_SET_SREGS/KVM_GET_SREGS", &rules::SREGS, || {
                             format!(
                                 "(cr2, gdt, idt) set {:x?}, read back {:x?}",
                                 kept(&sregs),
@@ -88,17 +89,31 @@ pub(super) fn op(built: &mut Built, op: &Op, calls: &mut Calls<'_>) {
             let Ok(msrs) = Msrs::from_entries(&entry) else {
                 return;
             };
-            let written = calls.call("KVM_SET_MSRS", fd.set_msrs(&msrs));
-            if written == Some(1) && ROUND_TRIP_MSRS.contains(&msr) {
+            // KVM_SET_MSRS returns how many entries it wrote: 0 is a
+            // refusal, not an error.
+            let Some(written) = calls.call("KVM_SET_MSRS", fd.set_msrs(&msrs)) else {
+                return;
+            };
+            if !rules::covers_msr(msr) {
+                return;
+            }
+            let accepted = written == 1;
+            let mut read_back = None;
+            if accepted {
                 let mut back = msrs.clone();
                 if calls.call("KVM_GET_MSRS", fd.get_msrs(&mut back)) == Some(1) {
-                    let got = back.as_slice()[0].data;
-                    if got != value {
-                        calls.round_trip("KVM_SET_MSRS/KVM_GET_MSRS", || {
-                            format!("MSR {msr:#x}: set {value:#x}, read back {got:#x}")
-                        });
-                    }
+                    read_back = Some(back.as_slice()[0].data);
                 }
+            }
+            // What KVM did, for reproducers and tests to see.
+            calls.note(|| match read_back {
+                Some(got) => format!("cpu{index}: MSR {msr:#x} write accepted, read back {got:#x}"),
+                None if accepted => format!("cpu{index}: MSR {msr:#x} write accepted, not read"),
+                None => format!("cpu{index}: MSR {msr:#x} write refused"),
+            });
+            let vendor = built.vcpus[index].vendor;
+            if let Some(broken) = rules::check_msr_write(msr, value, vendor, accepted, read_back) {
+                calls.round_trip("KVM_SET_MSRS/KVM_GET_MSRS", broken.rule, || broken.detail);
             }
         }
         Op::SetMsr { .. } => {}
@@ -121,6 +136,7 @@ pub(super) fn op(built: &mut Built, op: &Op, calls: &mut Calls<'_>) {
                 .call("KVM_SET_CPUID2", vcpu.fd.set_cpuid2(&cpuid))
                 .is_some()
             {
+                vcpu.vendor = GuestVendor::of(cpuid.as_slice());
                 vcpu.cpuid = cpuid;
             }
         }
@@ -146,7 +162,7 @@ pub(super) fn op(built: &mut Built, op: &Op, calls: &mut Calls<'_>) {
                 if let Some(back) = calls.call("KVM_GET_LAPIC", fd.get_lapic()) {
                     let got = back.regs[0x80] as u8;
                     if got != value as u8 {
-                        calls.round_trip("KVM_SET_LAPIC/KVM_GET_LAPIC", || {
+                        calls.round_trip("KVM_SET_LAPIC/KVM_GET_LAPIC", &rules::LAPIC_TPR, || {
                             format!("TPR set {:#x}, read back {got:#x}", value as u8)
                         });
                     }
@@ -172,7 +188,7 @@ pub(super) fn op(built: &mut Built, op: &Op, calls: &mut Calls<'_>) {
                     .find(|x| x.xcr == 0)
                     .map(|x| x.value);
                 if got != Some(value) {
-                    calls.round_trip("KVM_SET_XCRS/KVM_GET_XCRS", || {
+                    calls.round_trip("KVM_SET_XCRS/KVM_GET_XCRS", &rules::XCR0, || {
                         format!("XCR0 set {value:#x}, read back {got:x?}")
                     });
                 }
@@ -197,7 +213,7 @@ pub(super) fn op(built: &mut Built, op: &Op, calls: &mut Calls<'_>) {
                 && let Some(back) = calls.call("KVM_GET_DEBUGREGS", fd.get_debug_regs())
                 && back.db != dregs.db
             {
-                calls.round_trip("KVM_SET_DEBUGREGS/KVM_GET_DEBUGREGS", || {
+                calls.round_trip("KVM_SET_DEBUGREGS/KVM_GET_DEBUGREGS", &rules::DR0_3, || {
                     format!("DR0-3 set {:x?}, read back {:x?}", dregs.db, back.db)
                 });
             }
@@ -253,9 +269,11 @@ pub(super) fn op(built: &mut Built, op: &Op, calls: &mut Calls<'_>) {
                     && let Some(back) = calls.call("KVM_GET_MP_STATE", fd.get_mp_state())
                     && back.mp_state != KVM_MP_STATE_RUNNABLE
                 {
-                    calls.round_trip("KVM_SET_MP_STATE/KVM_GET_MP_STATE", || {
-                        format!("set RUNNABLE, read back {}", back.mp_state)
-                    });
+                    calls.round_trip(
+                        "KVM_SET_MP_STATE/KVM_GET_MP_STATE",
+                        &rules::MP_STATE_RUNNABLE,
+                        || format!("set RUNNABLE, read back {}", back.mp_state),
+                    );
                 }
             }
         }
@@ -354,9 +372,6 @@ pub(super) fn op(built: &mut Built, op: &Op, calls: &mut Calls<'_>) {
 /// cannot hold them (VM in long mode, say).
 const RFLAGS_DEFINED: u64 = (0x003f_7fd5 | 2) & !(1 << 16 | 1 << 17);
 const RFLAGS_TF: u64 = 1 << 8;
-
-/// MSRs KVM stores exactly as written when it accepts the write.
-const ROUND_TRIP_MSRS: [u32; 4] = [0xc000_0081, 0xc000_0082, 0xc000_0102, 0xc000_0103];
 
 fn reg_mut(regs: &mut kvm_regs, reg: u8) -> &mut u64 {
     match reg % 18 {

@@ -1,0 +1,117 @@
+//! A GDB remote-protocol stub on the VM (QEMU's `-s`/`-S`/`-gdb`), built
+//! on the `gdbstub` crate over `KVM_SET_GUEST_DEBUG`. When GDB connects,
+//! every vCPU stops; each is a GDB thread. The guest's timeout does not run
+//! while the debugger holds it. A detach clears the breakpoints and lets the
+//! guest run on; GDB may connect again.
+
+pub mod control;
+pub mod paging;
+pub mod target;
+
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gdbstub::common::Signal;
+use gdbstub::conn::ConnectionExt;
+use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonError};
+use gdbstub::stub::{DisconnectReason, GdbStub, MultiThreadStopReason};
+
+use control::Control;
+use target::GuestTarget;
+
+/// What the stub thread needs from the run.
+pub struct Session {
+    /// Where GDB connects.
+    pub listener: TcpListener,
+    /// The vCPU threads' parking.
+    pub control: Arc<Control>,
+    /// Guest RAM.
+    pub memory: crate::memory::GuestMemory,
+    /// vCPU count.
+    pub vcpus: usize,
+    /// The guest's exit code once the run is over (for GDB's `W` packet).
+    pub exit_code: Arc<Mutex<Option<u8>>>,
+}
+
+/// Serves GDB connections until the run is over.
+pub fn serve(session: Session) {
+    let Session {
+        listener,
+        control,
+        memory,
+        vcpus,
+        exit_code,
+    } = session;
+    while !control.finished() {
+        let stream = match listener.accept() {
+            Ok((stream, peer)) => {
+                log::info!("gdb: debugger connected from {peer}");
+                stream
+            }
+            Err(e) => {
+                log::warn!("gdb: accept failed: {e}");
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut target =
+            GuestTarget::new(control.clone(), memory.clone(), vcpus, exit_code.clone());
+        if !target.stop_world() {
+            return;
+        }
+        let stub = GdbStub::new(stream);
+        match stub.run_blocking::<StubLoop>(&mut target) {
+            Ok(DisconnectReason::Disconnect) => {
+                log::info!("gdb: detached; the guest runs on");
+            }
+            Ok(reason) => log::info!("gdb: session over ({reason:?})"),
+            Err(e) => log::warn!("gdb: session failed: {e}"),
+        }
+        target.detach();
+    }
+}
+
+enum StubLoop {}
+
+impl BlockingEventLoop for StubLoop {
+    type Target = GuestTarget;
+    type Connection = TcpStream;
+    type StopReason = MultiThreadStopReason<u64>;
+
+    fn wait_for_stop_reason(
+        target: &mut GuestTarget,
+        conn: &mut TcpStream,
+    ) -> Result<Event<Self::StopReason>, WaitForStopReasonError<&'static str, std::io::Error>> {
+        let control = target.control();
+        loop {
+            if conn
+                .peek()
+                .map_err(WaitForStopReasonError::Connection)?
+                .is_some()
+            {
+                let byte = conn.read().map_err(WaitForStopReasonError::Connection)?;
+                return Ok(Event::IncomingData(byte));
+            }
+            if let Some((cpu, event)) = control.next_event() {
+                // The rest of the world stops too before GDB looks.
+                target.stop_world();
+                return Ok(Event::TargetStopped(target.stop_reason(cpu, event)));
+            }
+            if control.finished() {
+                return Ok(Event::TargetStopped(MultiThreadStopReason::Exited(
+                    target.exit_code(),
+                )));
+            }
+            control.wait_change(Duration::from_millis(10));
+        }
+    }
+
+    fn on_interrupt(target: &mut GuestTarget) -> Result<Option<Self::StopReason>, &'static str> {
+        target.stop_world();
+        Ok(Some(MultiThreadStopReason::SignalWithThread {
+            tid: gdbstub::common::Tid::new(1).expect("1 is not 0"),
+            signal: Signal::SIGINT,
+        }))
+    }
+}
