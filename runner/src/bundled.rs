@@ -133,6 +133,7 @@ pub fn suite() -> Vec<TestSpec> {
             timeout: None,
             groups: vec![t.group.to_string()],
             source: "bundled".into(),
+            exclusive: false,
         })
         .collect()
 }

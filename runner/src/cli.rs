@@ -128,12 +128,17 @@ pub struct TestArgs {
     /// List the selected tests instead of running them.
     #[arg(long)]
     pub list: bool,
-    /// Run only tests whose name matches (substring, or glob with * and ?).
+    /// Run only tests whose name matches (substring, glob with * and ?, or
+    /// =NAME for exactly that name).
     #[arg(short = 'f', long = "filter", value_name = "PATTERN")]
     pub filters: Vec<String>,
-    /// Leave out tests whose name matches (substring or glob).
+    /// Leave out tests whose name matches (substring, glob, or =NAME).
     #[arg(short = 'x', long = "exclude", value_name = "PATTERN")]
     pub excludes: Vec<String>,
+    /// Run tests whose name matches (as for --filter) with no other test
+    /// running beside them (repeatable).
+    #[arg(long = "exclusive", value_name = "PATTERN")]
+    pub exclusive: Vec<String>,
     /// Run only tests in this group (repeatable: any of them).
     #[arg(short = 'g', long = "group", value_name = "GROUP")]
     pub groups: Vec<String>,

@@ -162,11 +162,17 @@ impl Observer for Console {
             seconds(result.duration)
         );
         if let Some(s) = &result.subtests {
-            let parts: Vec<String> = [(s.pass, "pass"), (s.fail, "fail"), (s.skip, "skip")]
-                .iter()
-                .filter(|(n, _)| *n > 0)
-                .map(|(n, what)| format!("{n} {what}"))
-                .collect();
+            let parts: Vec<String> = [
+                (s.pass, "pass"),
+                (s.fail, "fail"),
+                (s.skip, "skip"),
+                (s.xfail, "xfail"),
+                (s.not_run, "not run"),
+            ]
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect();
             text += &format!(" [{}]", parts.join(", "));
         }
         if let Some(reason) = result
@@ -289,6 +295,7 @@ pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &
             }
         }
     }
+    text += &skips_by_reason(results);
     text += &format!(
         "results: {} (results.json, junit.xml, results.tap)\n",
         output.display()
@@ -301,30 +308,95 @@ pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &
 /// What [`tail`] reads of a log at most.
 const TAIL_READ_MAX: u64 = 64 << 10;
 
-/// The last `n` lines of a log file (lossy UTF-8; control characters but
-/// tab made visible, so a guest's escape sequences cannot garble the
-/// console).
+/// Skipped tests grouped by their reason, most frequent first: a kernel
+/// selftests run skips dozens of tests for a handful of reasons (a missing
+/// CPU feature or capability), and that is what a reader wants to see.
+fn skips_by_reason(results: &[TestResult]) -> String {
+    const NAMES_SHOWN: usize = 3;
+    let mut groups: Vec<(&str, Vec<String>)> = Vec::new();
+    for r in results.iter().filter(|r| r.status == Status::Skip) {
+        let reason = r.reason.as_deref().unwrap_or("skipped");
+        let name = display_name(&r.name, r.iteration);
+        match groups.iter_mut().find(|(g, _)| *g == reason) {
+            Some((_, names)) => names.push(name),
+            None => groups.push((reason, vec![name])),
+        }
+    }
+    if groups.is_empty() {
+        return String::new();
+    }
+    // Stable: equal counts keep the order the tests ran in.
+    groups.sort_by_key(|(_, names)| std::cmp::Reverse(names.len()));
+    let total: usize = groups.iter().map(|(_, n)| n.len()).sum();
+    let mut text = format!("skipped ({total}), by reason:\n");
+    for (reason, names) in groups {
+        let mut shown = names[..names.len().min(NAMES_SHOWN)].join(", ");
+        if names.len() > NAMES_SHOWN {
+            shown += &format!(", +{} more", names.len() - NAMES_SHOWN);
+        }
+        text += &format!("  {:>3}  {reason}  ({shown})\n", names.len());
+    }
+    text
+}
+
+/// The last `n` lines of a log file, made safe and readable to print:
+/// control characters but tab in caret notation (`^M` for a carriage
+/// return, `^[` for escape), bytes that are not UTF-8 as `\xNN`, so a
+/// guest's escape sequences cannot garble the console and nothing turns
+/// into U+FFFD.
 pub fn tail(log: &Path, n: usize) -> Vec<String> {
     // Lines of a guest's console are short; a log can be huge.
     let Ok(bytes) = crate::schedule::logcap::read_tail(log, TAIL_READ_MAX) else {
         return Vec::new();
     };
-    let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&[u8]> = bytes
+        .strip_suffix(b"\n")
+        .unwrap_or(&bytes)
+        .split(|&b| b == b'\n')
+        .collect();
+    if bytes.is_empty() {
+        return Vec::new();
+    }
     lines[lines.len().saturating_sub(n)..]
         .iter()
-        .map(|l| {
-            l.chars()
-                .map(|c| {
-                    if c.is_control() && c != '\t' {
-                        char::REPLACEMENT_CHARACTER
-                    } else {
-                        c
-                    }
-                })
-                .collect()
-        })
+        .map(|l| visible(l.strip_suffix(b"\r").unwrap_or(l)))
         .collect()
+}
+
+/// `bytes` as text, each byte that is not UTF-8 written `\xNN` (rather
+/// than U+FFFD, which hides what the program printed).
+pub fn escape_invalid(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// `bytes` as printable text (see [`tail`]).
+pub fn visible(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\t' => out.push(c),
+                '\x7f' => out.push_str("^?"),
+                c if (c as u32) < 0x20 => {
+                    out.push('^');
+                    out.push(char::from(b'@' + c as u8));
+                }
+                c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 /// `name`, or `name#3` for the third repetition.
@@ -379,11 +451,42 @@ mod tests {
     }
 
     #[test]
+    fn skips_are_summarised_by_reason() {
+        let skip = |name: &str, reason: &str| TestResult {
+            name: name.into(),
+            status: Status::Skip,
+            duration: Duration::ZERO,
+            exit_code: Some(4),
+            reason: Some(reason.into()),
+            log: "l".into(),
+            subtests: None,
+            forensics: None,
+            core: None,
+            kvm_stats: None,
+            iteration: 1,
+        };
+        let mut results = vec![skip("a", "no VMX")];
+        for name in ["b", "c", "d", "e"] {
+            results.push(skip(name, "no SVM"));
+        }
+        results.push(skip("f", "no VMX"));
+        let mut pass = skip("p", "");
+        pass.status = Status::Pass;
+        results.push(pass);
+        assert_eq!(
+            skips_by_reason(&results),
+            "skipped (6), by reason:\n    4  no SVM  (b, c, d, +1 more)\n    2  no VMX  (a, f)\n"
+        );
+        assert_eq!(skips_by_reason(&results[6..]), "");
+    }
+
+    #[test]
     fn tails_are_safe_to_print() {
         let path = std::env::temp_dir().join(format!("ktvmm-tail-{}", std::process::id()));
-        std::fs::write(&path, b"a\nb\x1b[2Jc\n\xff\nd\n").unwrap();
-        let lines = tail(&path, 3);
-        assert_eq!(lines, ["b\u{fffd}[2Jc", "\u{fffd}", "d"]);
+        std::fs::write(&path, b"a\nb\x1b[2Jc\n\xff\n50%\r100%\r\nd\x7f\xc2\x85\n").unwrap();
+        let lines = tail(&path, 4);
+        assert_eq!(lines, ["b^[[2Jc", "\\xff", "50%^M100%", "d^?\\u{85}"]);
+        assert!(lines.iter().all(|l| !l.contains('\u{fffd}')));
         assert!(tail(Path::new("/nonexistent"), 3).is_empty());
         let _ = std::fs::remove_file(path);
     }

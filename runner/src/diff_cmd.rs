@@ -347,6 +347,7 @@ mod tests {
             fail: 1,
             skip: 0,
             failed: vec!["old".into()],
+            ..Default::default()
         });
         let mut sub_b = sub_a.clone();
         sub_b

@@ -266,6 +266,7 @@ mod tests {
             timeout: None,
             groups: Vec::new(),
             source: "s".into(),
+            exclusive: false,
         };
         let mut program = guest.clone();
         program.name = "p".into();

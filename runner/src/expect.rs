@@ -195,6 +195,7 @@ mod tests {
             fail: 2,
             skip: 0,
             failed: vec!["RDMSR(SPEC_CTRL)".into(), "WRMSR(SPEC_CTRL)".into()],
+            ..Default::default()
         });
         let mut other = r.clone();
         other
@@ -227,6 +228,7 @@ mod tests {
             fail: 1,
             skip: 0,
             failed: vec!["edu: liveness".into()],
+            ..Default::default()
         });
         let mut results = vec![expected, other_crash, crash_after_failures];
         apply(&[crash], &meta(), &mut results);
@@ -245,6 +247,7 @@ mod tests {
             fail: 1,
             skip: 0,
             failed: vec!["slot 1 holds pci-testdev".into()],
+            ..Default::default()
         });
         let mut crashed = as_known.clone();
         crashed.reason = Some("QEMU died of SIGABRT".into());

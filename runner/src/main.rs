@@ -42,6 +42,7 @@ mod guest_outcome;
 mod interrupt;
 mod kvm_env;
 mod qemu_probe;
+mod reasons;
 mod results;
 mod run_cmd;
 mod schedule;

@@ -306,6 +306,7 @@ mod tests {
             timeout: None,
             groups: Vec::new(),
             source: "s".into(),
+            exclusive: false,
         }
     }
 

@@ -87,10 +87,12 @@ pub fn shuffle<T>(tests: &mut [T], seed: u64) {
     }
 }
 
-/// A pattern with `*` or `?` is a glob over the whole name; anything else
-/// matches as a substring.
+/// `=NAME` matches that name exactly; a pattern with `*` or `?` is a glob
+/// over the whole name; anything else matches as a substring.
 pub fn matches(pattern: &str, name: &str) -> bool {
-    if pattern.contains(['*', '?']) {
+    if let Some(exact) = pattern.strip_prefix('=') {
+        name == exact
+    } else if pattern.contains(['*', '?']) {
         glob(pattern.as_bytes(), name.as_bytes())
     } else {
         name.contains(pattern)
@@ -139,6 +141,7 @@ mod tests {
                 timeout: None,
                 groups: groups.iter().map(|g| g.to_string()).collect(),
                 source: "s".into(),
+                exclusive: false,
             })
             .collect()
     }
@@ -161,6 +164,14 @@ mod tests {
         assert!(matches("e?u*r", "edu-driver"));
         assert!(matches("*", ""));
         assert!(matches("a*b*c", "aXbYbZc"));
+        assert!(matches("=state_test", "state_test"));
+        assert!(!matches("=state_test", "vmx_state_test"));
+        assert!(!matches("=state", "state_test"));
+        assert!(
+            matches("=*", "*"),
+            "exact means exact, even for glob characters"
+        );
+        assert!(!matches("=*", "x"));
         assert!(!matches("a*b*c", "aXbYbZ"));
     }
 
@@ -179,6 +190,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(pick(by_name), ["edu"]);
+        let exact_out = Selection {
+            exclude: vec!["=edu".into()],
+            ..Default::default()
+        };
+        assert_eq!(pick(exact_out), ["edu-driver", "smp"]);
         let by_group = Selection {
             groups: vec!["dma".into(), "nope".into()],
             ..Default::default()

@@ -13,21 +13,16 @@ const MAX_FAILED_NAMES: usize = 100;
 pub fn count(output: &str) -> Option<Subtests> {
     let mut tap = Subtests::default();
     let mut kut = Subtests::default();
+    let mut planned: Option<u32> = None;
+    let mut reported: u32 = 0;
     for line in output.lines() {
         let line = line.trim_end_matches('\r');
-        if let Some(rest) = line.strip_prefix("not ok ") {
-            if starts_with_number(rest) {
-                tap.fail += 1;
-                note_failure(&mut tap, tap_name(rest));
-            }
-        } else if let Some(rest) = line.strip_prefix("ok ") {
-            if starts_with_number(rest) {
-                if is_skip_directive(rest) {
-                    tap.skip += 1;
-                } else {
-                    tap.pass += 1;
-                }
-            }
+        if let Some((ok, rest)) = tap_result(line) {
+            reported += 1;
+            tap_line(&mut tap, ok, rest);
+        } else if let Some(n) = tap_plan(line) {
+            // The first plan is the test's own; later ones are incidental.
+            planned.get_or_insert(n);
         } else if line.starts_with("PASS: ") || line.starts_with("XFAIL: ") {
             kut.pass += 1;
         } else if let Some(name) = line
@@ -40,12 +35,59 @@ pub fn count(output: &str) -> Option<Subtests> {
             kut.skip += 1;
         }
     }
+    tap.not_run = planned.unwrap_or(0).saturating_sub(reported);
     // A test speaks one of the two; if both appear, the larger tally is the
     // test's own and the other is incidental text.
     [tap, kut]
         .into_iter()
-        .filter(|s| s.pass + s.fail + s.skip > 0)
-        .max_by_key(|s| s.pass + s.fail + s.skip)
+        .filter(|s| s.pass + s.fail + s.skip + s.xfail + s.not_run > 0)
+        .max_by_key(|s| s.pass + s.fail + s.skip + s.xfail + s.not_run)
+}
+
+/// `ok 3 ...` / `not ok 3 ...` at the start of a line (nested KTAP results
+/// are indented, and `# ok` is a comment): whether it passed, and the rest
+/// after the number's start.
+fn tap_result(line: &str) -> Option<(bool, &str)> {
+    let (ok, rest) = match line.strip_prefix("not ok ") {
+        Some(rest) => (false, rest),
+        None => (true, line.strip_prefix("ok ")?),
+    };
+    starts_with_number(rest).then_some((ok, rest))
+}
+
+/// `1..N` (with an optional `# SKIP ...`): the number of subtests planned.
+pub fn tap_plan(line: &str) -> Option<u32> {
+    let rest = line.strip_prefix("1..")?;
+    let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
+}
+
+/// Counts one result line, honouring its directive: `# SKIP` is a skip
+/// whatever the result, `# XFAIL` and a failed `# TODO` are expected
+/// failures, `# error` is a failure.
+fn tap_line(tally: &mut Subtests, ok: bool, rest: &str) {
+    let directive = directive(rest).map(|(word, _)| word.to_ascii_uppercase());
+    match (ok, directive.as_deref()) {
+        (_, Some("SKIP")) => tally.skip += 1,
+        (_, Some("XFAIL")) | (false, Some("TODO")) => tally.xfail += 1,
+        (true, _) => tally.pass += 1,
+        (false, _) => {
+            tally.fail += 1;
+            note_failure(tally, tap_name(rest));
+        }
+    }
+}
+
+/// The directive of a result line: its keyword (`SKIP`, `XFAIL`, `TODO`,
+/// `error`) and the text after it.
+pub fn directive(rest: &str) -> Option<(&str, &str)> {
+    let (_, after) = rest.split_once('#')?;
+    let after = after.trim_start();
+    let word_end = after
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(after.len());
+    let (word, text) = after.split_at(word_end);
+    (!word.is_empty()).then(|| (word, text.trim()))
 }
 
 fn note_failure(tally: &mut Subtests, name: &str) {
@@ -54,21 +96,23 @@ fn note_failure(tally: &mut Subtests, name: &str) {
     }
 }
 
-/// `2 - name # directive` -> `name` (or the number when there is no name).
+/// `2 - name # directive` -> `name`; without a name, the directive's text
+/// (`5 # error epsilon` -> `epsilon`), else the number.
 fn tap_name(rest: &str) -> &str {
-    let rest = rest.split_once('#').map_or(rest, |(n, _)| n).trim();
-    let (number, name) = rest.split_once(' ').unwrap_or((rest, ""));
+    let before = rest.split_once('#').map_or(rest, |(n, _)| n).trim();
+    let (number, name) = before.split_once(' ').unwrap_or((before, ""));
     let name = name.trim_start_matches(['-', ' ']).trim();
-    if name.is_empty() { number } else { name }
+    if !name.is_empty() {
+        return name;
+    }
+    match directive(rest) {
+        Some((_, text)) if !text.is_empty() => text,
+        _ => number,
+    }
 }
 
 fn starts_with_number(text: &str) -> bool {
     text.bytes().next().is_some_and(|b| b.is_ascii_digit())
-}
-
-fn is_skip_directive(text: &str) -> bool {
-    text.split_once('#')
-        .is_some_and(|(_, d)| d.trim_start().to_ascii_uppercase().starts_with("SKIP"))
 }
 
 #[cfg(test)]
@@ -86,6 +130,7 @@ mod tests {
                 fail: 1,
                 skip: 2,
                 failed: vec!["b".into()],
+                ..Default::default()
             })
         );
     }
@@ -100,6 +145,7 @@ mod tests {
                 fail: 1,
                 skip: 1,
                 failed: vec!["two".into()],
+                ..Default::default()
             })
         );
     }
@@ -111,6 +157,32 @@ mod tests {
         let many: String = (0..150).map(|i| format!("FAIL: t{i}\n")).collect();
         let counted = count(&many).unwrap();
         assert_eq!((counted.fail, counted.failed.len()), (150, 100));
+    }
+
+    /// kselftest.h's directives: `ksft_test_result_error` prints
+    /// `not ok N # error MSG`, `ksft_test_result_xfail` `ok N # XFAIL MSG`,
+    /// `ksft_test_result_skip` `ok N # SKIP MSG`; a plan announces more
+    /// than were reported when the test dies early.
+    #[test]
+    fn ktap_directives_and_a_short_plan() {
+        let out = "TAP version 13\n1..7\nok 1 alpha\nnot ok 2 beta # SKIP no beta\n\
+                   not ok 3 gamma # TODO later\nok 4 # XFAIL delta\nnot ok 5 # error epsilon\n";
+        assert_eq!(
+            count(out),
+            Some(Subtests {
+                pass: 1,
+                fail: 1,
+                skip: 1,
+                xfail: 2,
+                not_run: 2,
+                failed: vec!["epsilon".into()],
+            })
+        );
+        let died = "1..5\nok 1 a\n";
+        assert_eq!(count(died).map(|s| (s.pass, s.not_run)), Some((1, 4)));
+        let nothing_yet = "TAP version 13\n1..3\n";
+        assert_eq!(count(nothing_yet).map(|s| s.not_run), Some(3));
+        assert_eq!(count("1..0 # SKIP - Requirement not met: x\n"), None);
     }
 
     #[test]

@@ -38,6 +38,15 @@ pub fn test(args: TestArgs) -> Result<u8> {
     if let Some(name) = &args.gdb {
         tests = one_for_gdb(tests, name)?;
     }
+    for test in &mut tests {
+        if args
+            .exclusive
+            .iter()
+            .any(|p| crate::select::matches(p, &test.name))
+        {
+            test.exclusive = true;
+        }
+    }
     if let Some(seed) = args.shuffle {
         crate::select::shuffle(&mut tests, seed);
     }
@@ -66,22 +75,26 @@ pub fn test(args: TestArgs) -> Result<u8> {
         return Ok(0);
     }
 
-    if args.list {
-        for test in &tests {
-            if test.groups.is_empty() {
-                outln!("{}", test.name);
-            } else {
-                outln!("{}  [{}]", test.name, test.groups.join(", "));
-            }
-        }
-        return Ok(0);
-    }
+    // Listing and running agree on an empty selection.
     if tests.is_empty() {
         if args.rerun_failed && selection.only.as_ref().is_some_and(HashSet::is_empty) {
             outln!("nothing to rerun: every test passed last time");
             return Ok(0);
         }
         bail!("no tests selected ({discovered} found; check -f/-x/-g/--shard)");
+    }
+    if args.list {
+        for test in &tests {
+            let mut line = test.name.clone();
+            if !test.groups.is_empty() {
+                line += &format!("  [{}]", test.groups.join(", "));
+            }
+            if test.exclusive {
+                line += "  (runs alone)";
+            }
+            outln!("{line}");
+        }
+        return Ok(0);
     }
 
     // Whether QEMU can start VMs here, before any test is judged under it.

@@ -80,6 +80,13 @@ pub struct Subtests {
     pub fail: u32,
     /// Skipped subtests.
     pub skip: u32,
+    /// Subtests that failed as they were expected to (KTAP `# XFAIL`, TAP
+    /// `not ok ... # TODO`): neither passes nor failures.
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub xfail: u32,
+    /// Subtests the plan (`1..N`) announced that never reported a result.
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub not_run: u32,
     /// The failed subtests' names, in order (the first 100).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub failed: Vec<String>,
@@ -120,6 +127,10 @@ pub struct TestResult {
     /// Which repetition this was (1-based), with `--repeat`/`--until-fail`.
     #[serde(skip_serializing_if = "is_first", default = "first")]
     pub iteration: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn is_first(n: &u32) -> bool {

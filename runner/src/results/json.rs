@@ -82,6 +82,7 @@ mod tests {
             fail: 1,
             skip: 1,
             failed: vec!["x86: a < b".into()],
+            ..Default::default()
         });
         tests[1].iteration = 2;
         tests[2].duration = Duration::from_millis(1);

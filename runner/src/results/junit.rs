@@ -173,7 +173,7 @@ fn resolve_log(dir: &Path, log: &Path) -> PathBuf {
 fn log_tail(path: &Path) -> Option<String> {
     // From the start of a line; never blocking on a FIFO in its place.
     let bytes = crate::schedule::logcap::read_tail(path, TAIL_BYTES).ok()?;
-    let text = strip_ansi(&String::from_utf8_lossy(&bytes));
+    let text = strip_ansi(&crate::console::escape_invalid(&bytes));
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
     (!tail.trim().is_empty()).then_some(tail)
@@ -361,8 +361,8 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), TAIL_LINES);
         assert_eq!(lines[0], "line 52");
-        // Colour codes gone, bad bytes replaced, NUL dropped.
-        assert_eq!(lines[48], "bad utf8 \u{fffd}\u{fffd} end ]]> <x/> & red");
+        // Colour codes gone, bad bytes written as \xNN, NUL dropped.
+        assert_eq!(lines[48], "bad utf8 \\xff\\xfe end ]]> <x/> & red");
         // NASTY's own ESC [31m is a colour code too.
         assert_eq!(lines[49], "a<b>&c\"d'e ]]> fghi/#");
     }

@@ -73,8 +73,8 @@ fn diagnostics(t: &mut String, r: &TestResult) {
     if let Some(s) = &r.subtests {
         let _ = writeln!(
             t,
-            "  subtests: {{pass: {}, fail: {}, skip: {}}}",
-            s.pass, s.fail, s.skip
+            "  subtests: {{pass: {}, fail: {}, skip: {}, xfail: {}, not_run: {}}}",
+            s.pass, s.fail, s.skip, s.xfail, s.not_run
         );
     }
     t.push_str("  ...\n");

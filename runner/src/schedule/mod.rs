@@ -113,6 +113,12 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
     loop {
         while !interrupted && slots.len() < options.jobs.max(1) && next < jobs.len() {
             let job = &jobs[next];
+            // A test that must run alone waits for the running ones to
+            // finish, and nothing starts beside it (order is kept).
+            let alone_running = slots.keys().any(|&i| jobs[i].spec.exclusive);
+            if alone_running || (job.spec.exclusive && !slots.is_empty()) {
+                break;
+            }
             observer.started(job);
             let Some(cmd) = child::command(&job.spec, options, job.timeout, &job.log) else {
                 let result = skipped(job);
@@ -297,28 +303,13 @@ fn finish(job: &Job, mut slot: Slot, names: Option<&debugfs_stats::Names>) -> Te
         reason = Some(format!("timed out after {} s", job.timeout.as_secs_f64()));
     }
     let subtests = crate::subtests::count(&log_text);
-    if let Some(failed) = subtests
-        .as_ref()
-        .filter(|s| status == Status::Fail && !s.failed.is_empty())
-    {
-        let shown: Vec<&str> = failed.failed.iter().take(3).map(String::as_str).collect();
-        let more = (failed.fail as usize).saturating_sub(shown.len());
-        let mut text = format!("{} failed: {}", plural(failed.fail), shown.join("; "));
-        if more > 0 {
-            text += &format!(" (+{more} more)");
-        }
-        reason = Some(match reason {
-            Some(r) => format!("{r}; {text}"),
-            None => text,
-        });
-    }
+    // The test's own words: the skip's reason, the failed assertion or
+    // subtests.
+    let reason = crate::reasons::explain(status, reason, &log_text, subtests.as_ref());
     // Without its log the verdict is not to be trusted.
-    let status = match captured.error {
-        Some(error) => {
-            reason = Some(error);
-            Status::Error
-        }
-        None => status,
+    let (status, reason) = match captured.error {
+        Some(error) => (Status::Error, Some(error)),
+        None => (status, reason),
     };
     TestResult {
         name: job.spec.name.clone(),
@@ -353,14 +344,6 @@ fn core_of(outcome: Option<&guest_outcome::GuestOutcome>, status: Status) -> Opt
     } else {
         let _ = std::fs::remove_file(&core);
         None
-    }
-}
-
-fn plural(n: u32) -> String {
-    if n == 1 {
-        "1 subtest".into()
-    } else {
-        format!("{n} subtests")
     }
 }
 

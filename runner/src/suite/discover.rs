@@ -10,6 +10,7 @@ use ktvmm_vmm::input;
 use ktvmm_vmm::loader::is_guest_kernel;
 
 use super::file::{self, is_suite_file, stem};
+use super::kselftest;
 use super::kut;
 use super::{ExecTest, GuestTest, SuiteError, TestKind, TestSpec};
 
@@ -47,6 +48,11 @@ fn from_path(path: &Path, host: &kut::Host) -> Result<Vec<TestSpec>, SuiteError>
 /// `unittests.cfg`; without any, every guest and executable in it is a test
 /// named by its path in the directory.
 fn from_dir(dir: &Path, host: &kut::Host) -> Result<Vec<TestSpec>, SuiteError> {
+    // A kernel selftests tree lists its own tests: walking it would also
+    // find the helper programs and scripts that are not tests.
+    if let Some(layout) = kselftest::layout(dir) {
+        return kselftest::load(dir, &layout);
+    }
     let mut files = Vec::new();
     walk(dir, &mut files)?;
     files.sort();
@@ -64,6 +70,14 @@ fn from_dir(dir: &Path, host: &kut::Host) -> Result<Vec<TestSpec>, SuiteError> {
             }
         }
         return Ok(tests);
+    }
+    let test_files: Vec<PathBuf> = files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "test"))
+        .cloned()
+        .collect();
+    if !test_files.is_empty() {
+        return kselftest::load_test_files(dir, &test_files);
     }
     let mut tests = Vec::new();
     for path in &files {
@@ -145,6 +159,7 @@ fn plain(path: &Path, name: String, kind: Plain) -> TestSpec {
         timeout: None,
         groups: Vec::new(),
         source: path.to_path_buf(),
+        exclusive: false,
     }
 }
 

@@ -63,6 +63,8 @@ struct RawTest {
     timeout: Option<f64>,
     #[serde(default)]
     groups: Vec<String>,
+    #[serde(default)]
+    exclusive: bool,
 }
 
 /// `memory = 256` (MiB) or `memory = "1G"`.
@@ -288,6 +290,7 @@ fn test(
         timeout,
         groups,
         source: source.to_path_buf(),
+        exclusive: raw.exclusive,
     })
 }
 

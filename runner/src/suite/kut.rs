@@ -225,6 +225,7 @@ fn spec(entry: &Entry, dir: &Path, source: &Path, host: &Host) -> Result<TestSpe
         timeout: Some(timeout),
         groups: entry.groups.clone(),
         source: source.to_path_buf(),
+        exclusive: false,
     })
 }
 
@@ -425,7 +426,7 @@ impl QemuParams {
 }
 
 /// Splits like a POSIX shell (quotes and backslashes; no expansion).
-fn shell_words(text: &str) -> Result<Vec<String>, String> {
+pub(crate) fn shell_words(text: &str) -> Result<Vec<String>, String> {
     let mut words = Vec::new();
     let mut word: Option<String> = None;
     let mut chars = text.chars();

@@ -3,6 +3,7 @@
 
 pub mod discover;
 pub mod file;
+pub mod kselftest;
 pub mod kut;
 pub mod kut_env;
 
@@ -24,6 +25,9 @@ pub struct TestSpec {
     pub groups: Vec<String>,
     /// The suite file (or path on the command line) that defined it.
     pub source: PathBuf,
+    /// Runs with nothing else running (a performance test that other tests
+    /// would slow past its limit).
+    pub exclusive: bool,
 }
 
 /// How a test runs.
