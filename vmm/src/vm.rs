@@ -414,6 +414,7 @@ impl Vm {
             let (stop, report, tx) = (stop.clone(), report.clone(), tx.clone());
             let spawned = thread::Builder::new()
                 .name(format!("vcpu{index}"))
+                .stack_size(VCPU_STACK)
                 .spawn(move || {
                     // KVM and its backends name the vCPU thread in what
                     // they log; a hang report keeps those lines.
@@ -581,6 +582,11 @@ impl Vm {
         liveness::dead(&states, liveness::ioapic_delivers_nmi(&self._vm))
     }
 }
+
+/// A vCPU thread's stack: device emulation is shallow, and the default
+/// 2 MiB per thread would make a 1000-vCPU VM reserve 2 GB of address
+/// space (more than a test's memory limit, or a small host, allows).
+const VCPU_STACK: usize = 512 << 10;
 
 /// How often the run loop checks whether the guest can still run.
 const LIVENESS_PERIOD: Duration = Duration::from_millis(500);
