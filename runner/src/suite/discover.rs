@@ -25,7 +25,7 @@ pub fn discover(paths: &[PathBuf], host: &kut::Host) -> Result<Vec<TestSpec>, Su
 }
 
 fn from_path(path: &Path, host: &kut::Host) -> Result<Vec<TestSpec>, SuiteError> {
-    let meta = fs::metadata(path).map_err(|e| path_error(path, e.to_string()))?;
+    let meta = fs::metadata(path).map_err(|e| SuiteError::path(path, e.to_string()))?;
     if meta.is_dir() {
         return from_dir(path, host);
     }
@@ -37,7 +37,7 @@ fn from_path(path: &Path, host: &kut::Host) -> Result<Vec<TestSpec>, SuiteError>
     }
     match classify(path)? {
         Some(kind) => Ok(vec![plain(path, stem(path), kind)]),
-        None => Err(path_error(
+        None => Err(SuiteError::path(
             path,
             "neither a suite file (ktvmm.toml, *.ktvmm.toml), a guest ELF nor an executable".into(),
         )),
@@ -88,7 +88,7 @@ fn from_dir(dir: &Path, host: &kut::Host) -> Result<Vec<TestSpec>, SuiteError> {
         }
     }
     if tests.is_empty() {
-        return Err(path_error(
+        return Err(SuiteError::path(
             dir,
             "no suite files (ktvmm.toml, *.ktvmm.toml), guest ELFs or executables in it".into(),
         ));
@@ -99,16 +99,16 @@ fn from_dir(dir: &Path, host: &kut::Host) -> Result<Vec<TestSpec>, SuiteError> {
 /// Regular files under `dir`, skipping hidden entries and not following
 /// symbolic links to directories (no loops).
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), SuiteError> {
-    let entries = fs::read_dir(dir).map_err(|e| path_error(dir, e.to_string()))?;
+    let entries = fs::read_dir(dir).map_err(|e| SuiteError::path(dir, e.to_string()))?;
     for entry in entries {
-        let entry = entry.map_err(|e| path_error(dir, e.to_string()))?;
+        let entry = entry.map_err(|e| SuiteError::path(dir, e.to_string()))?;
         if entry.file_name().to_string_lossy().starts_with('.') {
             continue;
         }
         let path = entry.path();
         let kind = entry
             .file_type()
-            .map_err(|e| path_error(&path, e.to_string()))?;
+            .map_err(|e| SuiteError::path(&path, e.to_string()))?;
         if kind.is_dir() {
             walk(&path, out)?;
         } else if path.is_file() {
@@ -175,13 +175,6 @@ fn check_unique(tests: &[TestSpec]) -> Result<(), SuiteError> {
         }
     }
     Ok(())
-}
-
-fn path_error(path: &Path, message: String) -> SuiteError {
-    SuiteError::Path {
-        path: path.to_path_buf(),
-        message,
-    }
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ fn target_of(dir: &Path) -> Option<(PathBuf, String)> {
 pub fn load(dir: &Path, layout: &Layout) -> Result<Vec<TestSpec>, SuiteError> {
     // Tests start in their own directory: a relative path would then be
     // looked up from there.
-    let dir = &std::path::absolute(dir).map_err(|e| path_error(dir, e.to_string()))?;
+    let dir = &std::path::absolute(dir).map_err(|e| SuiteError::path(dir, e.to_string()))?;
     let mut listed = Vec::new();
     match layout {
         Layout::Install => listed = install_list(dir)?,
@@ -98,7 +98,7 @@ pub fn load(dir: &Path, layout: &Layout) -> Result<Vec<TestSpec>, SuiteError> {
         Layout::Root => {
             let targets = std::env::var("TARGETS").unwrap_or_default();
             if targets.trim().is_empty() {
-                return Err(path_error(
+                return Err(SuiteError::path(
                     dir,
                     "a kernel selftests directory: say which targets to run, as make does \
                      (TARGETS=\"kvm vfio\" ktvmm test DIR), or give a target's directory \
@@ -109,7 +109,7 @@ pub fn load(dir: &Path, layout: &Layout) -> Result<Vec<TestSpec>, SuiteError> {
             for target in targets.split_whitespace() {
                 let target_dir = dir.join(target);
                 if !target_dir.join("Makefile").is_file() {
-                    return Err(path_error(
+                    return Err(SuiteError::path(
                         &target_dir,
                         format!("TARGETS names '{target}', which has no Makefile here"),
                     ));
@@ -235,7 +235,7 @@ fn make_lists(dir: &Path) -> Result<String, SuiteError> {
         \t$(info ktvmm-gen-progs: $(TEST_GEN_PROGS) $(TEST_CUSTOM_PROGS))\n\
         \t$(info ktvmm-progs: $(TEST_PROGS))\n\t@:\n";
     let makefile = dir.join("Makefile");
-    let fail = |message: String| path_error(&makefile, message);
+    let fail = |message: String| SuiteError::path(&makefile, message);
     let mut child = Command::new("make")
         .args(["-s", "--no-print-directory", "-C"])
         .arg(dir)
@@ -501,13 +501,6 @@ pub fn load_test_files(dir: &Path, files: &[PathBuf]) -> Result<Vec<TestSpec>, S
         });
     }
     Ok(tests)
-}
-
-fn path_error(path: &Path, message: String) -> SuiteError {
-    SuiteError::Path {
-        path: path.to_path_buf(),
-        message,
-    }
 }
 
 #[cfg(test)]

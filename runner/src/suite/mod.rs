@@ -7,7 +7,7 @@ pub mod kselftest;
 pub mod kut;
 pub mod kut_env;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ktvmm_vmm::boot::Protocol;
@@ -177,6 +177,16 @@ pub enum SuiteError {
         /// Where the second came from.
         second: PathBuf,
     },
+}
+
+impl SuiteError {
+    /// `path` is unusable because of `message`.
+    pub fn path(path: &Path, message: String) -> Self {
+        SuiteError::Path {
+            path: path.to_path_buf(),
+            message,
+        }
+    }
 }
 
 /// Mutated suite files and `unittests.cfg` texts, from a fixed seed: every

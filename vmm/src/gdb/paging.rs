@@ -5,13 +5,11 @@
 
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::long_mode::{CR0_PG, CR4_PAE, EFER_LMA};
 use crate::memory::GuestMemory;
 
-const CR0_PG: u64 = 1 << 31;
 const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
 const CR4_LA57: u64 = 1 << 12;
-const EFER_LMA: u64 = 1 << 10;
 const PRESENT: u64 = 1;
 const PAGE_SIZE_BIT: u64 = 1 << 7;
 /// Physical address bits an entry can hold (bits 51:12).

@@ -403,13 +403,7 @@ impl MultiThreadResume for GuestTarget {
         tid: Tid,
         signal: Option<Signal>,
     ) -> Result<(), Self::Error> {
-        if signal.is_some() {
-            return Err("a guest cannot be sent a signal");
-        }
-        if let Some(action) = self.resume.get_mut(cpu_of(tid)) {
-            *action = Resume::Continue;
-        }
-        Ok(())
+        self.set_action(tid, signal, Resume::Continue)
     }
 
     fn support_single_step(&mut self) -> Option<MultiThreadSingleStepOps<'_, Self>> {
@@ -430,13 +424,7 @@ impl MultiThreadSingleStep for GuestTarget {
         tid: Tid,
         signal: Option<Signal>,
     ) -> Result<(), Self::Error> {
-        if signal.is_some() {
-            return Err("a guest cannot be sent a signal");
-        }
-        if let Some(action) = self.resume.get_mut(cpu_of(tid)) {
-            *action = Resume::Step;
-        }
-        Ok(())
+        self.set_action(tid, signal, Resume::Step)
     }
 }
 
@@ -523,6 +511,21 @@ impl HwWatchpoint for GuestTarget {
 }
 
 impl GuestTarget {
+    fn set_action(
+        &mut self,
+        tid: Tid,
+        signal: Option<Signal>,
+        how: Resume,
+    ) -> Result<(), &'static str> {
+        if signal.is_some() {
+            return Err("a guest cannot be sent a signal");
+        }
+        if let Some(action) = self.resume.get_mut(cpu_of(tid)) {
+            *action = how;
+        }
+        Ok(())
+    }
+
     fn take_slot(&mut self, slot: Slot) -> bool {
         match self.slots.iter_mut().find(|s| s.is_none()) {
             Some(free) => {
