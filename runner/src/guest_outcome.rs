@@ -3,7 +3,6 @@
 //! process's exit status: the status keeps only 8 bits, and a guest may
 //! write any of ktvmm's reserved codes itself.
 
-use std::io::Read;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -38,15 +37,15 @@ pub struct GuestOutcome {
 /// The record at `path`; `None` when there is none (ktvmm died before it
 /// could write one), an error when it is there but unreadable.
 pub fn read(path: &Path) -> Option<Result<GuestOutcome, String>> {
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => return Some(Err(format!("{}: {e}", path.display()))),
-    };
-    let mut text = String::new();
-    if let Err(e) = file.take(MAX_BYTES).read_to_string(&mut text) {
-        return Some(Err(format!("{}: {e}", path.display())));
+    if !path.exists() {
+        return None;
     }
+    // Through the one bounded reader: a FIFO planted in its place cannot
+    // block the runner, nor a huge file fill its memory.
+    let text = match ktvmm_vmm::input::read_text(path, MAX_BYTES, "an outcome file") {
+        Ok(text) => text,
+        Err(e) => return Some(Err(e.to_string())),
+    };
     Some(serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display())))
 }
 
