@@ -245,7 +245,8 @@ pub struct DiffArgs {
     pub before: PathBuf,
     /// The later run.
     pub after: PathBuf,
-    /// List a KVM counter when it moved by at least this factor...
+    /// List a KVM counter (or a test's duration) when it moved by at
+    /// least this factor...
     #[arg(long, default_value_t = 2.0, value_name = "X")]
     pub counter_factor: f64,
     /// ...and by at least this many (both must hold).

@@ -127,7 +127,10 @@ fn compare(a: &ResultsFile, b: &ResultsFile, threshold: Threshold) -> Report {
     let mut durations: Vec<(&str, Duration, Duration)> = vb
         .iter()
         .filter_map(|(name, rb)| va.get(name).map(|ra| (*name, ra.duration, rb.duration)))
-        .filter(|(_, da, db)| da.abs_diff(*db) >= MIN_DURATION_CHANGE)
+        // As for counters: moved by the factor, and by enough to matter.
+        .filter(|(_, da, db)| {
+            da.abs_diff(*db) >= MIN_DURATION_CHANGE && time_ratio(*da, *db) >= threshold.factor
+        })
         .collect();
     durations.sort_by_key(|(_, da, db)| std::cmp::Reverse(da.abs_diff(*db)));
     durations.truncate(DURATION_ROWS);
@@ -156,7 +159,15 @@ fn compare(a: &ResultsFile, b: &ResultsFile, threshold: Threshold) -> Report {
     section("KVM counters that changed", &counter_lines);
     let duration_lines: Vec<String> = durations
         .iter()
-        .map(|(n, da, db)| format!("  {n}: {} -> {}", seconds(*da), seconds(*db)))
+        .map(|(n, da, db)| {
+            let how = if db >= da { "x" } else { "/" };
+            let ratio = time_ratio(*da, *db);
+            format!(
+                "  {n}: {} -> {} ({how}{ratio:.1})",
+                seconds(*da),
+                seconds(*db)
+            )
+        })
         .collect();
     section("biggest duration changes", &duration_lines);
     text += &environments(&a.meta, &b.meta);
@@ -175,6 +186,12 @@ fn compare(a: &ResultsFile, b: &ResultsFile, threshold: Threshold) -> Report {
         regressions,
         counters_up,
     }
+}
+
+/// The longer of two durations over the shorter (a millisecond at least).
+fn time_ratio(a: Duration, b: Duration) -> f64 {
+    let floor = Duration::from_millis(1);
+    a.max(b).as_secs_f64() / a.min(b).max(floor).as_secs_f64()
 }
 
 /// A KVM counter of one test that moved.
@@ -397,7 +414,7 @@ mod tests {
         );
         assert!(t.contains("new tests (1):\n  comes"), "{t}");
         assert!(t.contains("vanished tests (1):\n  goes"), "{t}");
-        assert!(t.contains("stays: 1.50 s -> 9.00 s"), "{t}");
+        assert!(t.contains("stays: 1.50 s -> 9.00 s (x6.0)"), "{t}");
         assert!(t.contains("* kvm_intel.ept  Y | N"), "{t}");
         assert!(t.contains("  KVM module"), "{t}");
     }
