@@ -133,21 +133,12 @@ fn testcase(x: &mut String, dir: &Path, r: &TestResult) {
     x.push_str("    </testcase>\n");
 }
 
-/// The command line as a shell would take it back: words with anything
-/// but plain characters single-quoted, so one with a space stays one.
+/// The command line as a shell would take it back (shlex's quoting: a word
+/// with a space stays one word, `$` and backquotes stay literal).
 pub fn shell_quote(words: &[String]) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
-    words
-        .iter()
-        .map(|w| {
-            if !w.is_empty() && w.chars().all(plain) {
-                w.clone()
-            } else {
-                format!("'{}'", w.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    // A NUL cannot be in an argument at all; shlex refuses it, so drop it.
+    let words: Vec<String> = words.iter().map(|w| w.replace('\0', "")).collect();
+    shlex::try_join(words.iter().map(String::as_str)).unwrap_or_default()
 }
 
 /// `ktvmm`, plus the test's path-like prefix (`x86/apic` → `ktvmm.x86`), so
@@ -179,25 +170,11 @@ fn log_tail(path: &Path) -> Option<String> {
     (!tail.trim().is_empty()).then_some(tail)
 }
 
-/// Removes ANSI CSI sequences (`ESC [ params final`), colour codes mostly,
-/// which would otherwise leave `[31m` litter once the ESC is stripped.
+/// Removes ANSI escape sequences (colour codes mostly, but also OSC titles
+/// and the rest `strip-ansi-escapes` knows), which would otherwise leave
+/// `[31m` litter once the ESC is stripped.
 fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' && chars.peek() == Some(&'[') {
-            chars.next();
-            // Parameters and intermediates run to a final byte in @..~.
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    strip_ansi_escapes::strip_str(s)
 }
 
 /// Whether XML 1.0 allows `c` at all (its `Char` production; Rust `char`s
@@ -418,6 +395,11 @@ mod tests {
 
     #[test]
     fn escapers() {
+        // Beyond colour codes: an OSC title sequence goes too.
+        assert_eq!(
+            strip_ansi("\x1b]0;title\x07ok \x1b[1;31mred\x1b[0m"),
+            "ok red"
+        );
         assert_eq!(
             text("a&b<c>d\"e'f\rg\th\ni\u{0}j\u{ffff}"),
             "a&amp;b&lt;c&gt;d\"e'f&#13;g\th\nij"
@@ -436,7 +418,39 @@ mod tests {
     #[test]
     fn command_line_is_quoted() {
         let words = ["ktvmm", "test", "-k", "a b", "it's", ""].map(String::from);
-        assert_eq!(shell_quote(&words), r"ktvmm test -k 'a b' 'it'\''s' ''");
+        // shlex quotes a word with an apostrophe in double quotes where we
+        // wrote 'it'\''s': the same word to any POSIX shell.
+        assert_eq!(shell_quote(&words), r#"ktvmm test -k 'a b' "it's" ''"#);
+        // What matters: a shell reads back exactly the words.
+        let nasty = [
+            "plain",
+            "a b",
+            "it's",
+            "",
+            "$HOME",
+            "`id`",
+            "a\"b",
+            "tab\there",
+            "new\nline",
+            "*",
+            "~",
+            "!x",
+            "semi;colon",
+            "ünïcode",
+            "--x=1",
+        ]
+        .map(String::from);
+        let script = format!("printf '%s\\0' {}", shell_quote(&nasty));
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        let back: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .split_terminator('\0')
+            .map(String::from)
+            .collect();
+        assert_eq!(back, nasty);
     }
 
     #[test]
