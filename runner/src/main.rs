@@ -39,6 +39,7 @@ mod envs;
 mod expect;
 mod fuzz_cmd;
 mod guest_outcome;
+mod helper_cmd;
 mod interrupt;
 mod kvm_env;
 mod qemu_probe;

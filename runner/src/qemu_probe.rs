@@ -6,10 +6,8 @@
 //! failure would give a wrong verdict.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ktvmm_vmm::test_images::{elf32_multiboot, exit_with};
 
@@ -178,38 +176,10 @@ fn probe(kernel: &Path, tcg: bool, model: &str) -> Result<(), String> {
     guest.vmm = Vmm::Qemu { tcg };
     guest.cpu = Some(model.to_string());
     guest.mem_mib = 32;
-    let mut cmd: Command = crate::schedule::qemu_command(&guest);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
+    let cmd = crate::schedule::qemu_command(&guest);
+    let ran = crate::helper_cmd::run(cmd, b"", PROBE_TIMEOUT, MAX_STDERR)
         .map_err(|e| format!("cannot start {}: {e}", crate::envs::QEMU))?;
-    let mut stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(err) = stderr.as_mut() {
-            let _ = err.take(MAX_STDERR).read_to_string(&mut text);
-            // Keep draining so QEMU never blocks on a full pipe.
-            let _ = std::io::copy(err, &mut std::io::sink());
-        }
-        text
-    });
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if started.elapsed() < PROBE_TIMEOUT => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    let said = reader.join().unwrap_or_default();
+    let (status, said) = (ran.status, ran.stderr);
     match status.map(|s| s.code()) {
         // isa-debug-exit: (0 << 1) | 1.
         Some(Some(1)) => Ok(()),

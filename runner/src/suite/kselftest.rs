@@ -18,8 +18,8 @@
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use super::{ExecTest, SuiteError, TestKind, TestSpec};
 
@@ -236,41 +236,19 @@ fn make_lists(dir: &Path) -> Result<String, SuiteError> {
         \t$(info ktvmm-progs: $(TEST_PROGS))\n\t@:\n";
     let makefile = dir.join("Makefile");
     let fail = |message: String| SuiteError::path(&makefile, message);
-    let mut child = Command::new("make")
-        .args(["-s", "--no-print-directory", "-C"])
+    let mut cmd = Command::new("make");
+    cmd.args(["-s", "--no-print-directory", "-C"])
         .arg(dir)
-        .args(["-f", "Makefile", "-f", "-", "ktvmm-list-tests"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .args(["-f", "Makefile", "-f", "-", "ktvmm-list-tests"]);
+    let ran = crate::helper_cmd::run(cmd, RULE.as_bytes(), MAKE_TIMEOUT, MAX_MAKE_OUTPUT)
         .map_err(|e| fail(format!("cannot run make to list its tests: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        use std::io::Write;
-        let _ = stdin.write_all(RULE.as_bytes());
-    }
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let readers = [stdout.map(read_capped), stderr.map(read_capped)];
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() < MAKE_TIMEOUT => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail(format!(
-                    "make did not list its tests within {} s",
-                    MAKE_TIMEOUT.as_secs()
-                )));
-            }
-            Err(e) => return Err(fail(format!("waiting for make: {e}"))),
-        }
+    let Some(status) = ran.status else {
+        return Err(fail(format!(
+            "make did not list its tests within {} s",
+            MAKE_TIMEOUT.as_secs()
+        )));
     };
-    let [out, err] = readers.map(|r| r.and_then(|h| h.join().ok()).unwrap_or_default());
+    let (out, err) = (ran.stdout, ran.stderr);
     if !status.success() {
         let said = err
             .lines()
@@ -282,14 +260,6 @@ fn make_lists(dir: &Path) -> Result<String, SuiteError> {
         )));
     }
     Ok(out)
-}
-
-fn read_capped(pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.take(MAX_MAKE_OUTPUT).read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
 }
 
 /// `timeout=N` from a collection's `settings` file (the runner reads each
