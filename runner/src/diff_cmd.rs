@@ -190,8 +190,13 @@ fn compare(a: &ResultsFile, b: &ResultsFile, threshold: Threshold) -> Report {
 
 /// The longer of two durations over the shorter (a millisecond at least).
 fn time_ratio(a: Duration, b: Duration) -> f64 {
-    let floor = Duration::from_millis(1);
-    a.max(b).as_secs_f64() / a.min(b).max(floor).as_secs_f64()
+    ratio(a.as_secs_f64(), b.as_secs_f64(), 0.001)
+}
+
+/// The larger of two values over the smaller, the smaller taken as at
+/// least `floor` (a change from nothing is not infinite).
+fn ratio(a: f64, b: f64, floor: f64) -> f64 {
+    a.max(b) / a.min(b).max(floor)
 }
 
 /// A KVM counter of one test that moved.
@@ -205,8 +210,7 @@ struct CounterChange<'a> {
 impl CounterChange<'_> {
     /// The larger value over the smaller; from 0, as from 1.
     fn ratio(&self) -> f64 {
-        let (lo, hi) = (self.before.min(self.after), self.before.max(self.after));
-        hi as f64 / lo.max(1) as f64
+        ratio(self.before as f64, self.after as f64, 1.0)
     }
 }
 

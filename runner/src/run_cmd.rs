@@ -233,9 +233,15 @@ struct Run<'a> {
     core: Option<&'a Path>,
 }
 
-/// Whether a run passed or skipped by the guest's own word (no core then).
+/// Whether a run passed or skipped by the guest's own word (no core then),
+/// as `ktvmm test` judges a guest's code.
 fn passed(outcome: &Outcome) -> bool {
-    matches!(outcome, Outcome::GuestExit { code: 0 | 77 })
+    use crate::verdict::{Status, guest_code_status};
+    let Outcome::GuestExit { code } = outcome else {
+        return false;
+    };
+    let (status, _) = guest_code_status(u64::from(*code), crate::suite::ExitCodes::Ktvmm);
+    matches!(status, Status::Pass | Status::Skip)
 }
 
 /// Writes the guest's core to `path`.
