@@ -262,24 +262,21 @@ fn a_guest_that_can_never_run_again_ends_at_once() {
 fn a_guest_that_does_not_pass_leaves_a_core_gdb_opens() {
     let dir = scratch("core");
     let core = dir.join("hang.core");
-    let outcome_path = dir.join("outcome.json");
-    let (output, _) = run(&[
-        "run",
-        "bundled:hang",
-        "-smp",
-        "2",
-        "--timeout",
-        "1",
-        "--core",
-        core.to_str().unwrap(),
-        "--json-outcome",
-        outcome_path.to_str().unwrap(),
-    ]);
-    let (code, _, stderr) = parts(&output);
+    let (code, stderr, outcome, _) = run_with_outcome(
+        &dir,
+        &[
+            "run",
+            "bundled:hang",
+            "-smp",
+            "2",
+            "--timeout",
+            "1",
+            "--core",
+            core.to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, 124, "{stderr}");
     assert!(stderr.contains("guest core written to"), "{stderr}");
-    let outcome: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&outcome_path).unwrap()).unwrap();
     assert_eq!(outcome["core"], core.display().to_string());
     let bytes = std::fs::read(&core).unwrap();
     assert_eq!(&bytes[..4], b"\x7fELF");
@@ -389,20 +386,14 @@ fn a_guest_code_too_wide_for_an_exit_status_never_passes() {
         })
         .chain([(vec![straddling.as_str()], 0x100u64)]);
     for (guest_args, code) in cases {
-        let outcome_path = dir.join("outcome.json");
         let mut args = vec!["run"];
         args.extend(&guest_args);
-        let outcome_arg = outcome_path.display().to_string();
-        args.extend(["--json-outcome", &outcome_arg]);
-        let (output, _) = run(&args);
-        let (got, _, stderr) = parts(&output);
+        let (got, stderr, outcome, _) = run_with_outcome(&dir, &args);
         assert_eq!(got, 123, "{guest_args:?}: {stderr}");
         assert!(
             stderr.contains(&format!("exit code {code}")) && stderr.contains("does not fit"),
             "{stderr}"
         );
-        let outcome: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&outcome_path).unwrap()).unwrap();
         assert_eq!(outcome["kind"], "guest_exit");
         assert_eq!(outcome["code"], code);
         assert_eq!(outcome["exit_code"], 123);
@@ -532,17 +523,9 @@ fn pci_configuration_space_answers_for_present_and_absent_slots() {
             name,
             &elf64(LOAD_ADDR, &exit_with_pci_config(address), 0),
         );
-        let json = dir.join("outcome.json");
-        let mut args = vec![
-            "run",
-            guest.as_str(),
-            "--json-outcome",
-            json.to_str().unwrap(),
-        ];
+        let mut args = vec!["run", guest.as_str()];
         args.extend(extra);
-        run(&args);
-        let outcome: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let (_, _, outcome, _) = run_with_outcome(&dir, &args);
         let code = outcome["code"]
             .as_u64()
             .unwrap_or_else(|| panic!("{name}: {outcome}"));

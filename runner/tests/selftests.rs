@@ -163,15 +163,6 @@ fn results(out: &Path) -> Value {
     serde_json::from_str(&text).expect("results.json is JSON")
 }
 
-fn result<'a>(results: &'a Value, name: &str) -> &'a Value {
-    results["tests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == name)
-        .unwrap_or_else(|| panic!("{name} not in {results}"))
-}
-
 #[test]
 fn a_target_build_directory_lists_what_the_kernels_runner_runs() {
     let dir = scratch("kselftest-list");
@@ -228,7 +219,7 @@ fn selftests_run_with_the_kernels_verdicts_and_their_reasons() {
     assert_eq!(code, 1, "{stdout}{stderr}");
     let r = results(&out);
     let verdict = |name: &str| {
-        let t = result(&r, name);
+        let t = common::test_named(&r, name);
         (
             t["status"].as_str().unwrap().to_string(),
             t["reason"].as_str().unwrap_or("").to_string(),
@@ -256,7 +247,7 @@ fn selftests_run_with_the_kernels_verdicts_and_their_reasons() {
             "exit code 1; 2 subtests failed: gamma; epsilon".into()
         )
     );
-    let ktap = &result(&r, "ktap_test")["subtests"];
+    let ktap = &common::test_named(&r, "ktap_test")["subtests"];
     assert_eq!(
         (&ktap["pass"], &ktap["fail"], &ktap["skip"], &ktap["xfail"]),
         (&1.into(), &2.into(), &1.into(), &1.into()),
@@ -436,11 +427,11 @@ fn an_install_directory_runs_its_list_with_each_collections_settings() {
             "vfio:vfio_pci_device_test"
         ]
     );
-    let sleepy = result(&r, "kvm:sleepy_test");
+    let sleepy = common::test_named(&r, "kvm:sleepy_test");
     assert_eq!(sleepy["status"], "timeout");
     assert_eq!(sleepy["reason"], "timed out after 1 s");
     assert!(sleepy["duration_s"].as_f64().unwrap() < 10.0, "{sleepy}");
-    let vfio = result(&r, "vfio:vfio_pci_device_test");
+    let vfio = common::test_named(&r, "vfio:vfio_pci_device_test");
     assert_eq!(
         (&vfio["status"], &vfio["reason"]),
         (
@@ -480,8 +471,11 @@ fn test_files_of_the_kvm_runner() {
         parts(&run(&["test", cases.to_str().unwrap(), "-o", out.to_str().unwrap()]).0);
     assert_eq!(code, 0, "{stdout}{stderr}");
     let r = results(&out);
-    assert_eq!(result(&r, "pass_test")["status"], "pass");
-    assert_eq!(result(&r, "x86/wrapper/default")["status"], "pass");
+    assert_eq!(common::test_named(&r, "pass_test")["status"], "pass");
+    assert_eq!(
+        common::test_named(&r, "x86/wrapper/default")["status"],
+        "pass"
+    );
     let log = std::fs::read_to_string(out.join("logs/x86_wrapper_default.log")).unwrap();
     assert_eq!(log, "helper: two words\n");
 
@@ -509,7 +503,7 @@ fn a_guests_skip_reason_is_its_own() {
         parts(&run(&["test", suite.to_str().unwrap(), "-o", out.to_str().unwrap()]).0);
     assert_eq!(code, 0, "{stdout}{stderr}");
     let r = results(&out);
-    let t = result(&r, "skipper");
+    let t = common::test_named(&r, "skipper");
     assert_eq!(
         (&t["status"], &t["reason"]),
         (&"skip".into(), &"exitcode: skip (requested)".into())

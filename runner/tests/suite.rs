@@ -28,12 +28,7 @@ fn results(dir: &Path) -> Value {
 }
 
 fn status_of(results: &Value, name: &str) -> String {
-    results["tests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == name)
-        .unwrap_or_else(|| panic!("{name} not in {results}"))["status"]
+    common::test_named(results, name)["status"]
         .as_str()
         .unwrap()
         .to_string()
@@ -137,12 +132,8 @@ fn verdicts_come_from_the_guests_code_not_the_exit_status() {
     assert_eq!(code, 1, "{stdout}");
     let results = results(&dir);
     let reason_of = |name: &str| {
-        results["tests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == name)
-            .and_then(|t| t["reason"].as_str())
+        common::test_named(&results, name)["reason"]
+            .as_str()
             .unwrap_or_default()
             .to_string()
     };
@@ -188,19 +179,9 @@ fn every_outcome_is_reported_and_summarised() {
             "no {label} line for {name}:\n{stdout}"
         );
     }
-    let tap = results["tests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "prog-tap")
-        .unwrap();
+    let tap = common::test_named(&results, "prog-tap");
     // Hang forensics: where the timed-out guest's vCPU was.
-    let hang = results["tests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "guest-hang")
-        .unwrap();
+    let hang = common::test_named(&results, "guest-hang");
     let vcpu = &hang["forensics"][0];
     assert_eq!(vcpu["cpu"], 0, "{hang}");
     assert_eq!(vcpu["mode"], "long", "{hang}");
@@ -661,12 +642,7 @@ fn diff_names_kvm_counters_that_moved_and_can_gate_on_them() {
     let results: Value =
         serde_json::from_str(&std::fs::read_to_string(after.join("results.json")).unwrap())
             .unwrap();
-    let io = results["tests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "io")
-        .unwrap();
+    let io = common::test_named(&results, "io");
     let exits = io["kvm_stats"]["vcpu"]["exits"].as_u64();
     if exits.is_none() {
         // Only a kernel without binary statistics may leave them out.
@@ -717,15 +693,7 @@ fn host_programs_get_kvm_counters_from_debugfs_or_a_notice_why_not() {
     let (code, stdout, _) = test_in(&dir, &[&suite]);
     assert_eq!(code, 0, "{stdout}");
     let results = results(&dir);
-    let stats_of = |name: &str| {
-        results["tests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == name)
-            .map(|t| t["kvm_stats"].clone())
-            .unwrap()
-    };
+    let stats_of = |name: &str| common::test_named(&results, name)["kvm_stats"].clone();
     let notices = stdout
         .matches("notice: no KVM counters for host programs")
         .count();
@@ -758,15 +726,7 @@ fn cores_are_kept_for_the_guests_that_did_not_pass() {
     let (code, stdout, _) = test_in(&dir, &["--cores", &suite]);
     assert_eq!(code, 1, "{stdout}");
     let results = results(&dir);
-    let core_of = |name: &str| {
-        results["tests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == name)
-            .map(|t| t["core"].clone())
-            .unwrap()
-    };
+    let core_of = |name: &str| common::test_named(&results, name)["core"].clone();
     let core = core_of("hangs");
     let core = Path::new(core.as_str().expect("a core for the hung guest"));
     assert!(core.exists(), "{}", core.display());
@@ -1048,12 +1008,7 @@ fn a_kvm_unit_tests_cfg_runs_with_kuts_environment_file() {
     let results = results(&dir);
     assert_eq!(status_of(&results, "pass"), "pass", "{stdout}");
     assert_eq!(status_of(&results, "elsewhere"), "skip", "{stdout}");
-    let mods = results["tests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "mods")
-        .unwrap();
+    let mods = common::test_named(&results, "mods");
     assert_eq!(mods["exit_code"], 1, "one module: {mods}");
     let env = std::fs::read_to_string(dir.join("out/kut-env.1")).expect("the environment file");
     assert!(env.contains("\nKERNEL_VERSION="), "{env}");

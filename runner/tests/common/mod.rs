@@ -59,6 +59,16 @@ pub fn gdb_usable(test: &str) -> bool {
     optional_tool(test, "KTVMM_REQUIRE_GDB", usable)
 }
 
+/// The test named `name` in a `results.json` value.
+pub fn test_named<'a>(results: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    results["tests"]
+        .as_array()
+        .expect("results.json has tests")
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {results}"))
+}
+
 /// Runs `ktvmm` with `args`; returns the output and how long it took.
 pub fn run(args: &[&str]) -> (Output, Duration) {
     let started = Instant::now();
