@@ -114,7 +114,7 @@ pub fn qemu_command(g: &GuestTest) -> Command {
         .args(["-device", "pci-testdev", "-device", "edu"])
         .args(["-machine", accel])
         .args(["-smp", &g.smp.to_string(), "-m", &g.mem_mib.to_string()])
-        .args(["-cpu", g.cpu.as_deref().unwrap_or("max")])
+        .args(["-cpu", crate::qemu_probe::model_of(g)])
         .arg("-kernel")
         .arg(&g.guest);
     if !g.append.is_empty() {

@@ -32,7 +32,6 @@ use crate::memory::GuestMemory;
 /// The x86 debug registers' four address slots.
 const SLOTS: usize = 4;
 const INT3: u8 = 0xcc;
-const DR6_BS: u64 = 1 << 14;
 
 /// What a debug-register slot watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,7 +142,7 @@ impl GuestTarget {
                 None => {}
             }
         }
-        let _ = dr6 & DR6_BS; // a single step, or a trap we did not set
+        // No slot's bit: a single step (DR6.BS), or a trap GDB did not set.
         Stop::SignalWithThread {
             tid,
             signal: Signal::SIGTRAP,
