@@ -23,7 +23,7 @@ fn main() {
         "guests/.cargo",
         "guests/ktest",
         "guests/suite",
-        "vmm/abi",
+        "abi",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }

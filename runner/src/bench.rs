@@ -202,7 +202,7 @@ const PLANTED_SEEDS: u64 = 5;
 /// The fuzz harness: throughput against the in-process floor, coverage of
 /// a fixed-seed run and whether it repeats, time to the planted bug.
 fn fuzz_bench(inputs: u64, runs: u32) -> Result<u8> {
-    use ktvmm_vmm::fuzz::Campaign;
+    use ktvmm_fuzz::Campaign;
     let started = Instant::now();
     for _ in 0..runs * 10 {
         ktvmm_vmm::floor::run_once().map_err(|e| anyhow::anyhow!("raw KVM floor: {e}"))?;
@@ -266,12 +266,11 @@ fn fuzz_bench(inputs: u64, runs: u32) -> Result<u8> {
 
     for seed in 0..PLANTED_SEEDS {
         let report = campaign(seed, 200_000, true).run()?;
-        match report.found.iter().find(|f| {
-            matches!(
-                f.reproducer.finding,
-                ktvmm_vmm::fuzz::Finding::VmmPanic { .. }
-            )
-        }) {
+        match report
+            .found
+            .iter()
+            .find(|f| matches!(f.reproducer.finding, ktvmm_fuzz::Finding::VmmPanic { .. }))
+        {
             Some(found) => outln!(
                 "planted bug, seed {seed}: found after {:.2} s ({} inputs)",
                 found.after.as_secs_f64(),

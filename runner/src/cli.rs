@@ -77,8 +77,8 @@ pub struct RunArgs {
     pub no_testdevs: bool,
     /// The CPU model, as QEMU spells it: max, host or qemu64, then
     /// +flag/-flag and vendor=... edits (QEMU: -cpu).
-    #[arg(long, value_name = "MODEL", default_value = "max", value_parser = ktvmm_vmm::cpu_model::parse)]
-    pub cpu: ktvmm_vmm::cpu_model::CpuSpec,
+    #[arg(long, value_name = "MODEL", default_value = "max", value_parser = ktvmm_vmm::cpu::model::parse)]
+    pub cpu: ktvmm_vmm::cpu::model::CpuSpec,
     /// Leave out the PIT (QEMU: -machine pit=off).
     #[arg(long)]
     pub no_pit: bool,

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use ktvmm_vmm::Outcome;
-use ktvmm_vmm::outcome::EXIT_TIMEOUT;
+use ktvmm_vmm::run::outcome::EXIT_TIMEOUT;
 
 const SETUP: u8 = 0;
 const RUNNING: u8 = 1;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ktvmm_vmm::fuzz::{Campaign, ExecOptions, Executor, Reproducer, minimise};
+use ktvmm_fuzz::{Campaign, ExecOptions, Executor, Reproducer, minimise};
 use ktvmm_vmm::input;
 
 use crate::cli::FuzzArgs;

@@ -56,7 +56,7 @@ mod verdict;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ktvmm_vmm::outcome::EXIT_VMM_ERROR;
+use ktvmm_vmm::run::outcome::EXIT_VMM_ERROR;
 
 /// Writes a usage error to stderr, never panicking.
 fn out_or_err(message: &str) {

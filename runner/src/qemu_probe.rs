@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ktvmm_vmm::test_images::{elf32_multiboot, exit_with};
+use ktvmm_vmm::boot::test_images::{elf32_multiboot, exit_with};
 
 use crate::suite::{GuestTest, TestKind, TestSpec, Vmm};
 

@@ -10,8 +10,8 @@ use ktvmm_vmm::{KernelImage, Outcome, Vm, VmConfig, input};
 use crate::cli::RunArgs;
 use crate::deadline::Deadline;
 use crate::{bundled, detach};
-use ktvmm_vmm::kmsg::{KernelLog, Report};
-use ktvmm_vmm::kvm_stats::KvmCounters;
+use ktvmm_vmm::host::kmsg::{KernelLog, Report};
+use ktvmm_vmm::host::kvm_stats::KvmCounters;
 use std::time::{Duration, Instant};
 
 /// Reads a guest from a file, or from the binary for `bundled:NAME`; a
@@ -110,7 +110,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         ),
     };
     // A hang report includes what the host kernel said meanwhile about
-    // this VM, and the host-wide alarms (see ktvmm_vmm::kmsg).
+    // this VM, and the host-wide alarms (see ktvmm_vmm::host::kmsg).
     let host_log = match (&outcome, kernel_log.as_mut()) {
         (Outcome::Timeout { .. } | Outcome::Hung { .. }, Some(log)) => log.read(),
         _ => Default::default(),

@@ -75,7 +75,7 @@ impl Selection {
     }
 }
 
-pub use ktvmm_vmm::fuzz::rng::SplitMix64;
+pub use ktvmm_fuzz::rng::SplitMix64;
 
 /// Puts `tests` in an order drawn from `seed` (Fisher-Yates with
 /// SplitMix64): reproducible across runs and machines.

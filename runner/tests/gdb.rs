@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{guest_file, ktvmm, scratch, write};
-use ktvmm_vmm::test_images::{SPIN_WITH_INTERRUPTS_OFF, elf32_multiboot, elf64};
+use ktvmm_vmm::boot::test_images::{SPIN_WITH_INTERRUPTS_OFF, elf32_multiboot, elf64};
 
 const LOAD_ADDR: u64 = 0x10_0000;
 const MULTIBOOT_ADDR: u64 = 0x40_0000;

@@ -333,7 +333,7 @@ fn flood_guest(dir: &Path) -> String {
     write(
         dir,
         "flood.elf",
-        &ktvmm_vmm::test_images::elf64(0x10_0000, &code, 0),
+        &ktvmm_vmm::boot::test_images::elf64(0x10_0000, &code, 0),
     )
 }
 
@@ -534,7 +534,7 @@ fn the_timeout_line_is_not_glued_to_the_guests_last_text() {
     let guest = write(
         &dir,
         "unterminated.elf",
-        &ktvmm_vmm::test_images::elf64(0x10_0000, &code, 0),
+        &ktvmm_vmm::boot::test_images::elf64(0x10_0000, &code, 0),
     );
     let suite = format!("[[test]]\nname = \"u\"\nguest = \"{guest}\"\ntimeout = 1\n");
     let (output, on_time, _) = test_run(&dir, &suite, &["-o", "out"], Duration::from_secs(30));
@@ -588,7 +588,7 @@ fn replay_refuses_what_is_not_a_reproducer_or_a_fuzzer_input() {
 
 #[test]
 fn placement_messages_say_what_to_do() {
-    use ktvmm_vmm::test_images::{elf64, exit_with, multiboot_header_with_addresses};
+    use ktvmm_vmm::boot::test_images::{elf64, exit_with, multiboot_header_with_addresses};
     let dir = scratch("placement-messages");
     // Linked where it should be, but 1 TiB large: moving it cannot help.
     let huge = write(&dir, "huge.elf", &elf64(0x10_0000, &exit_with(0), 1 << 40));
@@ -615,7 +615,7 @@ fn placement_messages_say_what_to_do() {
 
 #[test]
 fn a_bad_multiboot_checksum_and_a_directory_guest_are_named() {
-    use ktvmm_vmm::test_images::multiboot_header_with_addresses;
+    use ktvmm_vmm::boot::test_images::multiboot_header_with_addresses;
     let dir = scratch("checksum-and-dir");
     const AT: u32 = 0x40_0000;
     let mut image = multiboot_header_with_addresses([AT, AT, 0, AT + 0x100, AT + 32]);

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{guest_file, ktvmm, parts, run, scratch, write};
-use ktvmm_vmm::test_images::{
+use ktvmm_vmm::boot::test_images::{
     EXIT_WITH_CMDLINE_BYTE, EXIT_WITH_EAX, SPIN_WITH_INTERRUPTS_OFF, elf32_multiboot, elf64,
     exit_with, exit_with_fw_cfg_byte, exit_with_multiboot_field, exit_with_pci_config,
     exit_with_word_at, start_aps_and_count,

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{ktvmm, parts, run, scratch, write};
-use ktvmm_vmm::test_images::{SPIN_WITH_INTERRUPTS_OFF, elf64, exit_with};
+use ktvmm_vmm::boot::test_images::{SPIN_WITH_INTERRUPTS_OFF, elf64, exit_with};
 use serde_json::Value;
 
 const LOAD_ADDR: u64 = 0x10_0000;
@@ -647,7 +647,7 @@ fn diff_names_kvm_counters_that_moved_and_can_gate_on_them() {
     if exits.is_none() {
         // Only a kernel without binary statistics may leave them out.
         assert!(
-            !ktvmm_vmm::kvm_stats::offered(),
+            !ktvmm_vmm::host::kvm_stats::offered(),
             "KVM offers statistics, results.json has none: {io}"
         );
         return;
@@ -864,12 +864,12 @@ fn the_same_multiboot_guest_runs_under_ktvmm_and_qemu() {
     write(
         &dir,
         "pass.flat",
-        &ktvmm_vmm::test_images::elf32_multiboot(0x40_0000, &exit_with(0), 0),
+        &ktvmm_vmm::boot::test_images::elf32_multiboot(0x40_0000, &exit_with(0), 0),
     );
     write(
         &dir,
         "fail.flat",
-        &ktvmm_vmm::test_images::elf32_multiboot(0x40_0000, &exit_with(1), 0),
+        &ktvmm_vmm::boot::test_images::elf32_multiboot(0x40_0000, &exit_with(1), 0),
     );
     // An ELF64 kernel without a multiboot header: QEMU cannot boot it.
     write(&dir, "elf64.elf", &elf64(LOAD_ADDR, &exit_with(0), 0));
@@ -979,16 +979,16 @@ fn a_kvm_unit_tests_cfg_runs_with_kuts_environment_file() {
     write(
         &x86,
         "pass.flat",
-        &ktvmm_vmm::test_images::elf32_multiboot(0x40_0000, &exit_with(0), 0),
+        &ktvmm_vmm::boot::test_images::elf32_multiboot(0x40_0000, &exit_with(0), 0),
     );
     // Exits with the multiboot information's module count: 1 with the
     // environment file (which KUT's convention reads as a failure).
     write(
         &x86,
         "mods.flat",
-        &ktvmm_vmm::test_images::elf32_multiboot(
+        &ktvmm_vmm::boot::test_images::elf32_multiboot(
             0x40_0000,
-            &ktvmm_vmm::test_images::exit_with_multiboot_field(20),
+            &ktvmm_vmm::boot::test_images::exit_with_multiboot_field(20),
             0,
         ),
     );

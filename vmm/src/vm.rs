@@ -20,19 +20,22 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::boot::{self, Kernel, Protocol};
-use crate::boot_plan::PlanError;
-use crate::bus::BusError;
-use crate::core_dump::{self, CpuState, RamRange};
-use crate::cpu_model::{self, CpuModelError, CpuSpec};
-use crate::forensics::VcpuSnapshot;
-use crate::liveness::{self, VcpuLiveness, Watch};
-use crate::loader::{KernelImage, LoadError};
+use crate::boot::loader::KernelImage;
+use crate::boot::{self, BootError, Kernel, Protocol};
+use crate::cpu::cpuid;
+use crate::cpu::model::{self as cpu_model, CpuModelError, CpuSpec};
+use crate::debug::core_dump::{self, CpuState, RamRange};
+use crate::debug::gdb;
+use crate::error::{KvmCallError, kvm_err};
+use crate::host::kvm_stats;
+use crate::kick;
 use crate::memory::{GuestMemory, MemoryError, RamLayout};
-use crate::outcome::Outcome;
-use crate::platform::{Machine, Platform};
-use crate::vcpu::{Vcpu, VcpuEnd};
-use crate::{cpuid, gdb, irq_routing, kick, kvm_stats};
+use crate::platform::irq_routing;
+use crate::platform::{Machine, Platform, PlatformError};
+use crate::run::forensics::VcpuSnapshot;
+use crate::run::liveness::{self, VcpuLiveness, Watch};
+use crate::run::outcome::Outcome;
+use crate::run::vcpu::{Vcpu, VcpuEnd};
 
 /// Everything that describes one VM.
 pub struct VmConfig {
@@ -64,14 +67,12 @@ pub struct VmConfig {
 /// Why a VM could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    /// The kernel image is unusable.
-    #[error("{name}: {source}")]
-    Image {
-        /// The image's name.
-        name: String,
-        /// What is wrong.
-        source: LoadError,
-    },
+    /// The kernel could not be placed, loaded or started.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The machine's devices could not be set up.
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
     /// No vCPUs asked for.
     #[error("invalid vCPU count 0: a VM needs at least one")]
     NoCpus,
@@ -96,9 +97,6 @@ pub enum VmError {
         /// Why not.
         source: CpuModelError,
     },
-    /// The boot data does not fit.
-    #[error(transparent)]
-    Plan(#[from] PlanError),
     /// `/dev/kvm` could not be opened.
     #[error("cannot open /dev/kvm: {0} (is KVM enabled, and may this user open /dev/kvm?)")]
     NoKvm(kvm_ioctls::Error),
@@ -106,45 +104,8 @@ pub enum VmError {
     #[error("KVM does not support {0}, which ktvmm needs")]
     MissingCap(&'static str),
     /// A KVM call failed.
-    #[error("{what} failed: {source}")]
-    Kvm {
-        /// The call.
-        what: &'static str,
-        /// KVM's error.
-        source: kvm_ioctls::Error,
-    },
-    /// Writing boot data into guest memory failed.
-    #[error("writing {what} into guest memory failed: {source}")]
-    GuestMemory {
-        /// What was being written.
-        what: &'static str,
-        /// The error.
-        source: vm_memory::GuestMemoryError,
-    },
-    /// A device could not be placed.
-    #[error("placing {what}: {source}")]
-    Bus {
-        /// The device.
-        what: &'static str,
-        /// The error.
-        source: BusError,
-    },
-    /// A host resource (thread, eventfd, signal handler) was refused.
-    #[error("{what}: {source}")]
-    Host {
-        /// What was being set up.
-        what: &'static str,
-        /// The error.
-        source: std::io::Error,
-    },
-}
-
-pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
-    move |source| VmError::Kvm { what, source }
-}
-
-pub(crate) fn mem_err(what: &'static str) -> impl FnOnce(vm_memory::GuestMemoryError) -> VmError {
-    move |source| VmError::GuestMemory { what, source }
+    #[error(transparent)]
+    Kvm(#[from] KvmCallError),
 }
 
 /// How long each step of [`Vm::build`] (and the start of [`Vm::run`]) took.
@@ -206,7 +167,7 @@ impl Vm {
         let mut timings = Timings::start();
 
         // Check the input before touching KVM.
-        let image_err = |source| VmError::Image {
+        let image_err = |source| BootError::Image {
             name: config.kernel.name.clone(),
             source,
         };
@@ -260,9 +221,8 @@ impl Vm {
 
         vm.create_irq_chip()
             .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        let routing = irq_routing::pc_routing().map_err(|_| VmError::Kvm {
-            what: "building the GSI routing table",
-            source: kvm_ioctls::Error::new(libc::ENOMEM),
+        let routing = irq_routing::pc_routing().map_err(|_| {
+            kvm_err("building the GSI routing table")(kvm_ioctls::Error::new(libc::ENOMEM))
         })?;
         vm.set_gsi_routing(&routing)
             .map_err(kvm_err("KVM_SET_GSI_ROUTING"))?;
@@ -418,7 +378,7 @@ impl Vm {
                 .spawn(move || {
                     // KVM and its backends name the vCPU thread in what
                     // they log; a hang report keeps those lines.
-                    crate::kmsg::claim_this_thread();
+                    crate::host::kmsg::claim_this_thread();
                     let mut end = vcpu.run(&stop, &report);
                     if let Some(outcome) = end.outcome.take() {
                         let _ = tx.send(outcome);
@@ -500,7 +460,7 @@ impl Vm {
             // Where a hung guest was: what a developer looks at first.
             *vcpus = snapshots;
         }
-        let mut serial = crate::bus::lock(&self.platform.console);
+        let mut serial = crate::platform::bus::lock(&self.platform.console);
         // A console that failed has already ended the run, with a reason.
         if let Err(e) = serial.finish()
             && !matches!(outcome, Outcome::VmmError { .. })

@@ -50,7 +50,7 @@ impl Names {
     /// This host's, from a throwaway VM; empty without binary statistics
     /// (every counter is then filed as the VM's).
     pub fn probe() -> Self {
-        ktvmm_vmm::kvm_stats::names()
+        ktvmm_vmm::host::kvm_stats::names()
             .map(|(vm, vcpu)| Names { vm, vcpu })
             .unwrap_or_default()
     }

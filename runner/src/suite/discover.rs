@@ -6,8 +6,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use ktvmm_vmm::boot::loader::is_guest_kernel;
 use ktvmm_vmm::input;
-use ktvmm_vmm::loader::is_guest_kernel;
 
 use super::file::{self, is_suite_file, stem};
 use super::kselftest;
@@ -180,7 +180,7 @@ fn check_unique(tests: &[TestSpec]) -> Result<(), SuiteError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktvmm_vmm::test_images::{elf64, exit_with};
+    use ktvmm_vmm::boot::test_images::{elf64, exit_with};
 
     fn host() -> kut::Host {
         kut::Host::with_cpu(2, false, None)

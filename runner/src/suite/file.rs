@@ -11,7 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{ExecTest, ExitCodes, GuestTest, SuiteError, TestKind, TestSpec};
-use ktvmm_vmm::cpu_model;
+use ktvmm_vmm::cpu::model as cpu_model;
 use ktvmm_vmm::input;
 
 use crate::bundled;

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{ExitCodes, GuestTest, SuiteError, TestKind, TestSpec};
-use ktvmm_vmm::cpu_model::{self, CpuSpec, HostCpu};
+use ktvmm_vmm::cpu::model::{self as cpu_model, CpuSpec, HostCpu};
 use ktvmm_vmm::input;
 
 use crate::cli::{parse_mem_mib, parse_seconds};

@@ -195,7 +195,7 @@ impl SuiteError {
 mod fuzz {
     use std::path::Path;
 
-    use ktvmm_vmm::fuzz::rng::SplitMix64;
+    use ktvmm_fuzz::rng::SplitMix64;
 
     const SUITE: &str = "[defaults]\ntimeout = 30\ngroups = [\"a\"]\n\n[[test]]\nname = \"x\"\n\
         guest = \"bundled:exitcode\"\nsmp = 2\nmemory = \"256M\"\nappend = \"pass\"\n\n\
