@@ -11,8 +11,8 @@ use kvm_bindings::{kvm_segment, kvm_sregs};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestRegionMmap};
 
-use super::input::{Mode, VcpuSetup};
-use super::program::{CODE_ADDR, RAM_SIZE, STACK_TOP};
+use super::input::VcpuSetup;
+use super::program::{CODE_ADDR, Mode, RAM_SIZE, STACK_TOP};
 use ktvmm_vmm::boot::long_mode::{
     CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME, descriptor,
 };

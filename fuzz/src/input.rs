@@ -10,13 +10,12 @@
 use arbitrary::Arbitrary;
 use serde::{Deserialize, Serialize};
 
-use super::program;
+use super::draw::{msr, value};
+use super::program::{self, MAX_PROGRAM, Mode};
 use super::rng::SplitMix64;
 
 /// vCPUs an input may have (KVM's recommended count on the machines here).
 pub const MAX_VCPUS: usize = 2;
-/// Guest program bytes kept at most.
-pub const MAX_PROGRAM: usize = 512;
 /// Operations kept at most.
 pub const MAX_OPS: usize = 48;
 
@@ -42,44 +41,6 @@ pub struct Shape {
     pub irqchip: bool,
     /// Extra 64 KiB memory slots above RAM (at most 2).
     pub extra_slots: u8,
-}
-
-/// The execution mode a vCPU starts in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Arbitrary)]
-pub enum Mode {
-    /// Real mode.
-    Real,
-    /// 16-bit protected mode.
-    Protected16,
-    /// 32-bit protected mode, paging off.
-    Protected32,
-    /// 32-bit protected mode with two-level (4 MiB page) paging.
-    Paged32,
-    /// 32-bit protected mode with PAE paging.
-    PagedPae,
-    /// 64-bit long mode.
-    Long64,
-}
-
-impl Mode {
-    /// The default operand and address size of code in this mode.
-    pub fn bits(self) -> u8 {
-        match self {
-            Mode::Real | Mode::Protected16 => 16,
-            Mode::Protected32 | Mode::Paged32 | Mode::PagedPae => 32,
-            Mode::Long64 => 64,
-        }
-    }
-
-    /// Every mode, for generators.
-    pub const ALL: [Mode; 6] = [
-        Mode::Real,
-        Mode::Protected16,
-        Mode::Protected32,
-        Mode::Paged32,
-        Mode::PagedPae,
-        Mode::Long64,
-    ];
 }
 
 /// A vCPU's starting state.
@@ -303,65 +264,6 @@ pub enum Op {
         /// The linear address.
         address: u64,
     },
-}
-
-/// MSRs worth writing: the ones guests and KVM care about, and their
-/// neighbours. KVM's clock MSRs are not among them (see [`is_clock_msr`]).
-pub const INTERESTING_MSRS: [u32; 23] = [
-    0x10,        // TSC
-    0x1b,        // APIC_BASE
-    0x3a,        // FEATURE_CONTROL
-    0x48,        // SPEC_CTRL
-    0x8b,        // microcode revision
-    0x174,       // SYSENTER_CS
-    0x175,       // SYSENTER_ESP
-    0x176,       // SYSENTER_EIP
-    0x1a0,       // MISC_ENABLE
-    0x1d9,       // DEBUGCTL
-    0x277,       // PAT
-    0x2ff,       // MTRRdefType
-    0x6e0,       // TSC_DEADLINE
-    0x802,       // x2APIC ID
-    0x808,       // x2APIC TPR
-    0x830,       // x2APIC ICR
-    0xc000_0080, // EFER
-    0xc000_0081, // STAR
-    0xc000_0082, // LSTAR
-    0xc000_0084, // SFMASK
-    0xc000_0100, // FS_BASE
-    0xc000_0102, // KERNEL_GS_BASE
-    0xc000_0103, // TSC_AUX
-];
-
-/// KVM's paravirtual clock MSRs: writing one makes KVM write the host's
-/// time into guest memory, and the run would not repeat. Inputs keep
-/// them, the executor leaves them out.
-pub fn is_clock_msr(index: u32) -> bool {
-    matches!(index, 0x11 | 0x12 | 0x4b56_4d00 | 0x4b56_4d01)
-}
-
-/// A value from a mix of edges, small numbers and noise.
-pub fn value(rng: &mut SplitMix64) -> u64 {
-    match rng.below(8) {
-        0 => 0,
-        1 => rng.below(16) as u64,
-        2 => rng.pick(&[0xff, 0xffff, 0xffff_ffff, u64::MAX, 1 << 63, 0x8000_0000]),
-        3 => 1 << rng.below(64),
-        4 => rng.next() & 0xff,
-        5 => rng.next() & 0xffff_ffff,
-        _ => rng.next(),
-    }
-}
-
-/// An MSR index: mostly interesting ones, sometimes a neighbour or noise.
-pub fn msr(rng: &mut SplitMix64) -> u32 {
-    let base = rng.pick(&INTERESTING_MSRS);
-    let index = match rng.below(6) {
-        0 => base.wrapping_add(rng.below(4) as u32),
-        1 => rng.next() as u32,
-        _ => base,
-    };
-    if is_clock_msr(index) { base } else { index }
 }
 
 fn cpu(rng: &mut SplitMix64, cpus: usize) -> u8 {

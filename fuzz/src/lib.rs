@@ -15,6 +15,7 @@
 
 pub mod bounds;
 mod catch;
+pub mod draw;
 pub mod exec;
 pub mod guest;
 pub mod input;

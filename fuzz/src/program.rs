@@ -7,10 +7,53 @@
 //! left out: values from them would reach devices and make a run
 //! unrepeatable.
 
+use arbitrary::Arbitrary;
 use ktvmm_abi::{layout, ports};
+use serde::{Deserialize, Serialize};
 
-use super::input::{self, Mode};
+use super::draw;
 use super::rng::SplitMix64;
+
+/// Guest program bytes kept at most.
+pub const MAX_PROGRAM: usize = 512;
+
+/// The execution mode a vCPU starts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Arbitrary)]
+pub enum Mode {
+    /// Real mode.
+    Real,
+    /// 16-bit protected mode.
+    Protected16,
+    /// 32-bit protected mode, paging off.
+    Protected32,
+    /// 32-bit protected mode with two-level (4 MiB page) paging.
+    Paged32,
+    /// 32-bit protected mode with PAE paging.
+    PagedPae,
+    /// 64-bit long mode.
+    Long64,
+}
+
+impl Mode {
+    /// The default operand and address size of code in this mode.
+    pub fn bits(self) -> u8 {
+        match self {
+            Mode::Real | Mode::Protected16 => 16,
+            Mode::Protected32 | Mode::Paged32 | Mode::PagedPae => 32,
+            Mode::Long64 => 64,
+        }
+    }
+
+    /// Every mode, for generators.
+    pub const ALL: [Mode; 6] = [
+        Mode::Real,
+        Mode::Protected16,
+        Mode::Protected32,
+        Mode::Paged32,
+        Mode::PagedPae,
+        Mode::Long64,
+    ];
+}
 
 /// Where the program is placed and every vCPU starts.
 pub const CODE_ADDR: u64 = 0x1_0000;
@@ -116,7 +159,7 @@ impl Asm {
     fn port_io(&mut self, rng: &mut SplitMix64, port: u16, write: bool) {
         let width = rng.pick(&[1usize, 1, 2, 4]);
         if write {
-            self.mov32(EAX, input::value(rng) as u32);
+            self.mov32(EAX, draw::value(rng) as u32);
         }
         let (imm, dx) = match (write, width) {
             (true, 1) => (0xe6, 0xee),
@@ -138,7 +181,7 @@ impl Asm {
     fn mmio(&mut self, rng: &mut SplitMix64, address: u64, write: bool) {
         self.mov(EBX, address);
         if write {
-            self.mov32(EAX, input::value(rng) as u32);
+            self.mov32(EAX, draw::value(rng) as u32);
         }
         let width = rng.pick(&[1usize, 2, 4, 4]);
         if self.bits == 16 {
@@ -190,7 +233,7 @@ impl Asm {
         if rng.one_in(2) {
             self.bytes(&[0x0f, 0x21, modrm]);
         } else {
-            self.mov32(EAX, input::value(rng) as u32);
+            self.mov32(EAX, draw::value(rng) as u32);
             self.bytes(&[0x0f, 0x23, modrm]);
         }
     }
@@ -231,14 +274,7 @@ impl Asm {
         self.mov32(EDX, u32::from(ports::PCI_CONFIG_DATA));
         if rng.one_in(2) {
             // Memory and I/O decoding, bus mastering: BARs start to decode.
-            self.mov32(
-                EAX,
-                if reg == 4 {
-                    7
-                } else {
-                    input::value(rng) as u32
-                },
-            );
+            self.mov32(EAX, if reg == 4 { 7 } else { draw::value(rng) as u32 });
             self.size_prefix(4);
             self.bytes(&[0xef]);
         } else {
@@ -274,12 +310,12 @@ impl Asm {
                 self.bytes(&[0x0f, 0xa2]);
             }
             10 => {
-                self.mov32(ECX, input::msr(rng));
+                self.mov32(ECX, draw::msr(rng));
                 self.bytes(&[0x0f, 0x32]);
             }
             11 => {
-                self.mov32(ECX, input::msr(rng));
-                let v = input::value(rng);
+                self.mov32(ECX, draw::msr(rng));
+                let v = draw::value(rng);
                 self.mov32(EAX, v as u32);
                 self.mov32(EDX, (v >> 32) as u32);
                 self.bytes(&[0x0f, 0x30]);
@@ -350,7 +386,7 @@ pub fn generate(rng: &mut SplitMix64, mode: Mode) -> Vec<u8> {
         asm.bytes(&[0xe7, ports::DEBUG_EXIT as u8]);
     }
     asm.bytes(&[0xf4]);
-    asm.out.truncate(input::MAX_PROGRAM);
+    asm.out.truncate(MAX_PROGRAM);
     asm.out
 }
 
@@ -364,7 +400,7 @@ mod tests {
         for mode in Mode::ALL {
             for _ in 0..200 {
                 let program = generate(&mut rng, mode);
-                assert!(!program.is_empty() && program.len() <= input::MAX_PROGRAM);
+                assert!(!program.is_empty() && program.len() <= MAX_PROGRAM);
             }
         }
     }

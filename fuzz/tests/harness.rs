@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use ktvmm_fuzz::input::{Mode, Op, Shape, VcpuSetup};
+use ktvmm_fuzz::input::{Op, Shape, VcpuSetup};
+use ktvmm_fuzz::program::Mode;
 use ktvmm_fuzz::{Campaign, ExecOptions, Executor, Finding, Input, Reproducer, minimise};
 
 fn campaign(seed: u64, iterations: u64, plant_bug: bool) -> Campaign {

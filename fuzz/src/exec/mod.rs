@@ -30,10 +30,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::bounds::{CpuTimer, Watcher, thread_cpu_time};
 use super::catch::capture_panics;
+use super::draw::is_clock_msr;
 use super::guest::{RamTemplate, mode_sregs};
-use super::input::{Input, Mode, Op, VcpuSetup, is_clock_msr};
+use super::input::{Input, Op, VcpuSetup};
 use super::oracle::{Finding, documented};
 use super::planted::{self, PlantedBug};
+use super::program::Mode;
 use super::program::{CODE_ADDR, EXTRA_SLOTS_ADDR, RAM_SIZE, STACK_TOP};
 use super::rules::{GuestVendor, Rule};
 use devices::bare_buses;

@@ -9,7 +9,8 @@ use kvm_bindings::{
 
 use super::slots::set_slot;
 use super::{Built, Calls};
-use crate::input::{Op, is_clock_msr};
+use crate::draw::is_clock_msr;
+use crate::input::Op;
 use crate::rules::{self, GuestVendor};
 
 /// One KVM call of the input, with its round-trip check.
