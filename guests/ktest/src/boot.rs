@@ -1,4 +1,4 @@
-//! Entry from the VMM, bring-up of every CPU, and leaving the VM.
+//! Entry from the VMM and bring-up of every CPU.
 //!
 //! All vCPUs start at `_start` at once (ktvmm's ELF64 protocol). The boot
 //! CPU (index 0) clears the BSS and sets up the shared state; the others wait
@@ -7,10 +7,12 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use ktvmm_abi::{BOOT_INFO_MAGIC, BOOT_INFO_VERSION, BootInfo, ports};
+use ktvmm_abi::{BOOT_INFO_MAGIC, BOOT_INFO_VERSION, BootInfo};
 
-use crate::idt::{self, PROBE_VECTOR, SPURIOUS_VECTOR, TICK_VECTOR, WAKE_VECTOR};
+use crate::exit::{exit, halt_forever};
+use crate::idt;
 use crate::percpu::{self, MAX_CPUS};
+use crate::vectors::{PROBE_VECTOR, SPURIOUS_VECTOR, TICK_VECTOR, WAKE_VECTOR};
 use crate::{console, env, lapic, smp, x86};
 
 /// Value of [`SHARED_STATE`] once the boot CPU has set everything up.
@@ -157,21 +159,5 @@ pub fn entry_state(cpu: u32) -> EntryState {
     EntryState {
         rsp: state.entry_rsp.load(Ordering::Relaxed),
         rflags: state.entry_rflags.load(Ordering::Relaxed),
-    }
-}
-
-/// Ends the VM with `code` as the exit status (the VMM keeps the low 8 bits;
-/// 0 means pass, 1 fail, 77 skip).
-pub fn exit(code: u32) -> ! {
-    // SAFETY: isa-debug-exit ends the VM; nothing runs after it.
-    unsafe { x86::outl(ports::DEBUG_EXIT, code) };
-    halt_forever()
-}
-
-/// Halts this CPU for good (interrupts off).
-pub fn halt_forever() -> ! {
-    loop {
-        x86::disable_interrupts();
-        x86::hlt();
     }
 }

@@ -12,8 +12,9 @@ use core::sync::atomic::{AtomicPtr, Ordering, compiler_fence};
 
 use ktvmm_abi::gdt::{KERNEL_CODE, KERNEL_DATA};
 
-use crate::idt::InterruptFrame;
-use crate::{boot, console, percpu, x86};
+use crate::frame::InterruptFrame;
+use crate::percpu::{self, MAX_CPUS};
+use crate::{console, x86};
 
 /// An interrupt or exception vector number.
 #[repr(transparent)]
@@ -135,8 +136,14 @@ pub(crate) struct Recovery {
     rax: u64,
 }
 
-/// The recovery context of the innermost `catch_exception` on this CPU.
-pub(crate) type RecoveryPtr = AtomicPtr<Recovery>;
+/// Per CPU, the recovery context of its innermost `catch_exception`.
+static RECOVERY: [AtomicPtr<Recovery>; MAX_CPUS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+
+/// This CPU's slot in [`RECOVERY`].
+fn recovery_slot() -> &'static AtomicPtr<Recovery> {
+    &RECOVERY[percpu::cpu_id() as usize]
+}
 
 unsafe extern "C" {
     /// Calls `call(data)`; returns 0 when it returns, or 1 when an exception
@@ -213,8 +220,8 @@ pub(crate) fn catch_with_rax<F: FnOnce()>(f: F) -> Option<(Fault, u64)> {
         rax: 0,
     };
     let mut slot = Some(f);
-    let cpu = percpu::this();
-    let outer = cpu.recovery.swap(&raw mut recovery, Ordering::Relaxed);
+    let slot_of_this_cpu = recovery_slot();
+    let outer = slot_of_this_cpu.swap(&raw mut recovery, Ordering::Relaxed);
     compiler_fence(Ordering::SeqCst);
     // SAFETY: `recovery` and `slot` outlive the call; `call_once::<F>`
     // matches the type behind `slot`. An exception in `f` resumes in
@@ -228,7 +235,7 @@ pub(crate) fn catch_with_rax<F: FnOnce()>(f: F) -> Option<(Fault, u64)> {
         )
     };
     compiler_fence(Ordering::SeqCst);
-    cpu.recovery.store(outer, Ordering::Relaxed);
+    slot_of_this_cpu.store(outer, Ordering::Relaxed);
     if faulted != 0 {
         Some((recovery.fault, recovery.rax))
     } else {
@@ -264,7 +271,7 @@ const RFLAGS_DF: u64 = 1 << 10;
 /// Handles exception vectors 0-31 (called by the IDT dispatcher).
 pub(crate) fn handle(frame: &mut InterruptFrame) {
     let cr2 = x86::read_cr2();
-    let recovery = percpu::this().recovery.load(Ordering::Relaxed);
+    let recovery = recovery_slot().load(Ordering::Relaxed);
     if !recovery.is_null() {
         // SAFETY: a non-null pointer was stored by `catch_exception` on this
         // CPU, whose frame (holding the context) is still live because the
@@ -323,5 +330,5 @@ fn unexpected(frame: &InterruptFrame, cr2: u64) -> ! {
             frame.rbp
         );
     });
-    boot::exit(1)
+    crate::exit(1)
 }

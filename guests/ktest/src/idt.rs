@@ -19,18 +19,11 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use ktvmm_abi::gdt::KERNEL_CODE;
 
+use crate::frame::InterruptFrame;
+use crate::vectors::{
+    FIRST_RESERVED_VECTOR, PROBE_VECTOR, SPURIOUS_VECTOR, TICK_VECTOR, WAKE_VECTOR,
+};
 use crate::{exceptions, lapic, x86};
-
-/// Vectors from here up are used by ktest itself.
-pub const FIRST_RESERVED_VECTOR: u8 = 0xf0;
-/// Wakes a CPU waiting in [`crate::smp::wait_until`] or idling.
-pub const WAKE_VECTOR: u8 = 0xf0;
-/// The LAPIC timer tick of [`crate::smp::wait_until_timeout`].
-pub const TICK_VECTOR: u8 = 0xf1;
-/// The self-IPI of [`crate::lapic::eoi_at_delivery`].
-pub const PROBE_VECTOR: u8 = 0xf2;
-/// The LAPIC's spurious-interrupt vector (never acknowledged with EOI).
-pub const SPURIOUS_VECTOR: u8 = 0xff;
 
 /// Number of exception vectors reserved by the architecture.
 const EXCEPTION_VECTORS: u8 = 32;
@@ -38,64 +31,6 @@ const EXCEPTION_VECTORS: u8 = 32;
 const IST_INDEX: u64 = 1;
 /// Present, DPL 0, 64-bit interrupt gate (clears IF on entry).
 const INTERRUPT_GATE: u64 = 0x8e;
-
-/// What the interrupt entry code saved: the general registers, the vector,
-/// the error code (zero when the vector has none) and the CPU's frame.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct InterruptFrame {
-    /// RAX at the time of the interrupt.
-    pub rax: u64,
-    /// RBX.
-    pub rbx: u64,
-    /// RCX.
-    pub rcx: u64,
-    /// RDX.
-    pub rdx: u64,
-    /// RSI.
-    pub rsi: u64,
-    /// RDI.
-    pub rdi: u64,
-    /// RBP.
-    pub rbp: u64,
-    /// R8.
-    pub r8: u64,
-    /// R9.
-    pub r9: u64,
-    /// R10.
-    pub r10: u64,
-    /// R11.
-    pub r11: u64,
-    /// R12.
-    pub r12: u64,
-    /// R13.
-    pub r13: u64,
-    /// R14.
-    pub r14: u64,
-    /// R15.
-    pub r15: u64,
-    /// The vector (only the low byte is meaningful).
-    pub vector: u64,
-    /// The error code, or zero for vectors without one.
-    pub error_code: u64,
-    /// Where execution continues (the faulting instruction for faults).
-    pub rip: u64,
-    /// CS.
-    pub cs: u64,
-    /// RFLAGS.
-    pub rflags: u64,
-    /// RSP.
-    pub rsp: u64,
-    /// SS.
-    pub ss: u64,
-}
-
-impl InterruptFrame {
-    /// The vector number.
-    pub fn vector(&self) -> u8 {
-        self.vector as u8
-    }
-}
 
 /// A handler for an interrupt vector (32..=239). It runs with interrupts
 /// disabled on a per-CPU interrupt stack; the LAPIC EOI is sent after it

@@ -8,7 +8,7 @@ use core::sync::atomic::{AtomicU8, Ordering};
 
 use ktvmm_abi::layout::LAPIC_ADDR;
 
-use crate::idt::PROBE_VECTOR;
+use crate::vectors::PROBE_VECTOR;
 use crate::x86;
 
 /// Register offsets from the LAPIC base.
@@ -100,7 +100,7 @@ pub fn eoi() {
 /// Software-enables this CPU's LAPIC (SVR enable bit) with
 /// `spurious_vector`, accepts all priorities and masks the timer and error
 /// interrupts. ktest does this on every CPU at boot, with
-/// [`SPURIOUS_VECTOR`](crate::idt::SPURIOUS_VECTOR).
+/// [`SPURIOUS_VECTOR`](crate::vectors::SPURIOUS_VECTOR).
 pub fn enable(spurious_vector: u8) {
     write_reg(reg::TPR, 0);
     write_reg(reg::LVT_TIMER, LVT_MASKED);
@@ -273,8 +273,14 @@ pub(crate) fn probe_handler(_frame: &crate::InterruptFrame) {
 /// CPU; every CPU of a VM behaves alike), then cached.
 pub fn eoi_at_delivery() -> bool {
     if PROBE.load(Ordering::Acquire) == 0 {
-        x86::without_interrupts(|| send_ipi(Destination::ToSelf, PROBE_VECTOR));
-        crate::smp::wait_until(|| PROBE.load(Ordering::Acquire) != 0);
+        // The self-IPI arrives at once: halting for it needs none of the
+        // SMP machinery (no work from other CPUs can be waiting on this).
+        x86::without_interrupts(|| {
+            send_ipi(Destination::ToSelf, PROBE_VECTOR);
+            while PROBE.load(Ordering::Acquire) == 0 {
+                x86::enable_interrupts_and_halt();
+            }
+        });
     }
     PROBE.load(Ordering::Acquire) == 2
 }

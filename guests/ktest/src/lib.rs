@@ -33,6 +33,8 @@ pub mod console;
 pub mod driver;
 pub mod env;
 pub mod exceptions;
+mod exit;
+pub mod frame;
 pub mod fw_cfg;
 pub mod idt;
 pub mod ioapic;
@@ -46,12 +48,14 @@ pub mod report;
 pub mod smp;
 pub mod spinlock;
 pub mod user;
+pub mod vectors;
 pub mod x86;
 
-pub use boot::{exit, halt_forever};
 pub use env::{alloc_pages, arg_value, args, boot_info, cmdline, has_arg, initrd, mem_size};
 pub use exceptions::{Fault, Vector, catch_exception, rdmsr_safe, wrmsr_safe};
-pub use idt::{InterruptFrame, IrqHandler, set_irq_handler};
+pub use exit::{exit, halt_forever};
+pub use frame::InterruptFrame;
+pub use idt::{IrqHandler, set_irq_handler};
 pub use ktvmm_abi as abi;
 pub use report::{report_prefix_pop, report_prefix_push, report_summary};
 pub use smp::{

@@ -6,7 +6,6 @@
 
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use crate::exceptions::RecoveryPtr;
 use crate::x86;
 
 /// Most CPUs ktest supports; the per-CPU table is sized for this many.
@@ -46,7 +45,6 @@ pub(crate) struct PerCpu {
     pub(crate) entry_rsp: AtomicU64,
     /// RFLAGS when the CPU entered `_start`.
     pub(crate) entry_rflags: AtomicU64,
-    pub(crate) recovery: RecoveryPtr,
     pub(crate) mailbox: Mailbox,
     /// Ticks of this CPU's timeout timer (see `smp::wait_until_timeout`).
     pub(crate) ticks: AtomicU32,
@@ -59,7 +57,6 @@ impl PerCpu {
             online: AtomicU32::new(0),
             entry_rsp: AtomicU64::new(0),
             entry_rflags: AtomicU64::new(0),
-            recovery: AtomicPtr::new(core::ptr::null_mut()),
             mailbox: Mailbox {
                 state: AtomicU32::new(0),
                 requester: AtomicU32::new(0),

@@ -8,9 +8,9 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use crate::idt::{TICK_VECTOR, WAKE_VECTOR};
 use crate::lapic::{self, Destination, Divide};
 use crate::percpu::{self, Mailbox};
+use crate::vectors::{TICK_VECTOR, WAKE_VECTOR};
 use crate::{env, x86};
 
 pub use crate::percpu::{MAX_CPUS, cpu_id};
