@@ -120,7 +120,7 @@ fn testcase(x: &mut String, dir: &Path, r: &TestResult) {
         ),
         Status::Skip => ("skipped", reason.unwrap_or("skipped").to_string()),
     };
-    let kind = format!("{:?}", r.status).to_lowercase();
+    let kind = r.status.name();
     x.push_str(">\n");
     let _ = write!(x, r#"      <{element} message="{}""#, attr(&message));
     if element != "skipped" {

@@ -29,18 +29,6 @@ const EXCERPT_CHARS: usize = 4096;
 const STYLE: &str = include_str!("report.css");
 const SCRIPT: &str = include_str!("report.js");
 
-/// Every status, in the order the summary lists them.
-const STATUSES: [Status; 8] = [
-    Status::Pass,
-    Status::Fail,
-    Status::Skip,
-    Status::Timeout,
-    Status::Error,
-    Status::Flaky,
-    Status::XFail,
-    Status::XPass,
-];
-
 /// Writes `dir/report.html` for a run's `meta` and `tests` (the data
 /// `results.json` holds), replacing any earlier one atomically. Log paths
 /// are resolved as for `junit.xml`; links to them are made relative to
@@ -140,12 +128,12 @@ fn summary(body: &mut String, tests: &[TestResult]) {
         "<li><a href=\"#\"><span class=\"count\" data-status=\"all\">{}</span> tests</a></li>",
         tests.len()
     );
-    for status in STATUSES {
+    for status in Status::ALL {
         let n = tests.iter().filter(|t| t.status == status).count();
         if n == 0 && !matches!(status, Status::Pass | Status::Fail) {
             continue;
         }
-        let name = status_name(status);
+        let name = status.name();
         let _ = write!(
             body,
             "<li class=\"st-{name}\"><a href=\"#status={name}\"><span class=\"count\" data-status=\"{name}\">{n}</span> {}</a></li>",
@@ -236,12 +224,6 @@ fn script_json(json: &str) -> String {
         }
     }
     out
-}
-
-/// `results.json`'s spelling of a status (`xfail`), for classes and the
-/// filter.
-fn status_name(status: Status) -> String {
-    format!("{status:?}").to_lowercase()
 }
 
 /// The link to a log: relative to `dir` when the log is inside it (what
