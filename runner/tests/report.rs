@@ -209,6 +209,8 @@ fn the_report_of_a_run_with_failures_shows_everything_in_a_browser() {
     );
     assert!(fail.contains("href=\"logs/exitcode_fail.log\""), "{fail}");
     assert!(dir.join("out/logs/exitcode_fail.log").is_file());
+    // ktvmm recorded the guest's KVM counters; they wait under a fold.
+    assert!(fail.contains("<summary>KVM counters ("), "{fail}");
 
     // The timed-out guest: where its vCPU was.
     let (status, hang) = row_named(&rows, "hang");

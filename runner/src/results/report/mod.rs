@@ -343,6 +343,29 @@ mod tests {
     }
 
     #[test]
+    fn the_page_loads_nothing_from_anywhere() {
+        let scratch = Scratch::new("html-offline");
+        let html = render(&scratch.0, &meta(), &one_of_each()).unwrap();
+        assert!(html.contains("content=\"default-src 'none';"), "{html}");
+        for fetch in [
+            "<link",
+            " src=",
+            "url(",
+            "@import",
+            "fetch(",
+            "XMLHttpRequest",
+        ] {
+            assert!(!html.contains(fetch), "{fetch} in the page");
+        }
+        // The one URL in it is the SVG namespace, which is a name.
+        assert_eq!(
+            html.matches("http").count(),
+            2,
+            "http-equiv and the SVG namespace"
+        );
+    }
+
+    #[test]
     fn write_report_names_the_file_it_could_not_write() {
         let scratch = Scratch::new("html-err");
         let missing = scratch.0.join("no-such-dir");
