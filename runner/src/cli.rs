@@ -256,6 +256,9 @@ pub struct DiffArgs {
     /// regression (a CI gate on patches).
     #[arg(long)]
     pub fail_on_counters: bool,
+    /// Also write the comparison as a self-contained HTML page to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 /// Options of `ktvmm bench`.

@@ -297,7 +297,7 @@ pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &
     }
     text += &skips_by_reason(results);
     text += &format!(
-        "results: {} (results.json, junit.xml, results.tap)\n",
+        "results: {} (results.json, junit.xml, results.tap, report.html)\n",
         output.display()
     );
     let mut out = std::io::stdout().lock();

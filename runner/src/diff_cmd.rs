@@ -41,6 +41,10 @@ pub fn diff(args: &crate::cli::DiffArgs) -> Result<u8> {
     };
     let report = compare(&a, &b, threshold);
     out!("{}", report.text);
+    if let Some(path) = &args.html {
+        let body = html(&report, &args.before, &args.after);
+        crate::results::write_html_page(path, "ktvmm diff", &body)?;
+    }
     let counters_fail = args.fail_on_counters && report.counters_up > 0;
     Ok(u8::from(report.regressions > 0 || counters_fail))
 }
@@ -72,9 +76,21 @@ fn verdicts(file: &ResultsFile) -> BTreeMap<&str, &TestResult> {
 
 struct Report {
     text: String,
+    /// What `text` lists, for the HTML page: each section's title and lines.
+    sections: Vec<Section>,
+    /// The environments' rows: what, before, after.
+    environment: Vec<(String, String, String)>,
+    /// The last line: how many of each.
+    summary: String,
     regressions: usize,
     /// KVM counters that rose past the thresholds.
     counters_up: usize,
+}
+
+/// A titled list of changes.
+struct Section {
+    title: &'static str,
+    lines: Vec<String>,
 }
 
 fn is_good(s: Status) -> bool {
@@ -135,10 +151,13 @@ fn compare(a: &ResultsFile, b: &ResultsFile, threshold: Threshold) -> Report {
     durations.sort_by_key(|(_, da, db)| std::cmp::Reverse(da.abs_diff(*db)));
     durations.truncate(DURATION_ROWS);
 
-    let mut text = String::new();
-    let mut section = |title: &str, lines: &[String]| {
+    let mut sections: Vec<Section> = Vec::new();
+    let mut section = |title: &'static str, lines: &[String]| {
         if !lines.is_empty() {
-            text += &format!("{title} ({}):\n{}\n", lines.len(), lines.join("\n"));
+            sections.push(Section {
+                title,
+                lines: lines.to_vec(),
+            });
         }
     };
     section("regressions", &regressions);
@@ -170,10 +189,10 @@ fn compare(a: &ResultsFile, b: &ResultsFile, threshold: Threshold) -> Report {
         })
         .collect();
     section("biggest duration changes", &duration_lines);
-    text += &environments(&a.meta, &b.meta);
+    let environment = environments(&a.meta, &b.meta);
     let regressions = regressions.len() + subtest_regressions.len();
-    text += &format!(
-        "diff: {regressions} regressions, {} fixed, {} other changes, {} new, {} vanished ({} tests before, {} after)\n",
+    let summary = format!(
+        "diff: {regressions} regressions, {} fixed, {} other changes, {} new, {} vanished ({} tests before, {} after)",
         fixes.len(),
         changes.len(),
         appeared.len(),
@@ -181,8 +200,23 @@ fn compare(a: &ResultsFile, b: &ResultsFile, threshold: Threshold) -> Report {
         va.len(),
         vb.len()
     );
+    let mut text = String::new();
+    for Section { title, lines } in &sections {
+        text += &format!("{title} ({}):\n{}\n", lines.len(), lines.join("\n"));
+    }
+    text += "environment (before | after):\n";
+    let width = environment.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    for (what, va, vb) in &environment {
+        let mark = if va == vb { ' ' } else { '*' };
+        text += &format!("{mark} {what:<width$}  {va} | {vb}\n");
+    }
+    text += &summary;
+    text.push('\n');
     Report {
         text,
+        sections,
+        environment,
+        summary,
         regressions,
         counters_up,
     }
@@ -301,8 +335,9 @@ fn failed_subtests(r: &TestResult) -> BTreeSet<&str> {
         .collect()
 }
 
-/// The two runs' fingerprints; rows that differ are marked `*`.
-fn environments(a: &RunMeta, b: &RunMeta) -> String {
+/// The two runs' fingerprints: what, before, after (KVM parameters only
+/// where they differ: there are dozens).
+fn environments(a: &RunMeta, b: &RunMeta) -> Vec<(String, String, String)> {
     let mut rows: Vec<(String, String, String)> = vec![
         (
             "ktvmm".into(),
@@ -328,18 +363,57 @@ fn environments(a: &RunMeta, b: &RunMeta) -> String {
             a.kvm_params.get(key).unwrap_or(&missing),
             b.kvm_params.get(key).unwrap_or(&missing),
         );
-        // Only parameters that differ: there are dozens.
         if pa != pb {
             rows.push((key.clone(), pa.clone(), pb.clone()));
         }
     }
-    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let mut text = "environment (before | after):\n".to_string();
-    for (what, va, vb) in rows {
-        let mark = if va == vb { ' ' } else { '*' };
-        text += &format!("{mark} {what:<width$}  {va} | {vb}\n");
+    rows
+}
+
+/// The report as a page: the same sections, the environments side by side
+/// with the rows that differ marked.
+fn html(report: &Report, before: &Path, after: &Path) -> String {
+    use crate::results::html_escape as esc;
+    let mut body = String::from("<header><h1>ktvmm diff</h1>");
+    body += &format!(
+        "<p class=\"sub\">before: {}<br>after: {}</p></header>",
+        esc(&before.display().to_string()),
+        esc(&after.display().to_string())
+    );
+    let class = if report.regressions > 0 {
+        "st-fail"
+    } else {
+        "st-pass"
+    };
+    body += &format!(
+        "<p id=\"verdict\" class=\"verdict {class}\">{}</p>",
+        esc(&report.summary)
+    );
+    for Section { title, lines } in &report.sections {
+        let kind = title.replace(' ', "-");
+        body += &format!(
+            "<section class=\"diff-{kind}\"><h2>{} ({})</h2><ul>",
+            esc(title),
+            lines.len()
+        );
+        for line in lines {
+            body += &format!("<li><code>{}</code></li>", esc(line.trim_start()));
+        }
+        body += "</ul></section>";
     }
-    text
+    body += "<section><h2>Environment</h2><table class=\"kv\">\
+             <tr><th></th><th>before</th><th>after</th></tr>";
+    for (what, va, vb) in &report.environment {
+        let mark = if va == vb { "" } else { " class=\"differs\"" };
+        body += &format!(
+            "<tr{mark}><th>{}</th><td>{}</td><td>{}</td></tr>",
+            esc(what),
+            esc(va),
+            esc(vb)
+        );
+    }
+    body += "</table></section>";
+    body
 }
 
 #[cfg(test)]
@@ -421,6 +495,34 @@ mod tests {
         assert!(t.contains("stays: 1.50 s -> 9.00 s (x6.0)"), "{t}");
         assert!(t.contains("* kvm_intel.ept  Y | N"), "{t}");
         assert!(t.contains("  KVM module"), "{t}");
+    }
+
+    #[test]
+    fn the_page_has_the_same_sections_and_escapes_names() {
+        let evil = "</script><img src=x onerror=alert(1)>";
+        let a = file(vec![result(evil, Status::Pass)]);
+        let mut b_meta = meta();
+        b_meta.cpu = "<b>other</b>".into();
+        let b = ResultsFile {
+            meta: b_meta,
+            tests: vec![result(evil, Status::Fail)],
+        };
+        let report = compare(&a, &b, THRESHOLD);
+        let page = html(&report, Path::new("a"), Path::new("b&c"));
+        assert!(!page.contains("<img") && !page.contains("<b>"), "{page}");
+        assert!(
+            page.contains("<h2>regressions (1)</h2><ul><li><code>&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;: PASS -&gt; FAIL (FAIL reason)</code></li>"),
+            "{page}"
+        );
+        assert!(page.contains("after: b&amp;c"), "{page}");
+        assert!(
+            page.contains("<tr class=\"differs\"><th>CPU</th><td>Test CPU</td><td>&lt;b&gt;other&lt;/b&gt;</td></tr>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("class=\"verdict st-fail\">diff: 1 regressions"),
+            "{page}"
+        );
     }
 
     #[test]

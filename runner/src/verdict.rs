@@ -35,7 +35,6 @@ pub enum Status {
 
 impl Status {
     /// Every status, in the order summaries list them.
-    #[cfg(test)]
     pub const ALL: [Status; 8] = [
         Status::Pass,
         Status::Fail,
@@ -58,6 +57,20 @@ impl Status {
             Status::Flaky => "FLAKY",
             Status::XFail => "XFAIL",
             Status::XPass => "XPASS",
+        }
+    }
+
+    /// The name `results.json` spells it with (`xfail`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::Skip => "skip",
+            Status::Timeout => "timeout",
+            Status::Error => "error",
+            Status::Flaky => "flaky",
+            Status::XFail => "xfail",
+            Status::XPass => "xpass",
         }
     }
 
@@ -328,6 +341,16 @@ mod tests {
             vcpus: None,
             kvm_stats: None,
             core: None,
+        }
+    }
+
+    #[test]
+    fn names_are_the_json_spelling() {
+        for status in Status::ALL {
+            assert_eq!(
+                serde_json::to_value(status).unwrap(),
+                serde_json::Value::from(status.name())
+            );
         }
     }
 

@@ -788,6 +788,20 @@ fn diff_names_regressions_and_gates_on_them() {
         "{stdout}"
     );
     assert!(stdout.contains("environment (before | after):"), "{stdout}");
+    // The same as a page, with the same verdict.
+    let page = dir.join("diff.html");
+    let output = ktvmm()
+        .args(["diff", "--html", page.to_str().unwrap()])
+        .args([&before, &after])
+        .output()
+        .unwrap();
+    assert_eq!(parts(&output).0, 1);
+    let html = std::fs::read_to_string(&page).expect("diff --html writes the page");
+    assert!(
+        html.contains("<h2>regressions (1)</h2><ul><li><code>fragile: PASS -&gt; FAIL"),
+        "{html}"
+    );
+    assert!(html.contains("diff: 1 regressions"), "{html}");
     let (code, stdout, _) = diff(&after, &before.join("results.json"));
     assert_eq!(code, 0, "a fix is not a regression:\n{stdout}");
     assert!(

@@ -120,7 +120,7 @@ fn testcase(x: &mut String, dir: &Path, r: &TestResult) {
         ),
         Status::Skip => ("skipped", reason.unwrap_or("skipped").to_string()),
     };
-    let kind = format!("{:?}", r.status).to_lowercase();
+    let kind = r.status.name();
     x.push_str(">\n");
     let _ = write!(x, r#"      <{element} message="{}""#, attr(&message));
     if element != "skipped" {
@@ -150,7 +150,7 @@ fn classname(name: &str) -> String {
     }
 }
 
-fn resolve_log(dir: &Path, log: &Path) -> PathBuf {
+pub(super) fn resolve_log(dir: &Path, log: &Path) -> PathBuf {
     if log.is_relative() && !log.exists() {
         dir.join(log)
     } else {
@@ -161,7 +161,7 @@ fn resolve_log(dir: &Path, log: &Path) -> PathBuf {
 /// The last [`TAIL_LINES`] lines of a log, decoded lossily (guest serial
 /// output is arbitrary bytes) with terminal escape sequences removed;
 /// `None` if there is no log or nothing in it.
-fn log_tail(path: &Path) -> Option<String> {
+pub(super) fn log_tail(path: &Path) -> Option<String> {
     // From the start of a line; never blocking on a FIFO in its place.
     let bytes = crate::schedule::logcap::read_tail(path, TAIL_BYTES).ok()?;
     let text = strip_ansi(&crate::console::escape_invalid(&bytes));
@@ -201,8 +201,8 @@ fn text(s: &str) -> String {
 }
 
 /// Escapes `s` for a double- or single-quoted attribute value, dropping
-/// characters XML cannot hold.
-fn attr(s: &str) -> String {
+/// characters XML cannot hold (also right for HTML text and attributes).
+pub(super) fn attr(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars().filter(|&c| xml_char(c)) {
         match c {

@@ -1,11 +1,12 @@
 //! The persisted output of `ktvmm test`: the results directory, and the
-//! `results.json`, `junit.xml` and `results.tap` reports written into it
-//! from the [`TestResult`]s and [`RunMeta`] of a run.
+//! `results.json`, `junit.xml`, `results.tap` and `report.html` reports
+//! written into it from the [`TestResult`]s and [`RunMeta`] of a run.
 
 mod dir;
 mod json;
 mod junit;
 mod meta;
+mod report;
 mod tap;
 mod utc;
 
@@ -22,6 +23,8 @@ pub use json::{ResultsFile, failed_names, read as read_json, write as write_json
 pub use junit::{shell_quote, write as write_junit};
 #[allow(unused_imports)]
 pub use meta::{UNKNOWN, kvm_module_in};
+#[allow(unused_imports)]
+pub use report::{REPORT_HTML, escape as html_escape, write_page as write_html_page, write_report};
 #[allow(unused_imports)]
 pub use tap::write as write_tap;
 
@@ -111,7 +114,8 @@ pub enum ResultsError {
     },
 }
 
-/// Writes `results.json`, `junit.xml` and `results.tap` into `dir`.
+/// Writes `results.json`, `junit.xml`, `results.tap` and `report.html`
+/// into `dir`.
 ///
 /// Each file is replaced atomically, so this may be called again as tests
 /// finish (a run stopped in between leaves the last complete set).
@@ -122,7 +126,8 @@ pub fn write_all(
 ) -> Result<(), ResultsError> {
     write_json(&dir.path().join(RESULTS_JSON), meta, results)?;
     write_junit(&dir.path().join(JUNIT_XML), dir.path(), meta, results)?;
-    write_tap(&dir.path().join(RESULTS_TAP), meta, results)
+    write_tap(&dir.path().join(RESULTS_TAP), meta, results)?;
+    write_report(dir.path(), meta, results)
 }
 
 /// The names of the tests that failed in the previous run, for
@@ -263,7 +268,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn write_all_writes_the_three_files_and_no_temporaries() {
+    fn write_all_writes_the_four_files_and_no_temporaries() {
         let scratch = Scratch::new("all");
         let dir = OutputDir::create(Some(&scratch.0.join("out"))).unwrap();
         write_all(&dir, &meta(), &one_of_each()).unwrap();
@@ -274,7 +279,14 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            [dir::LOCK, JUNIT_XML, "logs", RESULTS_JSON, RESULTS_TAP]
+            [
+                dir::LOCK,
+                JUNIT_XML,
+                "logs",
+                REPORT_HTML,
+                RESULTS_JSON,
+                RESULTS_TAP
+            ]
         );
     }
 

@@ -58,7 +58,7 @@ fn render(meta: &RunMeta, results: &[TestResult]) -> String {
 /// The YAML diagnostic block under a test point.
 fn diagnostics(t: &mut String, r: &TestResult) {
     t.push_str("  ---\n");
-    let _ = writeln!(t, "  status: {}", format!("{:?}", r.status).to_lowercase());
+    let _ = writeln!(t, "  status: {}", r.status.name());
     let _ = writeln!(t, "  duration_ms: {}", r.duration.as_millis());
     if let Some(code) = r.exit_code {
         let _ = writeln!(t, "  exit_code: {code}");

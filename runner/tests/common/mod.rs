@@ -59,6 +59,16 @@ pub fn gdb_usable(test: &str) -> bool {
     optional_tool(test, "KTVMM_REQUIRE_GDB", usable)
 }
 
+/// Whether headless Chromium is there for the tests that render
+/// `report.html` in a browser.
+pub fn chromium_usable(test: &str) -> bool {
+    let usable = match Command::new("chromium").arg("--version").output() {
+        Ok(out) if out.status.success() => Ok(()),
+        _ => Err("chromium is not installed (Debian: apt-get install chromium)".to_string()),
+    };
+    optional_tool(test, "KTVMM_REQUIRE_CHROMIUM", usable)
+}
+
 /// The test named `name` in a `results.json` value.
 pub fn test_named<'a>(results: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     results["tests"]
