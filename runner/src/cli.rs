@@ -29,6 +29,9 @@ pub enum Command {
     /// Compare two runs (output directories or results.json files): exit 1
     /// when a test or subtest regressed.
     Diff(DiffArgs),
+    /// Put the results of the shards of one run (`ktvmm test --shard K/N`),
+    /// or of repeated runs, together into one results directory.
+    Merge(MergeArgs),
     /// Fuzz KVM's API and ktvmm's devices from a seed, for a bounded number
     /// of inputs; replay or minimise a saved reproducer.
     Fuzz(FuzzArgs),
@@ -259,6 +262,22 @@ pub struct DiffArgs {
     /// Also write the comparison as a self-contained HTML page to FILE.
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
+}
+
+/// Options of `ktvmm merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The results to merge: output directories of `ktvmm test` (or their
+    /// results.json files).
+    #[arg(required = true, value_name = "DIR")]
+    pub inputs: Vec<PathBuf>,
+    /// Where the merged results go (created; must not hold another run).
+    #[arg(short = 'o', long, value_name = "OUT")]
+    pub output: PathBuf,
+    /// The inputs are repeated runs of the same tests (each may be
+    /// sharded): every run of a test is kept, as `--repeat` keeps them.
+    #[arg(long)]
+    pub repeats: bool,
 }
 
 /// Options of `ktvmm bench`.

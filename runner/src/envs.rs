@@ -55,7 +55,8 @@ impl Env {
     /// Every environment, in the order `ktvmm envs` lists them.
     pub const ALL: [Env; 3] = [Env::Ktvmm, Env::QemuKvm, Env::QemuTcg];
 
-    fn name(self) -> &'static str {
+    /// Its name, as `--env` spells it.
+    pub fn name(self) -> &'static str {
         match self {
             Env::Ktvmm => "ktvmm",
             Env::QemuKvm => "qemu-kvm",

@@ -42,6 +42,7 @@ mod guest_outcome;
 mod helper_cmd;
 mod interrupt;
 mod kvm_env;
+mod merge_cmd;
 mod qemu_probe;
 mod reasons;
 mod results;
@@ -84,6 +85,7 @@ fn main() -> ExitCode {
         cli::Command::Test(args) => test_cmd::test(args),
         cli::Command::Bench(args) => bench::bench(args),
         cli::Command::Diff(args) => diff_cmd::diff(&args),
+        cli::Command::Merge(args) => merge_cmd::merge(&args),
         cli::Command::Fuzz(args) => fuzz_cmd::fuzz(args),
         cli::Command::Envs(args) => envs::probe_cmd(&args),
         cli::Command::BenchFloor => bench::floor_once(),

@@ -5,6 +5,8 @@ use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
+
 use crate::suite::TestSpec;
 
 /// The selection options of `ktvmm test`.
@@ -24,7 +26,7 @@ pub struct Selection {
 }
 
 /// `--shard K/N`: the K-th (1-based) of N interleaved parts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Shard {
     /// Which part, 1..=count.
     pub index: usize,
@@ -54,25 +56,74 @@ impl fmt::Display for Shard {
 }
 
 impl Selection {
-    /// The tests to run, in their discovered order. Sharding comes last and
-    /// deals tests out in turn, so every shard of one command line gets a
-    /// fair share and together they cover each test exactly once.
-    pub fn apply(&self, tests: Vec<TestSpec>) -> Vec<TestSpec> {
-        let kept = tests.into_iter().filter(|t| {
-            (self.patterns.is_empty() || self.patterns.iter().any(|p| matches(p, &t.name)))
-                && !self.exclude.iter().any(|p| matches(p, &t.name))
-                && (self.groups.is_empty() || t.groups.iter().any(|g| self.groups.contains(g)))
-                && self.only.as_ref().is_none_or(|only| only.contains(&t.name))
-        });
+    /// The tests the name patterns, groups and `--rerun-failed` keep, in
+    /// their discovered order: what the shards are dealt from.
+    pub fn filter(&self, tests: Vec<TestSpec>) -> Vec<TestSpec> {
+        tests
+            .into_iter()
+            .filter(|t| {
+                (self.patterns.is_empty() || self.patterns.iter().any(|p| matches(p, &t.name)))
+                    && !self.exclude.iter().any(|p| matches(p, &t.name))
+                    && (self.groups.is_empty() || t.groups.iter().any(|g| self.groups.contains(g)))
+                    && self.only.as_ref().is_none_or(|only| only.contains(&t.name))
+            })
+            .collect()
+    }
+
+    /// This run's shard of the `kept` tests. Sharding comes last and deals
+    /// tests out in turn, so every shard of one command line gets a fair
+    /// share and together they cover each test exactly once.
+    pub fn shard_of(&self, kept: Vec<TestSpec>) -> Vec<TestSpec> {
         match self.shard {
             Some(Shard { index, count }) => kept
+                .into_iter()
                 .enumerate()
                 .filter(|(i, _)| i % count == index - 1)
                 .map(|(_, t)| t)
                 .collect(),
-            None => kept.collect(),
+            None => kept,
         }
     }
+}
+
+/// What `results.json` records of how a run chose its tests, so that
+/// `ktvmm merge` can tell the shards of one run from shards of another
+/// suite or selection, and see which are missing or overlap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelectionRecord {
+    /// What was discovered from: the paths as given, or `bundled`.
+    pub suite: String,
+    /// How many tests were discovered.
+    pub discovered: usize,
+    /// [`fingerprint`] of the discovered tests' names: the suite's
+    /// identity, wherever it was checked out.
+    pub suite_digest: String,
+    /// The options that chose the tests or shaped the run, as typed
+    /// (`-f PATTERN`, `--env ENV`, `--repeat N`...), `--shard` aside.
+    pub options: Vec<String>,
+    /// How many tests were selected before sharding.
+    pub selected: usize,
+    /// [`fingerprint`] of the selected tests' names before sharding, in
+    /// the order the shards are dealt from.
+    pub selection_digest: String,
+    /// `--shard K/N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+}
+
+/// A short, stable digest of a list of test names (64-bit FNV-1a over the
+/// names, each ended by a NUL), as 16 hex digits: equal lists give equal
+/// digests on every host and ktvmm version.
+pub fn fingerprint<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let mut hash = OFFSET;
+    for name in names {
+        for &byte in name.as_bytes().iter().chain(&[0]) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
+        }
+    }
+    format!("{hash:016x}")
 }
 
 pub use ktvmm_fuzz::rng::SplitMix64;
@@ -148,7 +199,7 @@ mod tests {
 
     fn names(selection: &Selection, all: &[TestSpec]) -> Vec<String> {
         selection
-            .apply(all.to_vec())
+            .shard_of(selection.filter(all.to_vec()))
             .into_iter()
             .map(|t| t.name)
             .collect()
@@ -249,6 +300,15 @@ mod tests {
         assert_ne!(a, c, "another seed, another order");
         a.sort_unstable();
         assert_eq!(a, original, "a permutation");
+    }
+
+    #[test]
+    fn fingerprints_tell_lists_apart() {
+        // FNV-1a's published value for the empty input: stable everywhere.
+        assert_eq!(fingerprint([]), "cbf29ce484222325");
+        assert_eq!(fingerprint(["a", "b"]), fingerprint(["a", "b"]));
+        assert_ne!(fingerprint(["a", "b"]), fingerprint(["b", "a"]), "order");
+        assert_ne!(fingerprint(["ab"]), fingerprint(["a", "b"]), "boundaries");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::cli::TestArgs;
 use crate::console::{self, Console, Verbosity};
 use crate::results::{self, OutputDir};
 use crate::schedule::{self, Job};
-use crate::select::Selection;
+use crate::select::{Selection, SelectionRecord, fingerprint};
 use crate::suite::{TestSpec, discover::discover, kut};
 use crate::verdict::{RunMeta, Status, TestResult};
 use crate::{bundled, interrupt, kvm_env};
@@ -34,7 +34,18 @@ pub fn test(args: TestArgs) -> Result<u8> {
         None => Vec::new(),
     };
     let selection = selection(&args)?;
-    let mut tests = crate::envs::expand(selection.apply(tests), &args.envs);
+    let suite_digest = fingerprint(tests.iter().map(|t| t.name.as_str()));
+    let selected = selection.filter(tests);
+    let record = SelectionRecord {
+        suite: suite_name(&args),
+        discovered,
+        suite_digest,
+        options: selection_options(&args),
+        selected: selected.len(),
+        selection_digest: fingerprint(selected.iter().map(|t| t.name.as_str())),
+        shard: args.shard,
+    };
+    let mut tests = crate::envs::expand(selection.shard_of(selected), &args.envs);
     if let Some(name) = &args.gdb {
         tests = one_for_gdb(tests, name)?;
     }
@@ -152,6 +163,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
     let mut console = Console::new(verbosity, round_size, args.heartbeat, options.ktvmm.clone());
     let mut meta = RunMeta::probe(std::env::args().collect(), started_at);
     meta.notices = qemu_notices;
+    meta.selection = Some(record);
     if let Err(Some(why)) = &host_stats {
         // Said once, not per test.
         let notice = format!("no KVM counters for host programs: {why}");
@@ -301,6 +313,42 @@ fn selection(args: &TestArgs) -> Result<Selection> {
         only,
         shard: args.shard,
     })
+}
+
+/// The suite as `results.json` names it: the paths as given, or `bundled`.
+fn suite_name(args: &TestArgs) -> String {
+    if args.paths.is_empty() {
+        "bundled".to_string()
+    } else {
+        let paths: Vec<String> = args.paths.iter().map(|p| p.display().to_string()).collect();
+        paths.join(" ")
+    }
+}
+
+/// The options that chose the tests or shaped the run, as typed, in a
+/// fixed order: shards of one run agree on them.
+fn selection_options(args: &TestArgs) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut each = |flag: &str, values: &[String]| {
+        for value in values {
+            words.extend([flag.to_string(), value.clone()]);
+        }
+    };
+    each("-f", &args.filters);
+    each("-x", &args.excludes);
+    each("-g", &args.groups);
+    let envs: Vec<String> = args.envs.iter().map(|e| e.name().to_string()).collect();
+    each("--env", &envs);
+    if args.rerun_failed {
+        words.push("--rerun-failed".into());
+    }
+    if args.repeat > 1 {
+        words.extend(["--repeat".to_string(), args.repeat.to_string()]);
+    }
+    if args.until_fail {
+        words.push("--until-fail".into());
+    }
+    words
 }
 
 /// Rounds `first..first + count` of every test, round by round.

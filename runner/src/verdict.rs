@@ -182,6 +182,11 @@ pub struct RunMeta {
     /// replaced by a workaround, an environment that cannot run here).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notices: Vec<String>,
+    /// How the tests were chosen (suite, filters, shard): what `ktvmm
+    /// merge` checks shards against each other with. Absent in files
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<crate::select::SelectionRecord>,
 }
 
 mod seconds {

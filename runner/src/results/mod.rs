@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 // The API the scheduler calls; allowed until it lands and uses all of it.
 #[allow(unused_imports)]
-pub use dir::{OutputDir, previous_results, previous_results_in};
+pub use dir::{LOGS, OutputDir, previous_results, previous_results_in};
 #[allow(unused_imports)]
 pub use json::{ResultsFile, failed_names, read as read_json, write as write_json};
 #[allow(unused_imports)]
@@ -227,6 +227,7 @@ pub(crate) mod testutil {
             duration: Duration::from_millis(12_345),
             interrupted: false,
             notices: Vec::new(),
+            selection: None,
         }
     }
 
