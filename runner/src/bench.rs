@@ -53,7 +53,7 @@ fn ms(d: Duration) -> String {
 
 /// Runs the benchmark and prints its figures.
 pub fn bench(args: BenchArgs) -> Result<u8> {
-    let exe = std::env::current_exe().context("cannot find the ktvmm executable")?;
+    let exe = crate::self_exe::path()?;
     if args.runner {
         return runner_overhead(&exe, args.tests, args.runs.min(RUNNER_ROUNDS));
     }

@@ -49,6 +49,7 @@ mod results;
 mod run_cmd;
 mod schedule;
 mod select;
+mod self_exe;
 mod subtests;
 mod suite;
 mod test_cmd;

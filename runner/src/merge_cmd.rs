@@ -179,7 +179,10 @@ fn problems(inputs: &[Input], repeats: bool) -> Vec<String> {
                 "{}: a whole run, while {} is shard {}",
                 input.label,
                 first.label,
-                first_record.shard.map(|s| s.to_string()).unwrap_or_default()
+                first_record
+                    .shard
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
             )),
             Some(shard) if shard.count != count => out.push(format!(
                 "{}: shard {shard}, while {} is one of {count} shards",
@@ -317,19 +320,26 @@ fn merged_meta(inputs: &[Input], command_line: Vec<String>) -> RunMeta {
     }
 }
 
-/// A `ktvmm test` command line without its `--shard K/N`.
+/// A `ktvmm test` command line without what differs between its shards:
+/// `--shard K/N` and `-o DIR`.
 fn strip_shard(words: &[String]) -> Vec<String> {
+    const WITH_VALUE: [&str; 3] = ["--shard", "-o", "--output"];
     let mut out = Vec::new();
     let mut skip = false;
     for word in words {
-        if std::mem::take(&mut skip) || word.starts_with("--shard=") {
+        if std::mem::take(&mut skip) {
             continue;
         }
-        if word == "--shard" {
+        if WITH_VALUE.contains(&word.as_str()) {
             skip = true;
             continue;
         }
-        out.push(word.clone());
+        let joined = ["--shard=", "--output=", "-o"]
+            .iter()
+            .any(|flag| word.starts_with(flag));
+        if !joined {
+            out.push(word.clone());
+        }
     }
     out
 }
@@ -516,7 +526,10 @@ mod tests {
             ["b: shard 2/3, while a is one of 2 shards"]
         );
         let whole = [shard("a", 1, 2), input("w", Some(record("s", "all", None)))];
-        assert_eq!(problems(&whole, false), ["w: a whole run, while a is shard 1/2"]);
+        assert_eq!(
+            problems(&whole, false),
+            ["w: a whole run, while a is shard 1/2"]
+        );
     }
 
     #[test]
@@ -547,7 +560,9 @@ mod tests {
         let problems_of = |inputs: &[Input], repeats| problems(inputs, repeats);
         assert_eq!(
             problems_of(&runs, false),
-            ["r2: the whole selection again, as r1 ran it: repeated runs, not shards (merge them with --repeats)"]
+            [
+                "r2: the whole selection again, as r1 ran it: repeated runs, not shards (merge them with --repeats)"
+            ]
         );
         assert!(problems_of(&runs, true).is_empty());
         let mut cut = shard("a", 1, 1);
@@ -603,7 +618,7 @@ mod tests {
         let mut b = shard("b", 2, 2);
         a.file.meta.started_unix = 100;
         a.file.meta.duration = Duration::from_secs(10);
-        a.file.meta.command_line = ["ktvmm", "test", "--shard", "1/2", "s.toml"]
+        a.file.meta.command_line = ["ktvmm", "test", "--shard", "1/2", "-oout", "s.toml"]
             .map(String::from)
             .to_vec();
         b.file.meta.started_unix = 105;

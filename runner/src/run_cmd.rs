@@ -175,11 +175,12 @@ fn gdb_listener(args: &RunArgs) -> Result<Option<std::net::TcpListener>> {
         }
         (None, false) => return Ok(None),
     };
-    let address = gdb_address(&spec)
-        .ok_or_else(|| anyhow!("--gdb {spec}: want PORT, ADDR:PORT or tcp::PORT"))?;
-    let listener = std::net::TcpListener::bind(&address)
+    let address = gdb_address(&spec).ok_or_else(|| {
+        anyhow!("--gdb {spec}: want PORT, ADDR:PORT (ADDR an IP address or localhost) or tcp::PORT")
+    })?;
+    let listener = std::net::TcpListener::bind(address)
         .with_context(|| format!("--gdb {spec}: cannot listen on {address}"))?;
-    let shown = listener.local_addr().map_or(address, |a| a.to_string());
+    let shown = listener.local_addr().unwrap_or(address).to_string();
     errln!(
         "ktvmm gdb: waiting for GDB on {shown}{} (gdb -ex 'target remote {shown}' {})",
         if args.hold { ", vCPUs held" } else { "" },
@@ -188,13 +189,22 @@ fn gdb_listener(args: &RunArgs) -> Result<Option<std::net::TcpListener>> {
     Ok(Some(listener))
 }
 
-/// `1234`, `:1234`, `tcp::1234` -> `127.0.0.1:1234`; `ADDR:PORT` as given.
-fn gdb_address(spec: &str) -> Option<String> {
+/// `1234`, `:1234`, `tcp::1234` -> `127.0.0.1:1234`; `ADDR:PORT` with ADDR
+/// an IP address (`[::1]` for IPv6) or `localhost`. Never a name lookup:
+/// the static build's glibc cannot load the resolver's modules.
+fn gdb_address(spec: &str) -> Option<std::net::SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr};
     let spec = spec.strip_prefix("tcp:").unwrap_or(spec);
     let (host, port) = spec.rsplit_once(':').unwrap_or(("", spec));
     let port: u16 = port.parse().ok()?;
-    let host = if host.is_empty() { "127.0.0.1" } else { host };
-    Some(format!("{host}:{port}"))
+    let ip: IpAddr = match host {
+        "" | "localhost" => Ipv4Addr::LOCALHOST.into(),
+        _ => {
+            let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+            bare.unwrap_or(host).parse().ok()?
+        }
+    };
+    Some(std::net::SocketAddr::new(ip, port))
 }
 
 /// The VM `args` ask for, with the guest (and initrd) read in.
@@ -301,3 +311,23 @@ fn print_stats(run: &Run) {
 
 /// Counters `--stats` shows.
 const STATS_SHOWN: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::gdb_address;
+
+    #[test]
+    fn gdb_addresses_are_numeric_never_looked_up() {
+        let shown = |spec| gdb_address(spec).map(|a| a.to_string());
+        assert_eq!(shown("1234").as_deref(), Some("127.0.0.1:1234"));
+        assert_eq!(shown(":1234").as_deref(), Some("127.0.0.1:1234"));
+        assert_eq!(shown("tcp::1234").as_deref(), Some("127.0.0.1:1234"));
+        assert_eq!(shown("localhost:1").as_deref(), Some("127.0.0.1:1"));
+        assert_eq!(shown("0.0.0.0:9").as_deref(), Some("0.0.0.0:9"));
+        assert_eq!(shown("[::1]:9").as_deref(), Some("[::1]:9"));
+        assert_eq!(shown("::1:9").as_deref(), Some("[::1]:9"));
+        for bad in ["example.com:1234", "1234x", ":99999", ""] {
+            assert_eq!(shown(bad), None, "{bad}");
+        }
+    }
+}

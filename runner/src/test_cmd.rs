@@ -138,7 +138,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
             .map_or_else(available_cpus, |j| j as usize)
             .min(tests.len()),
         grace: KILL_GRACE,
-        ktvmm: std::env::current_exe().context("cannot find the ktvmm executable")?,
+        ktvmm: crate::self_exe::path()?,
         host_stats: host_stats.as_ref().ok().cloned(),
         cores: args.cores,
         gdb_port: args.gdb.as_ref().map(|_| args.gdb_port),

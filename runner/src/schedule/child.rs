@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
@@ -200,7 +200,11 @@ impl Running {
         let (read, write) = pipe()?;
         let capture = Capture::start(read, file, log, log_limit)?;
         let err = write.try_clone()?;
-        cmd.stdin(Stdio::null())
+        // Nothing to read: a pipe whose write end is closed at once.
+        // (Stdio::null() opens /dev/null, which a container holding only
+        // ktvmm and /dev/kvm does not have.)
+        let (no_input, _) = pipe()?;
+        cmd.stdin(no_input)
             .stdout(write)
             .stderr(err)
             .process_group(0);
