@@ -78,8 +78,9 @@ pub fn merge(args: &MergeArgs) -> Result<u8> {
     let meta = merged_meta(&inputs, std::env::args().collect());
     let (tests, missing) = merged_tests(&inputs, args.repeats, &output)?;
     results::write_all(&output, &meta, &tests).context("cannot write the merged results")?;
-    // report.html: written here by the report's writer when it lands, unless
-    // results::write_all writes it with the other files.
+    // HOOK(report.html): the merged run's report.html is written here, from
+    // `output`, `meta` and `tests`, unless results::write_all above already
+    // writes it with the other result files.
     for notice in &meta.notices {
         outln!("notice: {notice}");
     }
