@@ -271,7 +271,8 @@ pub struct MergeArgs {
     /// results.json files).
     #[arg(required = true, value_name = "DIR")]
     pub inputs: Vec<PathBuf>,
-    /// Where the merged results go (created; must not hold another run).
+    /// Where the merged results go (created if need be; not one of the
+    /// inputs).
     #[arg(short = 'o', long, value_name = "OUT")]
     pub output: PathBuf,
     /// The inputs are repeated runs of the same tests (each may be
