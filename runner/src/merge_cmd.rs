@@ -1,7 +1,8 @@
 //! `ktvmm merge DIR... -o OUT`: the results of the shards of one run
 //! (`ktvmm test --shard K/N` on several machines), or of repeated runs, put
-//! back together as one results directory, written by the same writers as
-//! `ktvmm test`'s, with the same summary and exit code.
+//! back together as one results directory (results.json, junit.xml,
+//! results.tap, report.html), written by the same writers as `ktvmm
+//! test`'s, with the same summary and exit code.
 //!
 //! Inputs that do not add up to one run are refused, each with its own
 //! line, and nothing is written: a run from another suite or selection
@@ -78,9 +79,6 @@ pub fn merge(args: &MergeArgs) -> Result<u8> {
     let meta = merged_meta(&inputs, std::env::args().collect());
     let (tests, missing) = merged_tests(&inputs, args.repeats, &output)?;
     results::write_all(&output, &meta, &tests).context("cannot write the merged results")?;
-    // HOOK(report.html): the merged run's report.html is written here, from
-    // `output`, `meta` and `tests`, unless results::write_all above already
-    // writes it with the other result files.
     for notice in &meta.notices {
         outln!("notice: {notice}");
     }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::{parts, run, scratch, write};
-use ktvmm_vmm::test_images::{elf64, exit_with};
+use ktvmm_vmm::boot::test_images::{elf64, exit_with};
 use serde_json::Value;
 
 const LOAD_ADDR: u64 = 0x10_0000;
@@ -135,9 +135,12 @@ fn shards_merge_into_the_unsharded_runs_verdicts_and_bad_sets_are_refused() {
         assert!(log.starts_with(&merged), "{log:?} is not under {merged:?}");
         assert!(log.is_file(), "{log:?}");
     }
-    for name in ["junit.xml", "results.tap"] {
+    for name in ["junit.xml", "results.tap", "report.html"] {
         assert!(merged.join(name).is_file(), "{name}");
     }
+    // The report links each log inside the merged directory.
+    let report = std::fs::read_to_string(merged.join("report.html")).unwrap();
+    assert!(report.contains("logs/fail-code3.log"), "no link to a log");
     let junit = std::fs::read_to_string(merged.join("junit.xml")).unwrap();
     assert!(junit.contains(r#"tests="7""#), "{junit}");
 
