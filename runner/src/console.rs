@@ -464,6 +464,7 @@ mod tests {
             core: None,
             kvm_stats: None,
             iteration: 1,
+            variant: None,
         };
         let mut results = vec![skip("a", "no VMX")];
         for name in ["b", "c", "d", "e"] {

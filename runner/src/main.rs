@@ -42,6 +42,7 @@ mod guest_outcome;
 mod helper_cmd;
 mod interrupt;
 mod kvm_env;
+mod kvm_matrix;
 mod qemu_probe;
 mod reasons;
 mod results;
@@ -50,6 +51,8 @@ mod schedule;
 mod select;
 mod subtests;
 mod suite;
+mod sweep;
+mod tables;
 mod test_cmd;
 mod verdict;
 

@@ -36,6 +36,7 @@ impl RunMeta {
             duration: Duration::ZERO,
             interrupted: false,
             notices: Vec::new(),
+            kvm_configs: Default::default(),
         }
     }
 }

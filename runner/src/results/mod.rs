@@ -227,6 +227,7 @@ pub(crate) mod testutil {
             duration: Duration::from_millis(12_345),
             interrupted: false,
             notices: Vec::new(),
+            kvm_configs: Default::default(),
         }
     }
 
@@ -250,6 +251,7 @@ pub(crate) mod testutil {
             kvm_stats: None,
             core: None,
             iteration: 1,
+            variant: None,
         }
     }
 

@@ -28,6 +28,9 @@ pub struct TestSpec {
     /// Runs with nothing else running (a performance test that other tests
     /// would slow past its limit).
     pub exclusive: bool,
+    /// Which variant of a swept test this is (`--sweep`, a suite's
+    /// `sweep`, `--kvm-config`).
+    pub variant: Option<crate::sweep::Variant>,
 }
 
 /// How a test runs.
