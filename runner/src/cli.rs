@@ -397,7 +397,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" | "min" => 60.0,
         "h" => 3600.0,
         "d" => 86400.0,
-        _ => return Err(format!("'{text}' is not a duration (examples: 90s, 10m, 2h)")),
+        _ => {
+            return Err(format!(
+                "'{text}' is not a duration (examples: 90s, 10m, 2h)"
+            ));
+        }
     };
     number
         .parse::<f64>()

@@ -282,7 +282,21 @@ pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &
             .map(|r| display_name(&r.name, r.iteration).chars().count())
             .max()
             .unwrap_or(0);
+        // A test that failed in many runs (`--repeat`, `--for`) is listed
+        // with its first few; the rest are counted.
+        let mut shown: Vec<(&str, usize)> = Vec::new();
         for r in bad {
+            let times = match shown.iter_mut().find(|(n, _)| *n == r.name) {
+                Some((_, times)) => times,
+                None => {
+                    shown.push((&r.name, 0));
+                    &mut shown.last_mut().expect("just pushed").1
+                }
+            };
+            *times += 1;
+            if *times > SAME_TEST_SHOWN {
+                continue;
+            }
             text += &format!(
                 "  {:<7} {:<width$}  {}  ({})\n",
                 r.status.label(),
@@ -294,6 +308,12 @@ pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &
                 text += &format!("          guest core: {}\n", core.display());
             }
         }
+        for (name, times) in shown.iter().filter(|(_, t)| *t > SAME_TEST_SHOWN) {
+            text += &format!(
+                "  ... and {} more runs of {name} that did not pass\n",
+                times - SAME_TEST_SHOWN
+            );
+        }
     }
     text += &skips_by_reason(results);
     text += &format!(
@@ -304,6 +324,9 @@ pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
 }
+
+/// Runs of one test the summary lists among those that did not pass.
+const SAME_TEST_SHOWN: usize = 3;
 
 /// What [`tail`] reads of a log at most.
 const TAIL_READ_MAX: u64 = 64 << 10;

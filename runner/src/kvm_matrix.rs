@@ -150,7 +150,10 @@ fn transition(from: &Plan, to: &Plan) -> Plan {
     // Every parameter either state touches, with its value in each.
     let mut rows: Vec<Change> = Vec::new();
     for c in to.changes.iter().chain(&from.changes) {
-        if rows.iter().any(|r| r.module == c.module && r.name == c.name) {
+        if rows
+            .iter()
+            .any(|r| r.module == c.module && r.name == c.name)
+        {
             continue;
         }
         rows.push(Change {
@@ -167,9 +170,7 @@ fn transition(from: &Plan, to: &Plan) -> Plan {
         .collect();
     // Of a reloaded module: every value `to` sets, and the originals the
     // previous state had changed. Other modules stay as they are.
-    rows.retain(|r| {
-        reloaded.contains(&r.module) && (r.from != r.to || value_in(to, r).is_some())
-    });
+    rows.retain(|r| reloaded.contains(&r.module) && (r.from != r.to || value_in(to, r).is_some()));
     Plan {
         changes: rows,
         ..Plan::default()
@@ -261,7 +262,13 @@ mod tests {
         assert_eq!(c.name, "noept");
         assert_eq!(c.settings(), ["kvm_intel.ept=N", "kvm_intel.nested=1"]);
         assert!(parse_config("base:").unwrap().params.is_empty());
-        for bad in ["noept", ":kvm.x=1", "a b:kvm.x=1", "n:kvm.x", "n:kvm.x=1,y=2"] {
+        for bad in [
+            "noept",
+            ":kvm.x=1",
+            "a b:kvm.x=1",
+            "n:kvm.x",
+            "n:kvm.x=1,y=2",
+        ] {
             assert!(parse_config(bad).is_err(), "{bad}");
         }
     }
@@ -337,7 +344,11 @@ mod tests {
                 Host::at(&sysfs("builtin", 0), true),
                 "built into the kernel",
             ),
-            ("none", Host::at(&sysfs("none", 0), true), "has no parameter"),
+            (
+                "none",
+                Host::at(&sysfs("none", 0), true),
+                "has no parameter",
+            ),
         ];
         for (what, host, needle) in cases {
             let config = match what {
@@ -345,14 +356,9 @@ mod tests {
                 "none" => "off:kvm_intel.bogus=1",
                 _ => "off:kvm_intel.ept=N",
             };
-            let err = plan(
-                &configs(&["base:", config]),
-                &Request::default(),
-                &host,
-                1,
-            )
-            .unwrap_err()
-            .to_string();
+            let err = plan(&configs(&["base:", config]), &Request::default(), &host, 1)
+                .unwrap_err()
+                .to_string();
             assert!(err.starts_with("--kvm-config off: "), "{err}");
             assert!(err.contains(needle), "{what}: {err}");
         }
@@ -370,7 +376,10 @@ mod tests {
         };
         let matrix = plan(&configs(&["a:", "b:kvm_intel.ept=N"]), &base, &host, 1).unwrap();
         let r = |m: &str, s: &[&str]| (m.to_string(), s.iter().map(|x| x.to_string()).collect());
-        assert_eq!(matrix.steps[0].enter.reloads(), [r("kvm_intel", &["nested=Y"])]);
+        assert_eq!(
+            matrix.steps[0].enter.reloads(),
+            [r("kvm_intel", &["nested=Y"])]
+        );
         assert_eq!(
             matrix.steps[1].enter.reloads(),
             [r("kvm_intel", &["nested=Y", "ept=N"])]

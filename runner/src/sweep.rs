@@ -111,11 +111,16 @@ impl Key {
                 .map(|on| if on { "on" } else { "off" }.to_string()),
             Key::Args => match shlex::split(text) {
                 Some(words) if !words.is_empty() => Ok(text.to_string()),
-                _ => Err(format!("args {text:?}: not a shell-quoted list of arguments")),
+                _ => Err(format!(
+                    "args {text:?}: not a shell-quoted list of arguments"
+                )),
             },
             Key::Append | Key::Env(_) => {
                 if text.chars().any(char::is_control) {
-                    Err(format!("{}: {text:?} contains control characters", self.name()))
+                    Err(format!(
+                        "{}: {text:?} contains control characters",
+                        self.name()
+                    ))
                 } else {
                     Ok(text.to_string())
                 }
@@ -274,7 +279,11 @@ pub struct Variant {
 impl Variant {
     /// `of[key=value,...]`.
     pub fn name(&self) -> String {
-        let pairs: Vec<String> = self.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let pairs: Vec<String> = self
+            .values
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         format!("{}[{}]", self.of, pairs.join(","))
     }
 
@@ -380,7 +389,9 @@ fn variant(test: &TestSpec, chosen: &[(&Key, &str)]) -> TestSpec {
         variant.values.push((key.name(), value.to_string()));
     }
     // Keys in their one order, wherever they came from.
-    variant.values.sort_by_cached_key(|(k, _)| Key::parse(k).ok());
+    variant
+        .values
+        .sort_by_cached_key(|(k, _)| Key::parse(k).ok());
     spec.name = variant.name();
     spec.variant = Some(variant);
     spec

@@ -113,7 +113,10 @@ pub fn sweeps(results: &[TestResult]) -> String {
             Some(column) => column,
             None => {
                 table.columns.push(last);
-                table.rows.iter_mut().for_each(|(_, cells)| cells.push("-".into()));
+                table
+                    .rows
+                    .iter_mut()
+                    .for_each(|(_, cells)| cells.push("-".into()));
                 table.columns.len() - 1
             }
         };
@@ -122,7 +125,9 @@ pub fn sweeps(results: &[TestResult]) -> String {
         let row = match table.rows.iter().position(|(l, _)| *l == label) {
             Some(row) => row,
             None => {
-                table.rows.push((label, vec!["-".into(); table.columns.len()]));
+                table
+                    .rows
+                    .push((label, vec!["-".into(); table.columns.len()]));
                 table.rows.len() - 1
             }
         };
@@ -314,11 +319,17 @@ mod tests {
         }
         results.push(result("steady", Status::Pass));
         let text = soak(&results, Duration::from_secs(10));
-        assert!(text.starts_with("soak: 5 runs of 2 tests in 10.0 s:\n"), "{text}");
+        assert!(
+            text.starts_with("soak: 5 runs of 2 tests in 10.0 s:\n"),
+            "{text}"
+        );
         assert!(
             text.contains("  flaky   4     2     2     50.0%  logs/flaky.2.log\n"),
             "{text}"
         );
-        assert!(text.contains("  steady  1     1     0     0.0%   -\n"), "{text}");
+        assert!(
+            text.contains("  steady  1     1     0     0.0%   -\n"),
+            "{text}"
+        );
     }
 }

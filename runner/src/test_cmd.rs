@@ -85,7 +85,12 @@ pub fn test(args: TestArgs) -> Result<u8> {
         None
     } else {
         let per_config = tests.len() / configs.len().max(1);
-        Some(kvm_matrix::plan(&configs, &environment, &env_host, per_config)?)
+        Some(kvm_matrix::plan(
+            &configs,
+            &environment,
+            &env_host,
+            per_config,
+        )?)
     };
     let plan = if environment.is_empty() || matrix.is_some() {
         None

@@ -121,8 +121,7 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
         // not run (and not reported).
         let stopping = options.start_until.is_some_and(|t| Instant::now() >= t)
             || (options.stop_after_failure && failed);
-        while !interrupted && !stopping && slots.len() < options.jobs.max(1) && next < jobs.len()
-        {
+        while !interrupted && !stopping && slots.len() < options.jobs.max(1) && next < jobs.len() {
             let job = &jobs[next];
             // A test that must run alone waits for the running ones to
             // finish, and nothing starts beside it (order is kept).

@@ -334,12 +334,19 @@ fn sweep_axes(test: &str, table: &toml::Table) -> Result<Vec<crate::sweep::Axis>
             toml::Value::String(s) => Ok(s.clone()),
             toml::Value::Integer(n) => Ok(n.to_string()),
             toml::Value::Boolean(b) => Ok(if *b { "on" } else { "off" }.to_string()),
-            other => Err(format!("a {} is not a string, number or boolean", other.type_str())),
+            other => Err(format!(
+                "a {} is not a string, number or boolean",
+                other.type_str()
+            )),
         };
         let items = match value {
             // A string is spelled as on the command line: `"1,2,4"`, `"1..8"`.
             toml::Value::String(s) => split_values(&parsed, s),
-            toml::Value::Array(list) => list.iter().map(scalar).collect::<Result<_, _>>().map_err(bad)?,
+            toml::Value::Array(list) => list
+                .iter()
+                .map(scalar)
+                .collect::<Result<_, _>>()
+                .map_err(bad)?,
             other => vec![scalar(other).map_err(bad)?],
         };
         axes.push(axis(parsed, &items).map_err(bad)?);
