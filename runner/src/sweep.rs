@@ -218,7 +218,7 @@ pub fn parse_axis(text: &str) -> Result<Axis, String> {
         .ok_or_else(|| format!("'{text}' is not KEY=V1,V2,... (e.g. smp=1,2,4 or smp=1..8)"))?;
     let key = Key::parse(key.trim())?;
     let items = split_values(&key, values);
-    axis(key, &items).map_err(|e| format!("--sweep {text}: {e}"))
+    axis(key, &items)
 }
 
 /// Splits a comma-separated list of values.
