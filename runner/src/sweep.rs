@@ -192,7 +192,7 @@ fn memory(text: &str) -> Result<u64, String> {
 
 /// `1G` for whole GiB, `64M` otherwise.
 fn mib_text(mib: u64) -> String {
-    if mib % 1024 == 0 {
+    if mib.is_multiple_of(1024) {
         format!("{}G", mib / 1024)
     } else {
         format!("{mib}M")

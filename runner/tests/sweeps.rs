@@ -210,13 +210,16 @@ fn variant_names_are_stable_across_runs() {
     let (code, stdout, _) = test_to(
         &dir,
         "two",
-        &[&suite, "--sweep", "env.CHOICE=fine,bad", "--sweep", "env.CHOICE=good"],
+        &[
+            &suite,
+            "--sweep",
+            "env.CHOICE=fine,bad",
+            "--sweep",
+            "env.CHOICE=good",
+        ],
     );
     assert_eq!(code, 1, "{stdout}");
-    assert_eq!(
-        names(&results(&dir, "one")),
-        names(&results(&dir, "two"))
-    );
+    assert_eq!(names(&results(&dir, "one")), names(&results(&dir, "two")));
     let (code, stdout, stderr) = parts(
         &run(&[
             "diff",
@@ -306,7 +309,16 @@ fn kvm_configurations_run_in_turn() {
     let (code, stdout, stderr) = test_to(
         &dir,
         "out",
-        &["--kvm-config", "host:", "--kvm-config", &same, "-f", "=smp", "-f", "=exitcode-pass"],
+        &[
+            "--kvm-config",
+            "host:",
+            "--kvm-config",
+            &same,
+            "-f",
+            "=smp",
+            "-f",
+            "=exitcode-pass",
+        ],
     );
     assert_eq!(code, 0, "{stdout}{stderr}");
     let results = results(&dir, "out");
@@ -339,7 +351,15 @@ fn kvm_configurations_run_in_turn() {
     let (code, stdout, _) = test_to(
         &dir,
         "dry",
-        &["--kvm-config", "host:", "--kvm-config", &same, "-f", "=smp", "--dry-run"],
+        &[
+            "--kvm-config",
+            "host:",
+            "--kvm-config",
+            &same,
+            "-f",
+            "=smp",
+            "--dry-run",
+        ],
     );
     assert_eq!(code, 0, "{stdout}");
     assert!(
@@ -396,7 +416,10 @@ matrix = { cpu = ["qemu64,+x2apic", "qemu64,-x2apic", "max,vendor=AuthenticAMD",
             "max,vendor=AuthenticAMD",
             "PASS: selftest: cpu: vendor AuthenticAMD (CPUID says AuthenticAMD)",
         ),
-        ("max,vendor=GenuineIntel,-pcid", "PASS: selftest: cpu: pcid is clear"),
+        (
+            "max,vendor=GenuineIntel,-pcid",
+            "PASS: selftest: cpu: pcid is clear",
+        ),
     ] {
         let name = format!("models[cpu={model},iommu=on]");
         let log = log_of(&results, &name);
