@@ -46,6 +46,8 @@ pub struct Console {
     last_output: Instant,
     status_shown: bool,
     last_redraw: Option<Instant>,
+    /// Tests whose failure's log tail has been shown.
+    tails_shown: std::collections::HashSet<String>,
 }
 
 impl Console {
@@ -68,6 +70,7 @@ impl Console {
             last_output: now,
             status_shown: false,
             last_redraw: None,
+            tails_shown: Default::default(),
         }
     }
 
@@ -183,7 +186,12 @@ impl Observer for Console {
             text += &format!(": {reason}");
         }
         text.push('\n');
-        if result.status.is_failure() {
+        // The end of the log and the rerun command once per test: a soak's
+        // hundredth failure of one test says no more than its first.
+        let again = result.status.is_failure() && !self.tails_shown.insert(result.name.clone());
+        if result.status.is_failure() && again {
+            text += &format!("        log: {}\n", result.log.display());
+        } else if result.status.is_failure() {
             for line in tail(&result.log, TAIL_LINES) {
                 text += &format!("        | {line}\n");
             }
