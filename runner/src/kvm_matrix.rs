@@ -13,6 +13,33 @@
 use std::fmt;
 
 use crate::kvm_env::{self, Change, EnvError, Host, Param, Plan, Request};
+use crate::suite::TestSpec;
+
+/// The key a configuration adds to a test's variant (`test[kvm=NAME]`).
+pub const KVM_KEY: &str = "kvm";
+
+/// Each test once per configuration, all of the first configuration's
+/// first; `tests` as they are without any.
+pub fn expand(tests: Vec<TestSpec>, configs: &[Config]) -> Vec<TestSpec> {
+    if configs.is_empty() {
+        return tests;
+    }
+    configs
+        .iter()
+        .flat_map(|c| {
+            tests
+                .iter()
+                .map(|t| crate::sweep::with_value(t, KVM_KEY, &c.name))
+        })
+        .collect()
+}
+
+/// The configuration a test runs under.
+pub fn config_of(test: &TestSpec) -> Option<&String> {
+    test.variant
+        .as_ref()
+        .and_then(|v| v.values.iter().find(|(k, _)| k == KVM_KEY).map(|(_, c)| c))
+}
 
 /// One `--kvm-config`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,6 +163,18 @@ static EMPTY: Plan = Plan {
     unchanged: Vec::new(),
     notices: Vec::new(),
 };
+
+impl Matrix {
+    /// The reloads that put the host back when the configurations up to
+    /// `applied` (an index into `steps`; `None`: none) were set up: the
+    /// run may stop early (Ctrl-C, `--until-fail`, a reload that failed).
+    pub fn restore_after(&self, applied: Option<usize>) -> Plan {
+        match applied.and_then(|i| self.steps.get(i)) {
+            Some(step) => transition(&step.plan, &EMPTY),
+            None => Plan::default(),
+        }
+    }
+}
 
 /// The reloads from the state `from` left to the state `to` wants (both
 /// against the original host). A module that is reloaded gets every value
@@ -304,6 +343,13 @@ mod tests {
             matrix.restore.reloads(),
             [r("kvm_intel", &["enable_apicv=Y"])]
         );
+        assert_eq!(matrix.restore_after(Some(3)), matrix.restore);
+        // Stopped after the second: its ept=N is undone.
+        assert_eq!(
+            matrix.restore_after(Some(1)).reloads(),
+            [r("kvm_intel", &["ept=Y"])]
+        );
+        assert!(matrix.restore_after(None).changes.is_empty());
         let text = matrix.to_string();
         for line in [
             "KVM configuration matrix: 4 configurations, 7 tests under each",

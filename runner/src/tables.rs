@@ -9,8 +9,7 @@ use crate::console::seconds;
 use crate::sweep::Variant;
 use crate::verdict::{Status, TestResult};
 
-/// The key `--kvm-config` adds to a variant.
-pub const KVM_KEY: &str = "kvm";
+use crate::kvm_matrix::KVM_KEY;
 
 /// A test's results in run order, grouped by name (repetitions together),
 /// names in the order they first finished.

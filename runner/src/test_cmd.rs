@@ -29,20 +29,8 @@ pub fn test(args: TestArgs) -> Result<u8> {
         discover(&args.paths, &host)?
     };
     let tests = crate::sweep::expand(tests, &args.sweeps).map_err(|e| anyhow::anyhow!(e))?;
-    // Under a KVM configuration matrix every test is one per configuration,
-    // before selection, so filters and --rerun-failed pick configurations.
-    let tests: Vec<TestSpec> = if args.kvm_configs.is_empty() {
-        tests
-    } else {
-        args.kvm_configs
-            .iter()
-            .flat_map(|c| {
-                tests
-                    .iter()
-                    .map(|t| crate::sweep::with_value(t, tables::KVM_KEY, &c.name))
-            })
-            .collect()
-    };
+    // Before selection, so filters and --rerun-failed pick configurations.
+    let tests = kvm_matrix::expand(tests, &args.kvm_configs);
     let discovered = tests.len();
     let expectations = match &args.expect {
         Some(path) => crate::expect::load(path)?,
@@ -78,7 +66,11 @@ pub fn test(args: TestArgs) -> Result<u8> {
     let configs: Vec<kvm_matrix::Config> = args
         .kvm_configs
         .iter()
-        .filter(|c| tests.iter().any(|t| config_of(t) == Some(&c.name)))
+        .filter(|c| {
+            tests
+                .iter()
+                .any(|t| kvm_matrix::config_of(t) == Some(&c.name))
+        })
         .cloned()
         .collect();
     let matrix = if args.kvm_configs.is_empty() {
@@ -210,19 +202,28 @@ pub fn test(args: TestArgs) -> Result<u8> {
         planned: 0,
     };
     let mut matrix_failed = None;
+    // The last configuration set up, for putting the host back.
+    let mut applied = None;
     match &matrix {
         None => run.selection(&tests, rounds),
         Some(matrix) => {
-            for step in &matrix.steps {
+            for (index, step) in matrix.steps.iter().enumerate() {
                 if run.interrupted || run.stopped() {
                     break;
                 }
+                // A reload that failed counts as done: putting back reloads
+                // its modules with the host's values.
+                applied = Some(index);
                 if let Err(e) = kvm_env::apply(&step.enter, &env_host) {
                     matrix_failed = Some(format!(
                         "cannot set up KVM configuration {}: {e}",
                         step.config.name
                     ));
                     break;
+                }
+                for notice in &step.plan.notices {
+                    run.console
+                        .note(&format!("notice: {}: {notice}", step.config.name));
                 }
                 if !step.enter.changes.is_empty() {
                     run.console.note(&format!(
@@ -238,7 +239,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
                 }
                 let under: Vec<TestSpec> = tests
                     .iter()
-                    .filter(|t| config_of(t) == Some(&step.config.name))
+                    .filter(|t| kvm_matrix::config_of(t) == Some(&step.config.name))
                     .cloned()
                     .collect();
                 run.selection(&under, rounds);
@@ -257,7 +258,8 @@ pub fn test(args: TestArgs) -> Result<u8> {
     meta.duration = started.elapsed();
     meta.interrupted = interrupted;
     let written = results::write_all(&output, &meta, &results);
-    let not_run = if interrupted {
+    // A soak has no fixed number of runs to fall short of.
+    let not_run = if interrupted && args.soak.is_none() {
         planned.saturating_sub(results.len())
     } else {
         0
@@ -286,7 +288,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
         errln!("ktvmm: putting the KVM module parameters back failed: {e}");
     }
     if let Some(matrix) = &matrix
-        && let Err(e) = kvm_env::apply(&matrix.restore, &env_host)
+        && let Err(e) = kvm_env::apply(&matrix.restore_after(applied), &env_host)
     {
         errln!("ktvmm: putting the KVM module parameters back failed: {e}");
     }
@@ -389,16 +391,6 @@ impl Run<'_> {
         self.results.extend(round);
         failed
     }
-}
-
-/// The `--kvm-config` a test runs under.
-fn config_of(test: &TestSpec) -> Option<&String> {
-    test.variant.as_ref().and_then(|v| {
-        v.values
-            .iter()
-            .find(|(k, _)| k == tables::KVM_KEY)
-            .map(|(_, c)| c)
-    })
 }
 
 /// Runs the tests of `results` that did not pass again, up to
