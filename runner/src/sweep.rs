@@ -380,10 +380,7 @@ pub fn variants(test: &TestSpec, axes: &[Axis]) -> Result<Vec<TestSpec>, String>
 
 fn variant(test: &TestSpec, chosen: &[(&Key, &str)]) -> TestSpec {
     let mut spec = test.clone();
-    let mut variant = test.variant.clone().unwrap_or_else(|| Variant {
-        of: test.name.clone(),
-        values: Vec::new(),
-    });
+    let mut variant = variant_of(test);
     for &(key, value) in chosen {
         set(&mut spec.kind, key, value);
         variant.values.push((key.name(), value.to_string()));
@@ -401,14 +398,19 @@ fn variant(test: &TestSpec, chosen: &[(&Key, &str)]) -> TestSpec {
 /// `kvm=NAME`, which is not a shape of the VM).
 pub fn with_value(test: &TestSpec, key: &str, value: &str) -> TestSpec {
     let mut spec = test.clone();
-    let mut variant = test.variant.clone().unwrap_or_else(|| Variant {
-        of: test.name.clone(),
-        values: Vec::new(),
-    });
+    let mut variant = variant_of(test);
     variant.values.push((key.to_string(), value.to_string()));
     spec.name = variant.name();
     spec.variant = Some(variant);
     spec
+}
+
+/// The test's variant so far: none yet is the test itself.
+fn variant_of(test: &TestSpec) -> Variant {
+    test.variant.clone().unwrap_or_else(|| Variant {
+        of: test.name.clone(),
+        values: Vec::new(),
+    })
 }
 
 fn set(kind: &mut TestKind, key: &Key, value: &str) {
