@@ -95,6 +95,8 @@ pub struct Step {
     /// The reloads that bring the previous configuration's parameters to
     /// this one's.
     pub enter: Plan,
+    /// Tests that run under it.
+    pub tests: usize,
 }
 
 /// The whole matrix, decided before anything runs.
@@ -104,8 +106,6 @@ pub struct Matrix {
     pub steps: Vec<Step>,
     /// The reloads that put the host back after the last.
     pub restore: Plan,
-    /// Tests under each configuration.
-    pub tests: usize,
 }
 
 /// Why the matrix cannot run.
@@ -124,16 +124,16 @@ pub enum MatrixError {
     },
 }
 
-/// Plans every configuration (with the run's own `--kvm-param`, `--tdp`...
-/// in `base`) against `host`; touches nothing.
+/// Plans every configuration, each with the number of tests that run
+/// under it (and the run's own `--kvm-param`, `--tdp`... in `base`),
+/// against `host`; touches nothing.
 pub fn plan(
-    configs: &[Config],
+    configs: &[(Config, usize)],
     base: &Request,
     host: &Host,
-    tests: usize,
 ) -> Result<Matrix, MatrixError> {
     let mut steps: Vec<Step> = Vec::new();
-    for config in configs {
+    for (config, tests) in configs {
         if steps.iter().any(|s| s.config.name == config.name) {
             return Err(MatrixError::Duplicate(config.name.clone()));
         }
@@ -148,14 +148,11 @@ pub fn plan(
             config: config.clone(),
             enter: transition(previous, &plan),
             plan,
+            tests: *tests,
         });
     }
     let restore = transition(steps.last().map_or(&EMPTY, |s| &s.plan), &EMPTY);
-    Ok(Matrix {
-        steps,
-        restore,
-        tests,
-    })
+    Ok(Matrix { steps, restore })
 }
 
 static EMPTY: Plan = Plan {
@@ -220,21 +217,22 @@ impl fmt::Display for Matrix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "KVM configuration matrix: {} configurations, {} tests under each",
+            "KVM configuration matrix: {} configurations, {} tests",
             self.steps.len(),
-            self.tests
+            self.steps.iter().map(|s| s.tests).sum::<usize>()
         )?;
         for step in &self.steps {
             let settings = step.config.settings();
             writeln!(
                 f,
-                "configuration {} ({}):",
+                "configuration {} ({}), {} tests:",
                 step.config.name,
                 if settings.is_empty() {
                     "the host as it is".to_string()
                 } else {
                     settings.join(", ")
-                }
+                },
+                step.tests
             )?;
             for notice in &step.plan.notices {
                 writeln!(f, "  notice: {notice}")?;
@@ -291,8 +289,12 @@ mod tests {
         root
     }
 
-    fn configs(texts: &[&str]) -> Vec<Config> {
-        texts.iter().map(|t| parse_config(t).unwrap()).collect()
+    /// Configurations with 7 tests each.
+    fn configs(texts: &[&str]) -> Vec<(Config, usize)> {
+        texts
+            .iter()
+            .map(|t| (parse_config(t).unwrap(), 7))
+            .collect()
     }
 
     #[test]
@@ -324,7 +326,6 @@ mod tests {
             ]),
             &Request::default(),
             &host,
-            7,
         )
         .unwrap();
         let reloads: Vec<Vec<(String, Vec<String>)>> =
@@ -352,9 +353,9 @@ mod tests {
         assert!(matrix.restore_after(None).changes.is_empty());
         let text = matrix.to_string();
         for line in [
-            "KVM configuration matrix: 4 configurations, 7 tests under each",
-            "configuration base (the host as it is):\n  no module reload",
-            "configuration noept (kvm_intel.ept=N):\n  kvm_intel.ept: Y -> N\n  run: rmmod kvm_intel && modprobe kvm_intel ept=N",
+            "KVM configuration matrix: 4 configurations, 28 tests",
+            "configuration base (the host as it is), 7 tests:\n  no module reload",
+            "configuration noept (kvm_intel.ept=N), 7 tests:\n  kvm_intel.ept: Y -> N\n  run: rmmod kvm_intel && modprobe kvm_intel ept=N",
             "afterwards:\n  kvm_intel.enable_apicv: N -> Y\n  run: rmmod kvm_intel && modprobe kvm_intel enable_apicv=Y",
         ] {
             assert!(text.contains(line), "{line}\nnot in\n{text}");
@@ -368,16 +369,13 @@ mod tests {
             &configs(&["a:kvm_intel.ept=Y", "b:kvm.enable_pmu=1"]),
             &Request::default(),
             &host,
-            1,
         )
         .unwrap();
         assert!(matrix.steps.iter().all(|s| s.enter.changes.is_empty()));
         assert!(matrix.restore.changes.is_empty());
-        assert!(
-            matrix
-                .to_string()
-                .contains("configuration b (kvm.enable_pmu=1):\n  kvm.enable_pmu is already Y")
-        );
+        assert!(matrix.to_string().contains(
+            "configuration b (kvm.enable_pmu=1), 7 tests:\n  kvm.enable_pmu is already Y"
+        ));
     }
 
     #[test]
@@ -402,14 +400,14 @@ mod tests {
                 "none" => "off:kvm_intel.bogus=1",
                 _ => "off:kvm_intel.ept=N",
             };
-            let err = plan(&configs(&["base:", config]), &Request::default(), &host, 1)
+            let err = plan(&configs(&["base:", config]), &Request::default(), &host)
                 .unwrap_err()
                 .to_string();
             assert!(err.starts_with("--kvm-config off: "), "{err}");
             assert!(err.contains(needle), "{what}: {err}");
         }
         let host = Host::at(&sysfs("twice", 0), true);
-        let err = plan(&configs(&["a:", "a:"]), &Request::default(), &host, 1).unwrap_err();
+        let err = plan(&configs(&["a:", "a:"]), &Request::default(), &host).unwrap_err();
         assert!(err.to_string().contains("given twice"), "{err}");
     }
 
@@ -420,7 +418,7 @@ mod tests {
             params: vec![kvm_env::parse_param("kvm_intel.nested=Y").unwrap()],
             ..Request::default()
         };
-        let matrix = plan(&configs(&["a:", "b:kvm_intel.ept=N"]), &base, &host, 1).unwrap();
+        let matrix = plan(&configs(&["a:", "b:kvm_intel.ept=N"]), &base, &host).unwrap();
         let r = |m: &str, s: &[&str]| (m.to_string(), s.iter().map(|x| x.to_string()).collect());
         assert_eq!(
             matrix.steps[0].enter.reloads(),

@@ -62,27 +62,23 @@ pub fn test(args: TestArgs) -> Result<u8> {
     };
     // Decided before anything runs: a request that cannot be met stops here.
     let env_host = kvm_env::Host::probe();
-    // The configurations that have tests, in their order.
-    let configs: Vec<kvm_matrix::Config> = args
+    // The configurations that have tests, in their order, with how many.
+    let configs: Vec<(kvm_matrix::Config, usize)> = args
         .kvm_configs
         .iter()
-        .filter(|c| {
-            tests
+        .map(|c| {
+            let under = tests
                 .iter()
-                .any(|t| kvm_matrix::config_of(t) == Some(&c.name))
+                .filter(|t| kvm_matrix::config_of(t) == Some(&c.name))
+                .count();
+            (c.clone(), under)
         })
-        .cloned()
+        .filter(|(_, under)| *under > 0)
         .collect();
     let matrix = if args.kvm_configs.is_empty() {
         None
     } else {
-        let per_config = tests.len() / configs.len().max(1);
-        Some(kvm_matrix::plan(
-            &configs,
-            &environment,
-            &env_host,
-            per_config,
-        )?)
+        Some(kvm_matrix::plan(&configs, &environment, &env_host)?)
     };
     let plan = if environment.is_empty() || matrix.is_some() {
         None
@@ -181,7 +177,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
     meta.notices = qemu_notices;
     meta.kvm_configs = configs
         .iter()
-        .map(|c| (c.name.clone(), c.settings()))
+        .map(|(c, _)| (c.name.clone(), c.settings()))
         .collect();
     if let Err(Some(why)) = &host_stats {
         // Said once, not per test.
@@ -268,7 +264,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
     // A sweep's table has the configurations as its last column already.
     let mut tables = tables::sweeps(&results);
     if tables.is_empty() {
-        let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
+        let names: Vec<String> = configs.iter().map(|(c, _)| c.name.clone()).collect();
         tables += &tables::configs(&results, &names);
     }
     if args.soak.is_some() {

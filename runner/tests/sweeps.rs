@@ -363,7 +363,7 @@ fn kvm_configurations_run_in_turn() {
     );
     assert_eq!(code, 0, "{stdout}");
     assert!(
-        stdout.contains("KVM configuration matrix: 2 configurations, 1 tests under each"),
+        stdout.contains("KVM configuration matrix: 2 configurations, 2 tests"),
         "{stdout}"
     );
     assert!(stdout.contains("would run 2 tests:\n  smp[kvm=host]\n  smp[kvm=pmu]\n"));
