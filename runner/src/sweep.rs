@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use ktvmm_vmm::cpu_model;
+use ktvmm_vmm::cpu::model as cpu_model;
 use ktvmm_vmm::memory::{MAX_MEM_MIB, MIN_MEM_MIB};
 
 use crate::cli::parse_mem_mib;
