@@ -164,6 +164,24 @@ pub struct TestArgs {
     /// times when that is given).
     #[arg(long)]
     pub until_fail: bool,
+    /// Run each selected test once per value of KEY (repeatable: once per
+    /// combination): smp, memory, cpu, iommu, append for guests; args,
+    /// env.NAME for programs. Numbers take ranges: smp=1..8,
+    /// memory=64M..1G*2, smp=1..16+4. Each variant is a test named
+    /// TEST[KEY=VALUE,...].
+    #[arg(long = "sweep", value_name = "KEY=V1,V2,...", value_parser = crate::sweep::parse_axis)]
+    pub sweeps: Vec<crate::sweep::Axis>,
+    /// Soak: run the selected tests again and again for DURATION (`90s`,
+    /// `10m`, `2h`), finishing those running when the time is up; report
+    /// each test's runs, failures and failure rate (with --until-fail,
+    /// stop at the first failure).
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration, conflicts_with_all = ["repeat", "retries"])]
+    pub soak: Option<Duration>,
+    /// Run the whole selection under each KVM configuration in turn
+    /// (repeatable), reloading modules between them: NAME:MODULE.PARAM=VALUE,...
+    /// (NAME: alone is the host as it is). Results are TEST[kvm=NAME].
+    #[arg(long = "kvm-config", value_name = "NAME:MODULE.PARAM=VALUE,...", value_parser = crate::kvm_matrix::parse_config)]
+    pub kvm_configs: Vec<crate::kvm_matrix::Config>,
     /// Where guests run: ktvmm (the default), qemu-kvm, qemu-tcg
     /// (repeatable: each guest runs in each, and the summary says where the
     /// verdicts differ).
@@ -385,6 +403,33 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
         .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
         .map(Duration::from_secs_f64)
         .ok_or_else(|| format!("'{text}' is not a positive number of seconds"))
+}
+
+/// A soak's length: `90`, `90s`, `10m`, `2h`, `1d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, unit) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((at, _)) => t.split_at(at),
+        None => (t, "s"),
+    };
+    let scale = match unit {
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => {
+            return Err(format!(
+                "'{text}' is not a duration (examples: 90s, 10m, 2h)"
+            ));
+        }
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .map(|n| n * scale)
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("'{text}' is not a duration (examples: 90s, 10m, 2h)"))
 }
 
 /// Rewrites QEMU-style `-smp`, `-append`, `-initrd`, `-memory` (any long
@@ -639,5 +684,17 @@ mod tests {
         assert_eq!(parse_seconds("10s"), Ok(Duration::from_secs(10)));
         assert!(parse_seconds("0").is_err());
         assert!(parse_seconds("nan").is_err());
+    }
+
+    #[test]
+    fn soak_lengths_take_units() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
+        for bad in ["", "0", "-1m", "5w", "h", "1e12"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -46,6 +46,8 @@ pub struct Console {
     last_output: Instant,
     status_shown: bool,
     last_redraw: Option<Instant>,
+    /// Tests whose failure's log tail has been shown.
+    tails_shown: std::collections::HashSet<String>,
 }
 
 impl Console {
@@ -68,6 +70,7 @@ impl Console {
             last_output: now,
             status_shown: false,
             last_redraw: None,
+            tails_shown: Default::default(),
         }
     }
 
@@ -183,7 +186,12 @@ impl Observer for Console {
             text += &format!(": {reason}");
         }
         text.push('\n');
-        if result.status.is_failure() {
+        // The end of the log and the rerun command once per test: a soak's
+        // hundredth failure of one test says no more than its first.
+        let again = result.status.is_failure() && !self.tails_shown.insert(result.name.clone());
+        if result.status.is_failure() && again {
+            text += &format!("        log: {}\n", result.log.display());
+        } else if result.status.is_failure() {
             for line in tail(&result.log, TAIL_LINES) {
                 text += &format!("        | {line}\n");
             }
@@ -282,7 +290,21 @@ pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &
             .map(|r| display_name(&r.name, r.iteration).chars().count())
             .max()
             .unwrap_or(0);
+        // A test that failed in many runs (`--repeat`, `--for`) is listed
+        // with its first few; the rest are counted.
+        let mut shown: Vec<(&str, usize)> = Vec::new();
         for r in bad {
+            let times = match shown.iter_mut().find(|(n, _)| *n == r.name) {
+                Some((_, times)) => times,
+                None => {
+                    shown.push((&r.name, 0));
+                    &mut shown.last_mut().expect("just pushed").1
+                }
+            };
+            *times += 1;
+            if *times > SAME_TEST_SHOWN {
+                continue;
+            }
             text += &format!(
                 "  {:<7} {:<width$}  {}  ({})\n",
                 r.status.label(),
@@ -294,6 +316,12 @@ pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &
                 text += &format!("          guest core: {}\n", core.display());
             }
         }
+        for (name, times) in shown.iter().filter(|(_, t)| *t > SAME_TEST_SHOWN) {
+            text += &format!(
+                "  ... and {} more runs of {name} that did not pass\n",
+                times - SAME_TEST_SHOWN
+            );
+        }
     }
     text += &skips_by_reason(results);
     text += &format!(
@@ -304,6 +332,9 @@ pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
 }
+
+/// Runs of one test the summary lists among those that did not pass.
+const SAME_TEST_SHOWN: usize = 3;
 
 /// What [`tail`] reads of a log at most.
 const TAIL_READ_MAX: u64 = 64 << 10;
@@ -464,6 +495,7 @@ mod tests {
             core: None,
             kvm_stats: None,
             iteration: 1,
+            variant: None,
         };
         let mut results = vec![skip("a", "no VMX")];
         for name in ["b", "c", "d", "e"] {

@@ -268,6 +268,7 @@ mod tests {
             groups: Vec::new(),
             source: "s".into(),
             exclusive: false,
+            variant: None,
         };
         let mut program = guest.clone();
         program.name = "p".into();

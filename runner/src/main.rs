@@ -43,6 +43,7 @@ mod helper_cmd;
 mod interrupt;
 mod kvm_env;
 mod merge_cmd;
+mod kvm_matrix;
 mod qemu_probe;
 mod reasons;
 mod results;
@@ -52,6 +53,8 @@ mod select;
 mod self_exe;
 mod subtests;
 mod suite;
+mod sweep;
+mod tables;
 mod test_cmd;
 mod verdict;
 

@@ -316,6 +316,9 @@ fn merged_meta(inputs: &[Input], command_line: Vec<String>) -> RunMeta {
             r.shard = None;
             r
         }),
+        // Equal in every part: they name the tests, whose names the
+        // selection's digests compare.
+        kvm_configs: first.kvm_configs.clone(),
     }
 }
 

@@ -277,6 +277,7 @@ mod tests {
             groups: Vec::new(),
             source: "s".into(),
             exclusive: false,
+            variant: None,
         }
     }
 

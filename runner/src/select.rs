@@ -138,11 +138,13 @@ pub fn shuffle<T>(tests: &mut [T], seed: u64) {
     }
 }
 
-/// `=NAME` matches that name exactly; a pattern with `*` or `?` is a glob
+/// `=NAME` matches that name exactly (and its sweep variants `NAME[...]`); a pattern with `*` or `?` is a glob
 /// over the whole name; anything else matches as a substring.
 pub fn matches(pattern: &str, name: &str) -> bool {
     if let Some(exact) = pattern.strip_prefix('=') {
-        name == exact
+        // ...or a variant of that test (`crate::sweep`).
+        name.strip_prefix(exact)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
     } else if pattern.contains(['*', '?']) {
         glob(pattern.as_bytes(), name.as_bytes())
     } else {
@@ -193,6 +195,7 @@ mod tests {
                 groups: groups.iter().map(|g| g.to_string()).collect(),
                 source: "s".into(),
                 exclusive: false,
+                variant: None,
             })
             .collect()
     }

@@ -12,7 +12,7 @@ use crate::schedule::{self, Job};
 use crate::select::{Selection, SelectionRecord, fingerprint};
 use crate::suite::{TestSpec, discover::discover, kut};
 use crate::verdict::{RunMeta, Status, TestResult};
-use crate::{bundled, interrupt, kvm_env};
+use crate::{bundled, interrupt, kvm_env, kvm_matrix, tables};
 
 /// Exit code of a run cut short by Ctrl-C (as a shell reports SIGINT).
 const EXIT_INTERRUPTED: u8 = 130;
@@ -28,6 +28,9 @@ pub fn test(args: TestArgs) -> Result<u8> {
         let host = kut::Host::new(available_cpus() as u32, !args.groups.is_empty());
         discover(&args.paths, &host)?
     };
+    let tests = crate::sweep::expand(tests, &args.sweeps).map_err(|e| anyhow::anyhow!(e))?;
+    // Before selection, so filters and --rerun-failed pick configurations.
+    let tests = kvm_matrix::expand(tests, &args.kvm_configs);
     let discovered = tests.len();
     let expectations = match &args.expect {
         Some(path) => crate::expect::load(path)?,
@@ -70,7 +73,25 @@ pub fn test(args: TestArgs) -> Result<u8> {
     };
     // Decided before anything runs: a request that cannot be met stops here.
     let env_host = kvm_env::Host::probe();
-    let plan = if environment.is_empty() {
+    // The configurations that have tests, in their order, with how many.
+    let configs: Vec<(kvm_matrix::Config, usize)> = args
+        .kvm_configs
+        .iter()
+        .map(|c| {
+            let under = tests
+                .iter()
+                .filter(|t| kvm_matrix::config_of(t) == Some(&c.name))
+                .count();
+            (c.clone(), under)
+        })
+        .filter(|(_, under)| *under > 0)
+        .collect();
+    let matrix = if args.kvm_configs.is_empty() {
+        None
+    } else {
+        Some(kvm_matrix::plan(&configs, &environment, &env_host)?)
+    };
+    let plan = if environment.is_empty() || matrix.is_some() {
         None
     } else {
         Some(kvm_env::plan(&environment, &env_host)?)
@@ -78,6 +99,9 @@ pub fn test(args: TestArgs) -> Result<u8> {
     if args.dry_run {
         if let Some(plan) = &plan {
             out!("{plan}");
+        }
+        if let Some(matrix) = &matrix {
+            out!("{matrix}");
         }
         outln!("would run {} tests:", tests.len());
         for test in &tests {
@@ -143,6 +167,8 @@ pub fn test(args: TestArgs) -> Result<u8> {
         cores: args.cores,
         gdb_port: args.gdb.as_ref().map(|_| args.gdb_port),
         log_limit: args.log_limit << 20,
+        start_until: None,
+        stop_after_failure: false,
     };
     let verbosity = match (args.quiet, args.verbose) {
         (true, _) => Verbosity::Quiet,
@@ -155,15 +181,16 @@ pub fn test(args: TestArgs) -> Result<u8> {
         (true, 1) => u32::MAX,
         (_, n) => n,
     };
-    let round_size = if args.until_fail {
-        tests.len()
-    } else {
-        tests.len() * rounds as usize
-    };
-    let mut console = Console::new(verbosity, round_size, args.heartbeat, options.ktvmm.clone());
+    // Each batch adds what it queues (rounds, configurations, a soak's
+    // rounds are not known ahead).
+    let mut console = Console::new(verbosity, 0, args.heartbeat, options.ktvmm.clone());
     let mut meta = RunMeta::probe(std::env::args().collect(), started_at);
     meta.notices = qemu_notices;
     meta.selection = Some(record);
+    meta.kvm_configs = configs
+        .iter()
+        .map(|(c, _)| (c.name.clone(), c.settings()))
+        .collect();
     if let Err(Some(why)) = &host_stats {
         // Said once, not per test.
         let notice = format!("no KVM counters for host programs: {why}");
@@ -171,43 +198,91 @@ pub fn test(args: TestArgs) -> Result<u8> {
         meta.notices.push(notice);
     }
     console.expect(expectations.clone(), meta.clone());
-    let mut results: Vec<TestResult> = Vec::new();
-    let mut interrupted = false;
-    let mut iteration = 1;
-    while iteration <= rounds && !interrupted {
-        // --until-fail runs a round at a time and stops after a bad one;
-        // --repeat alone queues every round at once to keep -j busy.
-        let batch = if args.until_fail { 1 } else { rounds };
-        let jobs = jobs(&tests, iteration, batch, &args, &output);
-        let finished = schedule::run(&jobs, &options, &mut console);
-        interrupted = finished.interrupted;
-        let mut round = finished.results;
-        // Before retrying: an expected failure is not worth another run.
-        crate::expect::apply(&expectations, &meta, &mut round);
-        if !interrupted && args.retries > 0 {
-            interrupted = retry(&mut round, &jobs, &args, &output, &options, &mut console);
-        }
-        let failed = round.iter().any(|r| r.status.is_failure());
-        results.extend(round);
-        iteration += batch;
-        if args.until_fail {
-            if failed {
-                break;
+    let mut run = Run {
+        args: &args,
+        output: &output,
+        options,
+        console,
+        expectations: &expectations,
+        meta: &meta,
+        results: Vec::new(),
+        interrupted: false,
+        planned: 0,
+    };
+    let mut matrix_failed = None;
+    // The last configuration set up, for putting the host back.
+    let mut applied = None;
+    match &matrix {
+        None => run.selection(&tests, rounds),
+        Some(matrix) => {
+            for (index, step) in matrix.steps.iter().enumerate() {
+                if run.interrupted || run.stopped() {
+                    break;
+                }
+                // A reload that failed counts as done: putting back reloads
+                // its modules with the host's values.
+                applied = Some(index);
+                if let Err(e) = kvm_env::apply(&step.enter, &env_host) {
+                    matrix_failed = Some(format!(
+                        "cannot set up KVM configuration {}: {e}",
+                        step.config.name
+                    ));
+                    break;
+                }
+                for notice in &step.plan.notices {
+                    run.console
+                        .note(&format!("notice: {}: {notice}", step.config.name));
+                }
+                if !step.enter.changes.is_empty() {
+                    run.console.note(&format!(
+                        "KVM configuration {}: reloaded {}",
+                        step.config.name,
+                        step.enter
+                            .reloads()
+                            .iter()
+                            .map(|(m, s)| format!("{m} {}", s.join(" ")))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ));
+                }
+                let under: Vec<TestSpec> = tests
+                    .iter()
+                    .filter(|t| kvm_matrix::config_of(t) == Some(&step.config.name))
+                    .cloned()
+                    .collect();
+                run.selection(&under, rounds);
             }
-            console.next_round(tests.len());
         }
     }
+    let Run {
+        mut console,
+        results,
+        interrupted,
+        planned,
+        ..
+    } = run;
     console.clear_status();
 
     meta.duration = started.elapsed();
     meta.interrupted = interrupted;
     let written = results::write_all(&output, &meta, &results);
-    let not_run = if interrupted {
-        round_size.saturating_sub(results.len())
+    // A soak has no fixed number of runs to fall short of.
+    let not_run = if interrupted && args.soak.is_none() {
+        planned.saturating_sub(results.len())
     } else {
         0
     };
     console::summary(&results, started.elapsed(), not_run, output.path());
+    // A sweep's table has the configurations as its last column already.
+    let mut tables = tables::sweeps(&results);
+    if tables.is_empty() {
+        let names: Vec<String> = configs.iter().map(|(c, _)| c.name.clone()).collect();
+        tables += &tables::configs(&results, &names);
+    }
+    if args.soak.is_some() {
+        tables += &tables::soak(&results, started.elapsed());
+    }
+    out!("{tables}");
     let disagreements = crate::envs::disagreements(&results);
     if args.envs.len() > 1 && !disagreements.is_empty() {
         outln!("environments disagree ({}):", disagreements.len());
@@ -220,12 +295,110 @@ pub fn test(args: TestArgs) -> Result<u8> {
     {
         errln!("ktvmm: putting the KVM module parameters back failed: {e}");
     }
+    if let Some(matrix) = &matrix
+        && let Err(e) = kvm_env::apply(&matrix.restore_after(applied), &env_host)
+    {
+        errln!("ktvmm: putting the KVM module parameters back failed: {e}");
+    }
     written.context("cannot write the results")?;
+    if let Some(why) = matrix_failed {
+        bail!("{why}");
+    }
     Ok(if interrupted {
         EXIT_INTERRUPTED
     } else {
         u8::from(results.iter().any(|r| r.status.is_failure()))
     })
+}
+
+/// What every batch of a run shares: where it goes, how it is shown, and
+/// what has come of it so far.
+struct Run<'a> {
+    args: &'a TestArgs,
+    output: &'a OutputDir,
+    options: schedule::Options,
+    console: Console,
+    expectations: &'a [crate::expect::Expectation],
+    meta: &'a RunMeta,
+    results: Vec<TestResult>,
+    interrupted: bool,
+    /// Tests queued so far.
+    planned: usize,
+}
+
+impl Run<'_> {
+    /// Whether `--until-fail` has had its failure.
+    fn stopped(&self) -> bool {
+        self.args.until_fail && self.results.iter().any(|r| r.status.is_failure())
+    }
+
+    /// Runs `tests` as the options say: once, `--repeat` times, round by
+    /// round `--until-fail`, or again and again `--for` a while.
+    fn selection(&mut self, tests: &[TestSpec], rounds: u32) {
+        if let Some(length) = self.args.soak {
+            return self.soak(tests, length);
+        }
+        let mut iteration = 1;
+        while iteration <= rounds && !self.interrupted {
+            // --until-fail runs a round at a time and stops after a bad one;
+            // --repeat alone queues every round at once to keep -j busy.
+            let batch = if self.args.until_fail { 1 } else { rounds };
+            let failed = self.batch(tests, iteration, batch);
+            iteration += batch;
+            if self.args.until_fail && failed {
+                break;
+            }
+        }
+    }
+
+    /// `--for`: rounds of `tests`, enough at a time to keep every worker
+    /// busy, until the time is up (what is running then finishes) or, with
+    /// `--until-fail`, a test has not passed; each round in a new order
+    /// under `--shuffle`.
+    fn soak(&mut self, tests: &[TestSpec], length: Duration) {
+        let end = Instant::now() + length;
+        let per_batch = self.options.jobs.max(1).div_ceil(tests.len().max(1)).max(1) as u32 * 2;
+        self.options.start_until = Some(end);
+        self.options.stop_after_failure = self.args.until_fail;
+        let mut tests = tests.to_vec();
+        let mut iteration = 1;
+        while !self.interrupted && Instant::now() < end {
+            if let Some(seed) = self.args.shuffle.filter(|_| iteration > 1) {
+                crate::select::shuffle(&mut tests, seed.wrapping_add(u64::from(iteration)));
+            }
+            let failed = self.batch(&tests, iteration, per_batch);
+            iteration += per_batch;
+            if failed && self.args.until_fail {
+                break;
+            }
+        }
+    }
+
+    /// Rounds `first..first + count` of `tests`; returns whether any
+    /// did not pass (expected failures aside).
+    fn batch(&mut self, tests: &[TestSpec], first: u32, count: u32) -> bool {
+        let jobs = jobs(tests, first, count, self.args, self.output);
+        self.console.next_round(jobs.len());
+        self.planned += jobs.len();
+        let finished = schedule::run(&jobs, &self.options, &mut self.console);
+        self.interrupted = finished.interrupted;
+        let mut round = finished.results;
+        // Before retrying: an expected failure is not worth another run.
+        crate::expect::apply(self.expectations, self.meta, &mut round);
+        if !self.interrupted && self.args.retries > 0 {
+            self.interrupted = retry(
+                &mut round,
+                &jobs,
+                self.args,
+                self.output,
+                &self.options,
+                &mut self.console,
+            );
+        }
+        let failed = round.iter().any(|r| r.status.is_failure());
+        self.results.extend(round);
+        failed
+    }
 }
 
 /// Runs the tests of `results` that did not pass again, up to

@@ -140,6 +140,10 @@ pub struct TestResult {
     /// Which repetition this was (1-based), with `--repeat`/`--until-fail`.
     #[serde(skip_serializing_if = "is_first", default = "first")]
     pub iteration: u32,
+    /// Which variant of a swept test this is: the test and the values it
+    /// ran with (`--sweep`, a suite's `sweep`, `--kvm-config`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub variant: Option<crate::sweep::Variant>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -187,6 +191,10 @@ pub struct RunMeta {
     /// written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selection: Option<crate::select::SelectionRecord>,
+    /// `--kvm-config`: each configuration's parameters, by name (a result's
+    /// `variant` names the one it ran under).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub kvm_configs: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 mod seconds {

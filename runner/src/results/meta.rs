@@ -37,6 +37,7 @@ impl RunMeta {
             interrupted: false,
             notices: Vec::new(),
             selection: None,
+            kvm_configs: Default::default(),
         }
     }
 }

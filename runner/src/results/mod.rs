@@ -228,6 +228,7 @@ pub(crate) mod testutil {
             interrupted: false,
             notices: Vec::new(),
             selection: None,
+            kvm_configs: Default::default(),
         }
     }
 
@@ -251,6 +252,7 @@ pub(crate) mod testutil {
             kvm_stats: None,
             core: None,
             iteration: 1,
+            variant: None,
         }
     }
 

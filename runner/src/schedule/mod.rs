@@ -61,6 +61,11 @@ pub struct Options {
     pub host_stats: Option<(PathBuf, debugfs_stats::Names)>,
     /// Bytes of a test's output its log keeps (head and tail).
     pub log_limit: u64,
+    /// No test starts after this (`--for`); those running finish.
+    pub start_until: Option<Instant>,
+    /// No test starts after one has not passed (`--for` with
+    /// `--until-fail`); those running finish.
+    pub stop_after_failure: bool,
 }
 
 /// What the scheduler reports as it goes.
@@ -109,9 +114,14 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
     let mut seen_requests = interrupt::requests();
     let mut interrupted = false;
     let mut guard = guard::Guard::start(options.jobs.max(1));
+    let mut failed = false;
 
     loop {
-        while !interrupted && slots.len() < options.jobs.max(1) && next < jobs.len() {
+        // What is not started when the time is up or a test has failed is
+        // not run (and not reported).
+        let stopping = options.start_until.is_some_and(|t| Instant::now() >= t)
+            || (options.stop_after_failure && failed);
+        while !interrupted && !stopping && slots.len() < options.jobs.max(1) && next < jobs.len() {
             let job = &jobs[next];
             // A test that must run alone waits for the running ones to
             // finish, and nothing starts beside it (order is kept).
@@ -167,6 +177,7 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
                     );
                 }
                 Err(e) => {
+                    failed = true;
                     let result = cannot_start(job, &e);
                     observer.finished(job, &result);
                     results[next] = Some(result);
@@ -174,7 +185,7 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
             }
             next += 1;
         }
-        if slots.is_empty() && (interrupted || next == jobs.len()) {
+        if slots.is_empty() && (interrupted || stopping || next == jobs.len()) {
             break;
         }
 
@@ -196,6 +207,7 @@ pub fn run(jobs: &[Job], options: &Options, observer: &mut dyn Observer) -> Fini
                 let pgid = slot.running.pgid();
                 let names = options.host_stats.as_ref().map(|(_, names)| names);
                 let result = finish(&jobs[index], slot, names);
+                failed |= result.status.is_failure();
                 guard.forget(pgid);
                 observer.finished(&jobs[index], &result);
                 results[index] = Some(result);
@@ -332,6 +344,7 @@ fn finish(job: &Job, mut slot: Slot, names: Option<&debugfs_stats::Names>) -> Te
             _ => host_stats,
         },
         iteration: job.iteration,
+        variant: job.spec.variant.clone(),
     }
 }
 
@@ -366,6 +379,7 @@ fn cannot_start(job: &Job, error: &std::io::Error) -> TestResult {
         kvm_stats: None,
         core: None,
         iteration: job.iteration,
+        variant: job.spec.variant.clone(),
     }
 }
 
@@ -387,5 +401,6 @@ fn skipped(job: &Job) -> TestResult {
         kvm_stats: None,
         core: None,
         iteration: job.iteration,
+        variant: job.spec.variant.clone(),
     }
 }

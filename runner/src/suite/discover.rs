@@ -160,6 +160,7 @@ fn plain(path: &Path, name: String, kind: Plain) -> TestSpec {
         groups: Vec::new(),
         source: path.to_path_buf(),
         exclusive: false,
+        variant: None,
     }
 }
 

@@ -65,6 +65,10 @@ struct RawTest {
     groups: Vec<String>,
     #[serde(default)]
     exclusive: bool,
+    iommu: Option<bool>,
+    /// Keys to values: one test per combination (`crate::sweep`).
+    #[serde(alias = "matrix")]
+    sweep: Option<toml::Table>,
 }
 
 /// `memory = 256` (MiB) or `memory = "1G"`.
@@ -128,20 +132,29 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<TestSpec>, SuiteError> {
     for spanned in raw.tests {
         let span = spanned.span();
         let line = index.line_of(span.start);
-        let raw = spanned.into_inner();
+        let mut raw = spanned.into_inner();
+        let sweep = raw.sweep.take();
         let spec = test(raw, base, path, &defaults, default_mem, default_timeout)
             .map_err(|m| at(Some(span.clone()), m))?;
-        if let Some(first) = lines.get(&spec.name) {
-            return Err(at(
-                Some(span),
-                format!(
-                    "test '{}' is already defined on line {first}; names must be unique",
-                    spec.name
-                ),
-            ));
+        let variants = match sweep {
+            Some(table) => sweep_axes(&spec.name, &table)
+                .and_then(|axes| crate::sweep::variants(&spec, &axes))
+                .map_err(|m| at(Some(span.clone()), m))?,
+            None => vec![spec],
+        };
+        for spec in variants {
+            if let Some(first) = lines.get(&spec.name) {
+                return Err(at(
+                    Some(span),
+                    format!(
+                        "test '{}' is already defined on line {first}; names must be unique",
+                        spec.name
+                    ),
+                ));
+            }
+            lines.insert(spec.name.clone(), line);
+            tests.push(spec);
         }
-        lines.insert(spec.name.clone(), line);
-        tests.push(spec);
     }
     if tests.is_empty() {
         return Err(at(
@@ -238,7 +251,7 @@ fn test(
                 cpu,
                 no_pit: false,
                 boot,
-                iommu: false,
+                iommu: raw.iommu.unwrap_or(false),
                 vmm: Default::default(),
             });
             (kind, name)
@@ -251,6 +264,7 @@ fn test(
                 (raw.initrd.is_some(), "initrd"),
                 (raw.cpu.is_some(), "cpu"),
                 (raw.boot.is_some(), "boot"),
+                (raw.iommu.is_some(), "iommu"),
             ] {
                 if set {
                     return Err(format!(
@@ -291,7 +305,53 @@ fn test(
         groups,
         source: source.to_path_buf(),
         exclusive: raw.exclusive,
+        variant: None,
     })
+}
+
+/// A test's `sweep` table: `smp = [1, 2]`, `smp = "1..8"`, `memory =
+/// "64M..1G*2"`, `append = ["a", "b c"]`, `iommu = [true, false]`,
+/// `env.NAME = [...]` (also as `env = { NAME = [...] }`).
+fn sweep_axes(test: &str, table: &toml::Table) -> Result<Vec<crate::sweep::Axis>, String> {
+    use crate::sweep::{Key, axis, split_values};
+    let mut entries: Vec<(String, &toml::Value)> = Vec::new();
+    for (key, value) in table {
+        match (key.as_str(), value) {
+            ("env", toml::Value::Table(vars)) => {
+                entries.extend(vars.iter().map(|(name, v)| (format!("env.{name}"), v)));
+            }
+            _ => entries.push((key.clone(), value)),
+        }
+    }
+    if entries.is_empty() {
+        return Err(format!("test '{test}': sweep: no keys"));
+    }
+    let mut axes = Vec::new();
+    for (key, value) in entries {
+        let bad = |e: String| format!("test '{test}': sweep {key}: {e}");
+        let parsed = Key::parse(&key).map_err(bad)?;
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(n) => Ok(n.to_string()),
+            toml::Value::Boolean(b) => Ok(if *b { "on" } else { "off" }.to_string()),
+            other => Err(format!(
+                "a {} is not a string, number or boolean",
+                other.type_str()
+            )),
+        };
+        let items = match value {
+            // A string is spelled as on the command line: `"1,2,4"`, `"1..8"`.
+            toml::Value::String(s) => split_values(&parsed, s),
+            toml::Value::Array(list) => list
+                .iter()
+                .map(scalar)
+                .collect::<Result<_, _>>()
+                .map_err(bad)?,
+            other => vec![scalar(other).map_err(bad)?],
+        };
+        axes.push(axis(parsed, &items).map_err(bad)?);
+    }
+    Ok(axes)
 }
 
 /// Names end up in file names, terminals and XML: keep them printable.

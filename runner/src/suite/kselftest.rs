@@ -144,6 +144,7 @@ pub fn load(dir: &Path, layout: &Layout) -> Result<Vec<TestSpec>, SuiteError> {
         };
         tests.push(TestSpec {
             exclusive: alone_by_default(&base),
+            variant: None,
             kind: TestKind::Exec(how_to_run(&item.file, &item.collection_dir)),
             name,
             timeout: Some(timeout),
@@ -468,6 +469,7 @@ pub fn load_test_files(dir: &Path, files: &[PathBuf]) -> Result<Vec<TestSpec>, S
             groups: Vec::new(),
             source: file.clone(),
             exclusive: alone_by_default(&base_name),
+            variant: None,
         });
     }
     Ok(tests)

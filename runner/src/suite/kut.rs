@@ -226,6 +226,7 @@ fn spec(entry: &Entry, dir: &Path, source: &Path, host: &Host) -> Result<TestSpe
         groups: entry.groups.clone(),
         source: source.to_path_buf(),
         exclusive: false,
+        variant: None,
     })
 }
 

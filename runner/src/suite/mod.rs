@@ -28,6 +28,9 @@ pub struct TestSpec {
     /// Runs with nothing else running (a performance test that other tests
     /// would slow past its limit).
     pub exclusive: bool,
+    /// Which variant of a swept test this is (`--sweep`, a suite's
+    /// `sweep`, `--kvm-config`).
+    pub variant: Option<crate::sweep::Variant>,
 }
 
 /// How a test runs.
@@ -198,7 +201,8 @@ mod fuzz {
     use ktvmm_fuzz::rng::SplitMix64;
 
     const SUITE: &str = "[defaults]\ntimeout = 30\ngroups = [\"a\"]\n\n[[test]]\nname = \"x\"\n\
-        guest = \"bundled:exitcode\"\nsmp = 2\nmemory = \"256M\"\nappend = \"pass\"\n\n\
+        guest = \"bundled:exitcode\"\nsmp = 2\nmemory = \"256M\"\nappend = \"pass\"\n\
+        sweep = { smp = \"1..4*2\", memory = [\"64M\", 96], cpu = [\"max,-pcid\"] }\n\n\
         [[test]]\nexec = \"/bin/true\"\nargs = [\"-v\"]\nenv = { A = \"1\" }\n";
     const CFG: &str = "# c\n[t1]\nfile = vmexit.flat\nsmp = 2\ntest_args = 'cpuid'\n\
         qemu_params = -cpu qemu64,+x2apic -m 256\ngroups = a nodefault\ntimeout = 90s\n\n\

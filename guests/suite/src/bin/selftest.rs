@@ -3,7 +3,9 @@
 //! vCPU starts with.
 //!
 //! Arguments (`-append`): `smp=N` checks the CPU count, `mem=M` the RAM size
-//! in MiB; every other word is checked to be in the argument list.
+//! in MiB, `cpu=MODEL,+flag,-flag,vendor=V` (QEMU's `-cpu` spelling) that
+//! CPUID shows the vendor and the flags it knows as set or clear; every
+//! other word is checked to be in the argument list.
 #![no_std]
 #![no_main]
 
@@ -104,6 +106,8 @@ fn check_args() {
                     report!(false, "smp={}: not a number", value);
                 }
             }
+        } else if let Some(value) = arg.strip_prefix("cpu=") {
+            check_cpu_model(value);
         } else if let Some(value) = arg.strip_prefix("mem=") {
             match value.parse::<u64>() {
                 Ok(m) => {
@@ -126,6 +130,48 @@ fn check_args() {
             let present =
                 cmdline.split_ascii_whitespace().any(|word| word == arg) && ktest::has_arg(arg);
             report!(present, "argv contains '{}'", arg);
+        }
+    }
+}
+
+/// CPUID leaf 1 ECX bits of the flags `cpu=` edits this guest checks.
+const LEAF1_ECX_FLAGS: [(&str, u32); 4] =
+    [("pcid", 17), ("x2apic", 21), ("aes", 25), ("rdrand", 30)];
+
+/// The vendor and flag edits of a `-cpu` spelling, as CPUID shows them.
+fn check_cpu_model(spec: &str) {
+    for edit in spec.split(',').skip(1) {
+        if let Some(vendor) = edit.strip_prefix("vendor=") {
+            let id = x86::cpuid(0, 0);
+            let mut name = [0u8; 12];
+            for (i, reg) in [id.ebx, id.edx, id.ecx].iter().enumerate() {
+                name[i * 4..i * 4 + 4].copy_from_slice(&reg.to_le_bytes());
+            }
+            let seen = core::str::from_utf8(&name).unwrap_or("?");
+            report!(
+                seen == vendor,
+                "cpu: vendor {} (CPUID says {})",
+                vendor,
+                seen
+            );
+            continue;
+        }
+        let (on, flag) = match edit.split_at_checked(1) {
+            Some(("+", flag)) => (true, flag),
+            Some(("-", flag)) => (false, flag),
+            _ => continue,
+        };
+        match LEAF1_ECX_FLAGS.iter().find(|(name, _)| *name == flag) {
+            Some(&(_, bit)) => {
+                let set = x86::cpuid(1, 0).ecx & (1 << bit) != 0;
+                report!(
+                    set == on,
+                    "cpu: {} is {}",
+                    flag,
+                    if set { "set" } else { "clear" }
+                );
+            }
+            None => report_skip!("cpu: {}: not a flag this guest checks", flag),
         }
     }
 }
