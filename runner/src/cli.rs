@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
+use crate::units::{parse_duration, parse_mem_mib, parse_seconds};
+
 /// ktvmm: run KVM unit-test guests on a purpose-built mini-VMM.
 #[derive(Debug, Parser)]
 #[command(name = "ktvmm", version, about, propagate_version = true)]
@@ -169,8 +171,8 @@ pub struct TestArgs {
     /// env.NAME for programs. Numbers take ranges: smp=1..8,
     /// memory=64M..1G*2, smp=1..16+4. Each variant is a test named
     /// TEST[KEY=VALUE,...].
-    #[arg(long = "sweep", value_name = "KEY=V1,V2,...", value_parser = crate::sweep::parse_axis)]
-    pub sweeps: Vec<crate::sweep::Axis>,
+    #[arg(long = "sweep", value_name = "KEY=V1,V2,...", value_parser = crate::suite::sweep::parse_axis)]
+    pub sweeps: Vec<crate::suite::sweep::Axis>,
     /// Soak: run the selected tests again and again for DURATION (`90s`,
     /// `10m`, `2h`), finishing those running when the time is up; report
     /// each test's runs, failures and failure rate (with --until-fail,
@@ -219,13 +221,13 @@ pub struct TestArgs {
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
     pub heartbeat: Duration,
     /// Two-dimensional paging (EPT, NPT) on or off for this run.
-    #[arg(long, value_name = "on|off", value_parser = crate::kvm_env::parse_switch)]
+    #[arg(long, value_name = "on|off", value_parser = crate::units::parse_switch)]
     pub tdp: Option<bool>,
     /// Nested virtualization on or off for this run.
-    #[arg(long, value_name = "on|off", value_parser = crate::kvm_env::parse_switch)]
+    #[arg(long, value_name = "on|off", value_parser = crate::units::parse_switch)]
     pub nested: Option<bool>,
     /// APIC virtualization (APICv, AVIC) on or off for this run.
-    #[arg(long, value_name = "on|off", value_parser = crate::kvm_env::parse_switch)]
+    #[arg(long, value_name = "on|off", value_parser = crate::units::parse_switch)]
     pub apicv: Option<bool>,
     /// A KVM module parameter for this run (repeatable).
     #[arg(long = "kvm-param", value_name = "MODULE.PARAM=VALUE", value_parser = crate::kvm_env::parse_param)]
@@ -369,21 +371,6 @@ pub struct FuzzArgs {
     pub plant_bug: bool,
 }
 
-/// `128`, `128M`, `128MiB`, `1G`, `1GiB`: a size in MiB.
-pub fn parse_mem_mib(text: &str) -> Result<u64, String> {
-    let lower = text.trim().to_ascii_lowercase();
-    let (digits, scale) = match lower.trim_end_matches("ib").trim_end_matches('b') {
-        s if s.ends_with('g') => (&s[..s.len() - 1], 1024),
-        s if s.ends_with('m') => (&s[..s.len() - 1], 1),
-        s => (s, 1),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale))
-        .ok_or_else(|| format!("'{text}' is not a memory size (examples: 128, 512M, 2G)"))
-}
-
 /// `--log-limit`: a size in MiB, at least 1.
 fn parse_log_limit(text: &str) -> Result<u64, String> {
     match parse_mem_mib(text)? {
@@ -392,44 +379,6 @@ fn parse_log_limit(text: &str) -> Result<u64, String> {
         mib if mib > 1 << 30 => Err(format!("'{text}' is too large: at most 1024G")),
         mib => Ok(mib),
     }
-}
-
-/// Seconds, possibly fractional: `10`, `0.5`.
-pub fn parse_seconds(text: &str) -> Result<Duration, String> {
-    text.trim()
-        .trim_end_matches('s')
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("'{text}' is not a positive number of seconds"))
-}
-
-/// A soak's length: `90`, `90s`, `10m`, `2h`, `1d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let (number, unit) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        Some((at, _)) => t.split_at(at),
-        None => (t, "s"),
-    };
-    let scale = match unit {
-        "s" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        "d" => 86400.0,
-        _ => {
-            return Err(format!(
-                "'{text}' is not a duration (examples: 90s, 10m, 2h)"
-            ));
-        }
-    };
-    number
-        .parse::<f64>()
-        .ok()
-        .map(|n| n * scale)
-        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("'{text}' is not a duration (examples: 90s, 10m, 2h)"))
 }
 
 /// Rewrites QEMU-style `-smp`, `-append`, `-initrd`, `-memory` (any long
@@ -664,37 +613,6 @@ mod tests {
                 args.push(words[rng.below(words.len())].into());
             }
             let _ = Cli::try_parse_from(qemu_style(args));
-        }
-    }
-
-    #[test]
-    fn memory_sizes_take_qemu_suffixes() {
-        assert_eq!(parse_mem_mib("512"), Ok(512));
-        assert_eq!(parse_mem_mib("512M"), Ok(512));
-        assert_eq!(parse_mem_mib("2G"), Ok(2048));
-        assert_eq!(parse_mem_mib("1GiB"), Ok(1024));
-        assert_eq!(parse_mem_mib("0"), Ok(0));
-        assert!(parse_mem_mib("lots").is_err());
-        assert!(parse_mem_mib("99999999999999999999G").is_err());
-    }
-
-    #[test]
-    fn timeouts_are_positive_seconds() {
-        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_seconds("10s"), Ok(Duration::from_secs(10)));
-        assert!(parse_seconds("0").is_err());
-        assert!(parse_seconds("nan").is_err());
-    }
-
-    #[test]
-    fn soak_lengths_take_units() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
-        for bad in ["", "0", "-1m", "5w", "h", "1e12"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 }

@@ -192,7 +192,7 @@ impl Observer for Console {
         if result.status.is_failure() && again {
             text += &format!("        log: {}\n", result.log.display());
         } else if result.status.is_failure() {
-            for line in tail(&result.log, TAIL_LINES) {
+            for line in crate::printable::tail(&result.log, TAIL_LINES) {
                 text += &format!("        | {line}\n");
             }
             text += &format!("        log: {}\n", result.log.display());
@@ -336,9 +336,6 @@ pub fn summary(results: &[TestResult], wall: Duration, not_run: usize, output: &
 /// Runs of one test the summary lists among those that did not pass.
 const SAME_TEST_SHOWN: usize = 3;
 
-/// What [`tail`] reads of a log at most.
-const TAIL_READ_MAX: u64 = 64 << 10;
-
 /// Skipped tests grouped by their reason, most frequent first: a kernel
 /// selftests run skips dozens of tests for a handful of reasons (a missing
 /// CPU feature or capability), and that is what a reader wants to see.
@@ -368,66 +365,6 @@ fn skips_by_reason(results: &[TestResult]) -> String {
         text += &format!("  {:>3}  {reason}  ({shown})\n", names.len());
     }
     text
-}
-
-/// The last `n` lines of a log file, made safe and readable to print:
-/// control characters but tab in caret notation (`^M` for a carriage
-/// return, `^[` for escape), bytes that are not UTF-8 as `\xNN`, so a
-/// guest's escape sequences cannot garble the console and nothing turns
-/// into U+FFFD.
-pub fn tail(log: &Path, n: usize) -> Vec<String> {
-    // Lines of a guest's console are short; a log can be huge.
-    let Ok(bytes) = crate::schedule::logcap::read_tail(log, TAIL_READ_MAX) else {
-        return Vec::new();
-    };
-    let lines: Vec<&[u8]> = bytes
-        .strip_suffix(b"\n")
-        .unwrap_or(&bytes)
-        .split(|&b| b == b'\n')
-        .collect();
-    if bytes.is_empty() {
-        return Vec::new();
-    }
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| visible(l.strip_suffix(b"\r").unwrap_or(l)))
-        .collect()
-}
-
-/// `bytes` as text, each byte that is not UTF-8 written `\xNN` (rather
-/// than U+FFFD, which hides what the program printed).
-pub fn escape_invalid(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        out.push_str(chunk.valid());
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
-}
-
-/// `bytes` as printable text (see [`tail`]).
-pub fn visible(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '\t' => out.push(c),
-                '\x7f' => out.push_str("^?"),
-                c if (c as u32) < 0x20 => {
-                    out.push('^');
-                    out.push(char::from(b'@' + c as u8));
-                }
-                c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-                c => out.push(c),
-            }
-        }
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
 }
 
 /// `name`, or `name#3` for the third repetition.
@@ -510,16 +447,5 @@ mod tests {
             "skipped (6), by reason:\n    4  no SVM  (b, c, d, +1 more)\n    2  no VMX  (a, f)\n"
         );
         assert_eq!(skips_by_reason(&results[6..]), "");
-    }
-
-    #[test]
-    fn tails_are_safe_to_print() {
-        let path = std::env::temp_dir().join(format!("ktvmm-tail-{}", std::process::id()));
-        std::fs::write(&path, b"a\nb\x1b[2Jc\n\xff\n50%\r100%\r\nd\x7f\xc2\x85\n").unwrap();
-        let lines = tail(&path, 4);
-        assert_eq!(lines, ["b^[[2Jc", "\\xff", "50%^M100%", "d^?\\u{85}"]);
-        assert!(lines.iter().all(|l| !l.contains('\u{fffd}')));
-        assert!(tail(Path::new("/nonexistent"), 3).is_empty());
-        let _ = std::fs::remove_file(path);
     }
 }

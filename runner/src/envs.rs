@@ -18,12 +18,10 @@ use ktvmm_vmm::input;
 use ktvmm_vmm::memory::MAX_MEM_MIB;
 
 use crate::bundled;
+use crate::qemu_cmd::QEMU;
 
 use crate::suite::{TestKind, TestSpec, Vmm};
 use crate::verdict::{Status, TestResult};
-
-/// The QEMU binary `--env qemu-*` runs.
-pub const QEMU: &str = "qemu-system-x86_64";
 
 /// An environment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,54 +69,6 @@ impl Env {
             Env::QemuTcg => Vmm::Qemu { tcg: true },
         }
     }
-}
-
-/// `ktvmm envs`: whether each environment can boot a guest here, and how.
-pub fn probe_cmd(args: &crate::cli::EnvsArgs) -> anyhow::Result<u8> {
-    use crate::qemu_probe::{ProbeKernel, Usability, probe_with_workaround};
-    let envs = if args.envs.is_empty() {
-        &Env::ALL[..]
-    } else {
-        &args.envs
-    };
-    let kernel = ProbeKernel::write()?;
-    let mut all_usable = true;
-    for &env in envs {
-        let line = match env {
-            Env::Ktvmm => match std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/kvm")
-            {
-                Ok(_) => "usable".to_string(),
-                Err(e) => {
-                    all_usable = false;
-                    format!("unavailable: /dev/kvm: {e}")
-                }
-            },
-            Env::QemuKvm | Env::QemuTcg if !which(QEMU) => {
-                all_usable = false;
-                format!(
-                    "unavailable: {QEMU} is not installed (Debian: apt-get install qemu-system-x86)"
-                )
-            }
-            Env::QemuKvm | Env::QemuTcg => {
-                match probe_with_workaround(kernel.path(), env == Env::QemuTcg, &args.cpu) {
-                    Usability::Usable => format!("usable with -cpu {}", args.cpu),
-                    Usability::Workaround { model, why } => format!(
-                        "usable with -cpu {model} (-cpu {} cannot start a VM here: {why})",
-                        args.cpu
-                    ),
-                    Usability::Unavailable(why) => {
-                        all_usable = false;
-                        format!("unavailable with -cpu {}: {why}", args.cpu)
-                    }
-                }
-            }
-        };
-        outln!("{:<9} {line}", env.name());
-    }
-    Ok(u8::from(!all_usable))
 }
 
 /// One test per guest and environment.
@@ -202,7 +152,8 @@ pub fn write_bundled_guests(tests: &mut [TestSpec], dir: &Path) -> std::io::Resu
     Ok(())
 }
 
-fn which(program: &str) -> bool {
+/// Whether `program` is a file in a directory of `PATH`.
+pub fn which(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| {
         std::env::split_paths(&path).any(|dir| Path::new(&dir).join(program).is_file())
     })
@@ -231,18 +182,6 @@ pub fn disagreements(results: &[TestResult]) -> Vec<String> {
         .collect()
 }
 
-/// QEMU's isa-debug-exit reports `(code << 1) | 1`; an even status means
-/// QEMU itself ended (0: the guest never wrote the port).
-pub fn qemu_exit(status: i32) -> Result<i32, String> {
-    if status & 1 == 1 {
-        Ok(status >> 1)
-    } else {
-        Err(format!(
-            "QEMU exited with {status} without the guest writing isa-debug-exit"
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,13 +189,9 @@ mod tests {
     use crate::suite::GuestTest;
 
     #[test]
-    fn spellings_and_exit_codes() {
+    fn spellings() {
         assert_eq!("qemu-kvm".parse(), Ok(Env::QemuKvm));
         assert!("vmware".parse::<Env>().is_err());
-        assert_eq!(qemu_exit(1), Ok(0));
-        assert_eq!(qemu_exit(3), Ok(1));
-        assert_eq!(qemu_exit(77 << 1 | 1), Ok(77));
-        assert!(qemu_exit(0).is_err());
     }
 
     #[test]

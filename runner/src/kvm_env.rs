@@ -46,15 +46,6 @@ pub struct Param {
     pub value: String,
 }
 
-/// `on`/`off` (also 1/0, y/n, yes/no, true/false).
-pub fn parse_switch(text: &str) -> Result<bool, String> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "on" | "1" | "y" | "yes" | "true" => Ok(true),
-        "off" | "0" | "n" | "no" | "false" => Ok(false),
-        _ => Err(format!("'{text}' is not on or off")),
-    }
-}
-
 /// `module.param=value`.
 pub fn parse_param(text: &str) -> Result<Param, String> {
     let bad = |why: &str| format!("'{text}' is not module.param=value: {why}");
@@ -224,7 +215,8 @@ fn spell(current: &str, on: bool) -> String {
 
 /// Whether two spellings of a parameter value mean the same.
 fn same(a: &str, b: &str) -> bool {
-    a == b || matches!((parse_switch(a), parse_switch(b)), (Ok(x), Ok(y)) if x == y)
+    a == b
+        || matches!((crate::units::parse_switch(a), crate::units::parse_switch(b)), (Ok(x), Ok(y)) if x == y)
 }
 
 /// Decides what to change; touches nothing.
@@ -577,9 +569,6 @@ mod tests {
 
     #[test]
     fn spellings() {
-        assert_eq!(parse_switch("on"), Ok(true));
-        assert_eq!(parse_switch("N"), Ok(false));
-        assert!(parse_switch("maybe").is_err());
         let p = parse_param("kvm-intel.ept=0").unwrap();
         assert_eq!(
             (p.module.as_str(), p.name.as_str(), p.value.as_str()),

@@ -29,7 +29,7 @@ pub fn expand(tests: Vec<TestSpec>, configs: &[Config]) -> Vec<TestSpec> {
         .flat_map(|c| {
             tests
                 .iter()
-                .map(|t| crate::sweep::with_value(t, KVM_KEY, &c.name))
+                .map(|t| crate::suite::sweep::with_value(t, KVM_KEY, &c.name))
         })
         .collect()
 }

@@ -36,14 +36,17 @@ mod deadline;
 mod detach;
 mod diff_cmd;
 mod envs;
+mod envs_cmd;
 mod expect;
 mod fuzz_cmd;
 mod guest_outcome;
 mod helper_cmd;
 mod interrupt;
 mod kvm_env;
-mod merge_cmd;
 mod kvm_matrix;
+mod merge_cmd;
+mod printable;
+mod qemu_cmd;
 mod qemu_probe;
 mod reasons;
 mod results;
@@ -53,9 +56,9 @@ mod select;
 mod self_exe;
 mod subtests;
 mod suite;
-mod sweep;
 mod tables;
 mod test_cmd;
+mod units;
 mod verdict;
 
 use std::process::ExitCode;
@@ -91,7 +94,7 @@ fn main() -> ExitCode {
         cli::Command::Diff(args) => diff_cmd::diff(&args),
         cli::Command::Merge(args) => merge_cmd::merge(&args),
         cli::Command::Fuzz(args) => fuzz_cmd::fuzz(args),
-        cli::Command::Envs(args) => envs::probe_cmd(&args),
+        cli::Command::Envs(args) => envs_cmd::envs(&args),
         cli::Command::BenchFloor => bench::floor_once(),
     };
     match result {

@@ -35,11 +35,6 @@ pub enum Usability {
     Unavailable(String),
 }
 
-/// The CPU model a QEMU guest test asks for (ktvmm's default is `max`).
-pub fn model_of(guest: &GuestTest) -> &str {
-    guest.cpu.as_deref().unwrap_or("max")
-}
-
 /// Probes every (accelerator, model) the QEMU tests in `tests` use, in
 /// parallel; then points tests at a workaround model or turns them into
 /// skips with QEMU's message. Returns one notice per finding that is not
@@ -50,7 +45,7 @@ pub fn apply(tests: &mut [TestSpec]) -> Vec<String> {
         if let TestKind::Guest(g) = &test.kind
             && let Vmm::Qemu { tcg } = g.vmm
         {
-            wanted.insert((tcg, model_of(g).to_string()), None);
+            wanted.insert((tcg, crate::qemu_cmd::model_of(g).to_string()), None);
         }
     }
     if wanted.is_empty() {
@@ -102,7 +97,7 @@ fn settle(
         let Vmm::Qemu { tcg } = g.vmm else {
             continue;
         };
-        let key = (tcg, model_of(g).to_string());
+        let key = (tcg, crate::qemu_cmd::model_of(g).to_string());
         match found.get(&key).cloned().flatten() {
             Some(Usability::Workaround { model, .. }) => g.cpu = Some(model),
             Some(Usability::Unavailable(why)) => {
@@ -176,9 +171,9 @@ fn probe(kernel: &Path, tcg: bool, model: &str) -> Result<(), String> {
     guest.vmm = Vmm::Qemu { tcg };
     guest.cpu = Some(model.to_string());
     guest.mem_mib = 32;
-    let cmd = crate::schedule::qemu_command(&guest);
+    let cmd = crate::qemu_cmd::qemu_command(&guest);
     let ran = crate::helper_cmd::run(cmd, b"", PROBE_TIMEOUT, MAX_STDERR)
-        .map_err(|e| format!("cannot start {}: {e}", crate::envs::QEMU))?;
+        .map_err(|e| format!("cannot start {}: {e}", crate::qemu_cmd::QEMU))?;
     let (status, said) = (ran.status, ran.stderr);
     match status.map(|s| s.code()) {
         // isa-debug-exit: (0 << 1) | 1.

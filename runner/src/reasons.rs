@@ -252,7 +252,7 @@ fn plural(n: u32, what: &str) -> String {
 /// a log, which may hold control characters.
 fn cut(text: String) -> String {
     let text = if text.chars().any(char::is_control) {
-        crate::console::visible(text.as_bytes())
+        crate::printable::visible(text.as_bytes())
     } else {
         text
     };

@@ -142,7 +142,7 @@ pub fn shuffle<T>(tests: &mut [T], seed: u64) {
 /// over the whole name; anything else matches as a substring.
 pub fn matches(pattern: &str, name: &str) -> bool {
     if let Some(exact) = pattern.strip_prefix('=') {
-        // ...or a variant of that test (`crate::sweep`).
+        // ...or a variant of that test (`crate::suite::sweep`).
         name.strip_prefix(exact)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
     } else if pattern.contains(['*', '?']) {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::console::seconds;
-use crate::sweep::Variant;
+use crate::suite::sweep::Variant;
 use crate::verdict::{Status, TestResult};
 
 use crate::kvm_matrix::KVM_KEY;

@@ -28,7 +28,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
         let host = kut::Host::new(available_cpus() as u32, !args.groups.is_empty());
         discover(&args.paths, &host)?
     };
-    let tests = crate::sweep::expand(tests, &args.sweeps).map_err(|e| anyhow::anyhow!(e))?;
+    let tests = crate::suite::sweep::expand(tests, &args.sweeps).map_err(|e| anyhow::anyhow!(e))?;
     // Before selection, so filters and --rerun-failed pick configurations.
     let tests = kvm_matrix::expand(tests, &args.kvm_configs);
     let discovered = tests.len();

@@ -143,7 +143,7 @@ pub struct TestResult {
     /// Which variant of a swept test this is: the test and the values it
     /// ran with (`--sweep`, a suite's `sweep`, `--kvm-config`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub variant: Option<crate::sweep::Variant>,
+    pub variant: Option<crate::suite::sweep::Variant>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -164,7 +164,7 @@ pub(super) fn resolve_log(dir: &Path, log: &Path) -> PathBuf {
 pub(super) fn log_tail(path: &Path) -> Option<String> {
     // From the start of a line; never blocking on a FIFO in its place.
     let bytes = crate::schedule::logcap::read_tail(path, TAIL_BYTES).ok()?;
-    let text = strip_ansi(&crate::console::escape_invalid(&bytes));
+    let text = strip_ansi(&crate::printable::escape_invalid(&bytes));
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
     (!tail.trim().is_empty()).then_some(tail)

@@ -11,6 +11,7 @@ use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use super::logcap::{Capture, Captured};
+use crate::qemu_cmd::qemu_command;
 use crate::suite::{GuestTest, TestKind, TestSpec, Vmm};
 use crate::verdict::Ending;
 
@@ -85,50 +86,6 @@ fn ktvmm_run(g: &GuestTest, ktvmm: &Path) -> Command {
     }
     if g.iommu {
         cmd.arg("--iommu");
-    }
-    cmd
-}
-
-/// QEMU with the devices ktvmm has, as kvm-unit-tests' scripts start it,
-/// and ktvmm's default CPU model (`max`) unless the test names one.
-pub fn qemu_command(g: &GuestTest) -> Command {
-    let mut cmd = Command::new(crate::envs::QEMU);
-    let accel = match g.vmm {
-        Vmm::Qemu { tcg: true } => "accel=tcg",
-        _ => "accel=kvm",
-    };
-    // COM2 is QEMU's testdev chardev, the postfix serial testdev ktvmm has.
-    cmd.args(["-nodefaults", "-vnc", "none", "-serial", "stdio"])
-        .args([
-            "-chardev",
-            "testdev,id=testdev",
-            "-serial",
-            "chardev:testdev",
-        ])
-        .args([
-            "-device",
-            "pc-testdev",
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=0x4",
-        ])
-        .args(["-device", "pci-testdev", "-device", "edu"])
-        .args(["-machine", accel])
-        .args(["-smp", &g.smp.to_string(), "-m", &g.mem_mib.to_string()])
-        .args(["-cpu", crate::qemu_probe::model_of(g)])
-        .arg("-kernel")
-        .arg(&g.guest);
-    if !g.append.is_empty() {
-        cmd.args(["-append", &g.append]);
-    }
-    if let Some(initrd) = &g.initrd {
-        cmd.arg("-initrd").arg(initrd);
-    }
-    if g.no_pit {
-        cmd.args(["-machine", "pit=off"]);
-    }
-    if g.iommu {
-        cmd.args(["-machine", "q35,kernel-irqchip=split"])
-            .args(["-device", "intel-iommu,intremap=on,eim=off"]);
     }
     cmd
 }

@@ -8,7 +8,7 @@ pub mod debugfs_stats;
 mod guard;
 pub mod logcap;
 
-pub use child::{qemu_command, repro};
+pub use child::repro;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -281,7 +281,7 @@ fn finish(job: &Job, mut slot: Slot, names: Option<&debugfs_stats::Names>) -> Te
     };
     let (status, mut reason) = match &job.spec.kind {
         TestKind::Guest(g) if g.vmm != Vmm::Ktvmm => match ending {
-            Ending::Exited(code) => match crate::envs::qemu_exit(code) {
+            Ending::Exited(code) => match crate::qemu_cmd::qemu_exit(code) {
                 Ok(code) => verdict::guest_status(Ending::Exited(code), g.exit_codes),
                 Err(why) => (Status::Fail, Some(why)),
             },

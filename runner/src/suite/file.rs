@@ -15,7 +15,7 @@ use ktvmm_vmm::cpu::model as cpu_model;
 use ktvmm_vmm::input;
 
 use crate::bundled;
-use crate::cli::parse_mem_mib;
+use crate::units::parse_mem_mib;
 
 /// Whether `path` has the suite-file name pattern.
 pub fn is_suite_file(path: &Path) -> bool {
@@ -66,7 +66,7 @@ struct RawTest {
     #[serde(default)]
     exclusive: bool,
     iommu: Option<bool>,
-    /// Keys to values: one test per combination (`crate::sweep`).
+    /// Keys to values: one test per combination (`crate::suite::sweep`).
     #[serde(alias = "matrix")]
     sweep: Option<toml::Table>,
 }
@@ -138,7 +138,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<TestSpec>, SuiteError> {
             .map_err(|m| at(Some(span.clone()), m))?;
         let variants = match sweep {
             Some(table) => sweep_axes(&spec.name, &table)
-                .and_then(|axes| crate::sweep::variants(&spec, &axes))
+                .and_then(|axes| crate::suite::sweep::variants(&spec, &axes))
                 .map_err(|m| at(Some(span.clone()), m))?,
             None => vec![spec],
         };
@@ -312,8 +312,8 @@ fn test(
 /// A test's `sweep` table: `smp = [1, 2]`, `smp = "1..8"`, `memory =
 /// "64M..1G*2"`, `append = ["a", "b c"]`, `iommu = [true, false]`,
 /// `env.NAME = [...]` (also as `env = { NAME = [...] }`).
-fn sweep_axes(test: &str, table: &toml::Table) -> Result<Vec<crate::sweep::Axis>, String> {
-    use crate::sweep::{Key, axis, split_values};
+fn sweep_axes(test: &str, table: &toml::Table) -> Result<Vec<crate::suite::sweep::Axis>, String> {
+    use crate::suite::sweep::{Key, axis, split_values};
     let mut entries: Vec<(String, &toml::Value)> = Vec::new();
     for (key, value) in table {
         match (key.as_str(), value) {
@@ -406,7 +406,7 @@ fn memory_mib(raw: &RawMemory) -> Result<u64, String> {
 }
 
 fn timeout(secs: f64) -> Result<Duration, String> {
-    crate::cli::parse_seconds(&secs.to_string())
+    crate::units::parse_seconds(&secs.to_string())
         .map_err(|_| format!("timeout {secs} is not a positive number of seconds"))
 }
 

@@ -17,7 +17,7 @@ use super::{ExitCodes, GuestTest, SuiteError, TestKind, TestSpec};
 use ktvmm_vmm::cpu::model::{self as cpu_model, CpuSpec, HostCpu};
 use ktvmm_vmm::input;
 
-use crate::cli::{parse_mem_mib, parse_seconds};
+use crate::units::{parse_mem_mib, parse_seconds};
 
 /// KUT's default per-test limit.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);

@@ -6,6 +6,7 @@ pub mod file;
 pub mod kselftest;
 pub mod kut;
 pub mod kut_env;
+pub mod sweep;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,7 +31,7 @@ pub struct TestSpec {
     pub exclusive: bool,
     /// Which variant of a swept test this is (`--sweep`, a suite's
     /// `sweep`, `--kvm-config`).
-    pub variant: Option<crate::sweep::Variant>,
+    pub variant: Option<crate::suite::sweep::Variant>,
 }
 
 /// How a test runs.

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use ktvmm_vmm::cpu::model as cpu_model;
 use ktvmm_vmm::memory::{MAX_MEM_MIB, MIN_MEM_MIB};
 
-use crate::cli::parse_mem_mib;
 use crate::suite::{TestKind, TestSpec};
+use crate::units::parse_mem_mib;
 
 /// Values one key may take at most, after ranges are expanded.
 const MAX_VALUES: usize = 1024;
@@ -107,8 +107,9 @@ impl Key {
             Key::Cpu => cpu_model::parse(text)
                 .map(|spec| spec.to_string())
                 .map_err(|e| format!("cpu {text:?}: {e}")),
-            Key::Iommu => crate::kvm_env::parse_switch(text)
-                .map(|on| if on { "on" } else { "off" }.to_string()),
+            Key::Iommu => {
+                crate::units::parse_switch(text).map(|on| if on { "on" } else { "off" }.to_string())
+            }
             Key::Args => match shlex::split(text) {
                 Some(words) if !words.is_empty() => Ok(text.to_string()),
                 _ => Err(format!(
