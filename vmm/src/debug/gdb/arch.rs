@@ -8,7 +8,7 @@
 //! match its symbol file ([`RegisterFile`]), not per vCPU mode, which
 //! changes under GDB's feet. Beyond GDB's general registers it carries
 //! what QEMU's `i386-64bit.xml` adds: the FS/GS bases, KERNEL_GS_BASE, the
-//! control registers and EFER (`info registers system`).
+//! control registers and EFER (`info registers cr0`, `info all-registers`).
 
 use gdbstub::arch::{Arch, Registers};
 use gdbstub_arch::x86::reg::{X86_64CoreRegs, X86CoreRegs};
@@ -317,3 +317,76 @@ const TARGET_XML_32_TEMPLATE: &str = target_xml!(
     // the bases go with the system registers.
     r#"<feature name="org.ktvmm.x86.system">CR_FLAGS<reg name="fs_base" bitsize="32" type="int" group="system"/><reg name="gs_base" bitsize="32" type="int" group="system"/><reg name="cr0" bitsize="32" type="x86_cr0" group="system"/><reg name="cr2" bitsize="32" type="data_ptr" group="system"/><reg name="cr3" bitsize="32" type="int" group="system"/><reg name="cr4" bitsize="32" type="x86_cr4" group="system"/><reg name="cr8" bitsize="32" type="int" group="system"/><reg name="efer" bitsize="32" type="x86_efer" group="system"/></feature>"#
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(file: RegisterFile) -> GuestRegs {
+        let mut regs = GuestRegs {
+            file,
+            ..GuestRegs::default()
+        };
+        // i386 has no r8-r15.
+        let gprs = if file == RegisterFile::X86_64 { 16 } else { 8 };
+        regs.core.regs = std::array::from_fn(|i| if i < gprs { 0x1111_0000 + i as u64 } else { 0 });
+        regs.core.rip = 0x40_0005;
+        regs.core.eflags = 0x202;
+        regs.system = SystemRegs {
+            fs_base: 0x10,
+            gs_base: 0x20,
+            k_gs_base: if file == RegisterFile::X86_64 {
+                0x30
+            } else {
+                0
+            },
+            cr0: 0x8000_0011,
+            cr2: 0x40,
+            cr3: 0x3000,
+            cr4: 0x20,
+            cr8: 0,
+            efer: 0x500,
+        };
+        regs
+    }
+
+    /// What GDB reads it writes back unchanged, in either layout, at the
+    /// length its target.xml describes.
+    #[test]
+    fn both_layouts_round_trip() {
+        for (file, len) in [
+            (RegisterFile::X86_64, CORE_64_LEN + SYSTEM_64_LEN),
+            (RegisterFile::I386, CORE_32_LEN + SYSTEM_32_LEN),
+        ] {
+            let regs = sample(file);
+            let mut bytes = Vec::new();
+            regs.gdb_serialize(|b| bytes.push(b.unwrap_or(0)));
+            assert_eq!(bytes.len(), len, "{file:?}");
+            let mut back = GuestRegs::default();
+            back.gdb_deserialize(&bytes).unwrap();
+            assert_eq!(back, regs, "{file:?}");
+        }
+        // i386 order: eax, ecx, edx, ebx; EIP after the eight.
+        let mut bytes = Vec::new();
+        sample(RegisterFile::I386).gdb_serialize(|b| bytes.push(b.unwrap_or(0)));
+        assert_eq!(bytes[4..8], 0x1111_0002u32.to_le_bytes());
+        assert_eq!(bytes[32..36], 0x40_0005u32.to_le_bytes());
+        assert!(GuestRegs::default().gdb_deserialize(&bytes[1..]).is_err());
+    }
+
+    #[test]
+    fn the_file_follows_the_elf_class_and_names_every_register() {
+        assert_eq!(RegisterFile::of_elf(b"\x7fELF\x01"), RegisterFile::I386);
+        assert_eq!(RegisterFile::of_elf(b"\x7fELF\x02"), RegisterFile::X86_64);
+        assert_eq!(RegisterFile::of_elf(b"MZ"), RegisterFile::X86_64);
+        for (file, regs) in [
+            (RegisterFile::X86_64, 16 + 1 + 1 + 6 + 16 + 16 + 1 + 9),
+            (RegisterFile::I386, 8 + 1 + 1 + 6 + 16 + 8 + 1 + 8),
+        ] {
+            let xml = file.target_xml();
+            assert_eq!(xml.matches("<reg ").count(), regs, "{file:?}");
+            assert!(!xml.contains("SIZE") && !xml.contains("X87"), "{file:?}");
+            assert!(xml.contains(&format!("<architecture>{}</architecture>", file.name())));
+        }
+    }
+}
