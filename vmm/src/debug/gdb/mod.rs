@@ -90,7 +90,15 @@ pub fn serve(session: Session) {
                     break;
                 }
             };
-            match stub.run_blocking::<StubLoop>(&mut target) {
+            // A bug in the stub must not leave the guest held for ever.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                stub.run_blocking::<StubLoop>(&mut target)
+            }));
+            let Ok(result) = ran else {
+                log::error!("gdb: the stub failed; the session is over and the guest runs on");
+                break;
+            };
+            match result {
                 Ok(DisconnectReason::Disconnect) => {
                     log::info!("gdb: detached; the guest runs on");
                 }

@@ -273,8 +273,16 @@ fn clamp_read(body: Vec<u8>) -> Vec<u8> {
         return body;
     };
     let (addr, len) = (&args[..comma], &args[comma + 1..]);
-    match (hex_value(addr), hex_value(len)) {
-        (Some(_), Some(n)) if n > MAX_READ => {
+    // Leading zeros do not make a length short.
+    let digits = len
+        .iter()
+        .position(|&b| b != b'0')
+        .map_or(&len[len.len()..], |i| &len[i..]);
+    let too_long = !digits.is_empty()
+        && digits.iter().all(u8::is_ascii_hexdigit)
+        && hex_value(digits).is_none_or(|n| n > MAX_READ);
+    match hex_value(addr) {
+        Some(_) if too_long => {
             let mut clamped = b"m".to_vec();
             clamped.extend_from_slice(addr);
             clamped.extend_from_slice(format!(",{MAX_READ:x}").as_bytes());
@@ -344,6 +352,17 @@ mod tests {
             format!("m0,{MAX_READ:x}").into_bytes()
         );
         assert_eq!(clamp_read(b"m1000,10".to_vec()), b"m1000,10".to_vec());
+        for long in ["m0,00000000000000000000fffffff", "m0,1ffffffffffffffff"] {
+            assert_eq!(
+                clamp_read(long.as_bytes().to_vec()),
+                format!("m0,{MAX_READ:x}").into_bytes(),
+                "{long}"
+            );
+        }
+        assert_eq!(
+            clamp_read(b"m0,0000000000000000010".to_vec()),
+            b"m0,0000000000000000010".to_vec()
+        );
         // Not a read, or not one the wire understands: gdbstub decides.
         assert_eq!(clamp_read(b"mzz,1".to_vec()), b"mzz,1".to_vec());
         assert_eq!(clamp_read(b"M0,1:00".to_vec()), b"M0,1:00".to_vec());
