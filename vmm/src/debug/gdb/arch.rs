@@ -38,6 +38,14 @@ impl RegisterFile {
         }
     }
 
+    /// The width of its registers, in bytes.
+    fn word(self) -> usize {
+        match self {
+            RegisterFile::X86_64 => 8,
+            RegisterFile::I386 => 4,
+        }
+    }
+
     /// GDB's name for it.
     pub fn name(self) -> &'static str {
         match self {
@@ -102,29 +110,27 @@ const SYSTEM_32_LEN: usize = 8 * 4;
 /// The same and k_gs_base at 8 bytes.
 const SYSTEM_64_LEN: usize = 9 * 8;
 
-impl GuestRegs {
-    fn system_order(&self) -> Vec<u64> {
-        let s = &self.system;
-        match self.file {
-            RegisterFile::X86_64 => vec![
-                s.fs_base,
-                s.gs_base,
-                s.k_gs_base,
-                s.cr0,
-                s.cr2,
-                s.cr3,
-                s.cr4,
-                s.cr8,
-                s.efer,
-            ],
-            RegisterFile::I386 => {
-                vec![
-                    s.fs_base, s.gs_base, s.cr0, s.cr2, s.cr3, s.cr4, s.cr8, s.efer,
-                ]
-            }
+impl SystemRegs {
+    /// The registers in `file`'s order, after the core and SSE ones.
+    fn in_order(&mut self, file: RegisterFile) -> Vec<&mut u64> {
+        let s = self;
+        let mut order = vec![&mut s.fs_base, &mut s.gs_base];
+        if file == RegisterFile::X86_64 {
+            order.push(&mut s.k_gs_base);
         }
+        order.extend([
+            &mut s.cr0,
+            &mut s.cr2,
+            &mut s.cr3,
+            &mut s.cr4,
+            &mut s.cr8,
+            &mut s.efer,
+        ]);
+        order
     }
+}
 
+impl GuestRegs {
     fn core32(&self) -> X86CoreRegs {
         let r = &self.core.regs;
         let mut xmm = [0u128; 8];
@@ -163,24 +169,15 @@ impl Registers for GuestRegs {
 
     fn gdb_serialize(&self, mut write_byte: impl FnMut(Option<u8>)) {
         match self.file {
-            RegisterFile::X86_64 => {
-                self.core.gdb_serialize(&mut write_byte);
-                for value in self.system_order() {
-                    value
-                        .to_le_bytes()
-                        .iter()
-                        .for_each(|b| write_byte(Some(*b)));
-                }
-            }
-            RegisterFile::I386 => {
-                self.core32().gdb_serialize(&mut write_byte);
-                for value in self.system_order() {
-                    (value as u32)
-                        .to_le_bytes()
-                        .iter()
-                        .for_each(|b| write_byte(Some(*b)));
-                }
-            }
+            RegisterFile::X86_64 => self.core.gdb_serialize(&mut write_byte),
+            RegisterFile::I386 => self.core32().gdb_serialize(&mut write_byte),
+        }
+        let size = self.file.word();
+        let mut system = self.system;
+        for value in system.in_order(self.file) {
+            value.to_le_bytes()[..size]
+                .iter()
+                .for_each(|b| write_byte(Some(*b)));
         }
     }
 
@@ -198,63 +195,34 @@ impl Registers for GuestRegs {
                 })
                 .collect()
         };
-        if bytes.len() == CORE_64_LEN + SYSTEM_64_LEN {
-            self.file = RegisterFile::X86_64;
-            self.core.gdb_deserialize(&bytes[..CORE_64_LEN])?;
-            let v = words(&bytes[CORE_64_LEN..], 8);
-            let s = &mut self.system;
-            [
-                s.fs_base,
-                s.gs_base,
-                s.k_gs_base,
-                s.cr0,
-                s.cr2,
-                s.cr3,
-                s.cr4,
-                s.cr8,
-                s.efer,
-            ] = [v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]];
-            return Ok(());
-        }
-        if bytes.len() != CORE_32_LEN + SYSTEM_32_LEN {
+        let (file, core_len) = if bytes.len() == CORE_64_LEN + SYSTEM_64_LEN {
+            (RegisterFile::X86_64, CORE_64_LEN)
+        } else if bytes.len() == CORE_32_LEN + SYSTEM_32_LEN {
+            (RegisterFile::I386, CORE_32_LEN)
+        } else {
             return Err(());
+        };
+        self.file = file;
+        match file {
+            RegisterFile::X86_64 => self.core.gdb_deserialize(&bytes[..core_len])?,
+            RegisterFile::I386 => {
+                let mut c = X86CoreRegs::default();
+                c.gdb_deserialize(&bytes[..core_len])?;
+                let r = &mut self.core.regs;
+                [r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]] =
+                    [c.eax, c.ebx, c.ecx, c.edx, c.esi, c.edi, c.ebp, c.esp].map(u64::from);
+                self.core.rip = u64::from(c.eip);
+                self.core.eflags = c.eflags;
+                self.core.segments = c.segments;
+                self.core.st = c.st;
+                self.core.fpu = c.fpu;
+                self.core.xmm[..8].copy_from_slice(&c.xmm);
+                self.core.mxcsr = c.mxcsr;
+            }
         }
-        self.file = RegisterFile::I386;
-        let mut c = X86CoreRegs::default();
-        c.gdb_deserialize(&bytes[..CORE_32_LEN])?;
-        let r = &mut self.core.regs;
-        for (reg, low) in [
-            (0, c.eax),
-            (1, c.ebx),
-            (2, c.ecx),
-            (3, c.edx),
-            (4, c.esi),
-            (5, c.edi),
-            (6, c.ebp),
-            (7, c.esp),
-        ] {
-            r[reg] = u64::from(low);
-        }
-        self.core.rip = u64::from(c.eip);
-        self.core.eflags = c.eflags;
-        self.core.segments = c.segments;
-        self.core.st = c.st;
-        self.core.fpu = c.fpu;
-        self.core.xmm[..8].copy_from_slice(&c.xmm);
-        self.core.mxcsr = c.mxcsr;
-        let v = words(&bytes[CORE_32_LEN..], 4);
-        let s = &mut self.system;
-        for (reg, low) in [
-            (&mut s.fs_base, v[0]),
-            (&mut s.gs_base, v[1]),
-            (&mut s.cr0, v[2]),
-            (&mut s.cr2, v[3]),
-            (&mut s.cr3, v[4]),
-            (&mut s.cr4, v[5]),
-            (&mut s.cr8, v[6]),
-            (&mut s.efer, v[7]),
-        ] {
-            *reg = low;
+        let values = words(&bytes[core_len..], file.word());
+        for (reg, value) in self.system.in_order(file).into_iter().zip(values) {
+            *reg = value;
         }
         Ok(())
     }
