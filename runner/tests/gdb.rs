@@ -53,6 +53,14 @@ fn gdb(port: u16, symbols: &str, commands: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
+/// The bundled `exitcode` guest asked to exit with 3, held for GDB: its
+/// file (for symbols), process, port and stderr.
+fn held_exitcode_3() -> (String, Child, u16, BufReader<std::process::ChildStderr>) {
+    let guest = guest_file("exitcode").to_str().unwrap().to_string();
+    let (child, port, stderr) = start(&guest, &["-S", "-append", "code=3"]);
+    (guest, child, port, stderr)
+}
+
 fn exit_code(mut child: Child) -> i32 {
     child.wait().unwrap().code().unwrap()
 }
@@ -190,9 +198,8 @@ fn gdb_breakpoints_stop_a_bundled_guest_at_its_symbols() {
     if !common::gdb_usable("gdb_breakpoints_stop_a_bundled_guest") {
         return;
     }
-    let guest = guest_file("exitcode");
-    let guest = guest.to_str().unwrap();
-    let (child, port, _stderr) = start(guest, &["-S", "-append", "code=3"]);
+    let (guest, child, port, _stderr) = held_exitcode_3();
+    let guest = guest.as_str();
     let said = gdb(
         port,
         guest,
@@ -392,9 +399,8 @@ fn a_fifth_breakpoint_is_an_int3_only_where_the_host_stops_on_one() {
         return;
     }
     let int3 = ktvmm_vmm::debug::gdb::int3::usable();
-    let guest = guest_file("exitcode");
-    let guest = guest.to_str().unwrap();
-    let (child, port, _stderr) = start(guest, &["-S", "-append", "code=3"]);
+    let (guest, child, port, _stderr) = held_exitcode_3();
+    let guest = guest.as_str();
     // Four never-run addresses below ktest_main take the debug registers
     // (GDB inserts in address order); ktest_main's is the fifth.
     let said = gdb(
