@@ -460,7 +460,7 @@ fn hostile_packets_get_errors_and_a_normal_session_follows() {
     rsp.send(&"X".repeat(5000));
     assert_eq!(rsp.reply(), "E07");
     // Packets gdbstub cannot parse: refused, the session goes on.
-    for bad in ["Hz1", "g123", "m,", "Z9,zz,1", "vCont;q"] {
+    for bad in ["Hz1", "g123", "m,", "Z9,zz,1", "vCont;q", "qSupported:;;"] {
         rsp.send(bad);
         assert!(rsp.reply().starts_with('E'), "{bad}");
     }

@@ -25,6 +25,12 @@ pub const PACKET_SIZE: usize = 4096;
 /// The longest `m` read that fits one reply (two hex digits a byte).
 const MAX_READ: u64 = (PACKET_SIZE as u64 - 64) / 2;
 
+struct Queued {
+    left: usize,
+    body: Vec<u8>,
+    replay: bool,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Frame {
     /// Between packets.
@@ -49,6 +55,11 @@ pub struct Wire {
     sum: [u8; 2],
     /// Bytes for `gdbstub`: whole packets and interrupts.
     inbound: VecDeque<u8>,
+    /// What `inbound` holds, in order: each packet's bytes not yet read,
+    /// its body, and whether it is a replay.
+    queued: VecDeque<Queued>,
+    /// The body of the packet `gdbstub` read last (the one it handles).
+    current: Vec<u8>,
     /// `gdbstub`'s reply being written, sent whole on flush.
     outbound: Vec<u8>,
     /// The last reply sent, for a `-`.
@@ -93,6 +104,8 @@ impl Wire {
             running: 0,
             sum: [0; 2],
             inbound: VecDeque::new(),
+            queued: VecDeque::new(),
+            current: Vec::new(),
             outbound: Vec::new(),
             last_reply: Vec::new(),
             acks: true,
@@ -109,17 +122,61 @@ impl Wire {
     fn start_stub(&mut self) {
         let mut replay = vec![b"QStartNoAckMode".to_vec()];
         replay.extend(self.negotiated.iter().cloned());
-        for body in replay {
-            self.inbound.extend(packet(&body));
+        // Ahead of what the debugger sent meanwhile.
+        for body in replay.into_iter().rev() {
+            let bytes = packet(&body);
+            for &b in bytes.iter().rev() {
+                self.inbound.push_front(b);
+            }
+            self.queued.push_front(Queued {
+                left: bytes.len(),
+                body,
+                replay: true,
+            });
             self.withheld += 1;
         }
     }
 
+    /// Queues bytes for `gdbstub`.
+    fn deliver(&mut self, bytes: Vec<u8>, body: Vec<u8>) {
+        self.inbound.extend(&bytes);
+        self.queued.push_back(Queued {
+            left: bytes.len(),
+            body,
+            replay: false,
+        });
+    }
+
+    /// The next byte for `gdbstub`, noting which packet it ends.
+    fn next_inbound(&mut self) -> Option<u8> {
+        let byte = self.inbound.pop_front()?;
+        if let Some(front) = self.queued.front_mut() {
+            front.left = front.left.saturating_sub(1);
+            if front.left == 0 {
+                self.current = self.queued.pop_front().map(|q| q.body).unwrap_or_default();
+            }
+        }
+        Some(byte)
+    }
+
     /// After `gdbstub` gave up on the packet it was handling: that packet
-    /// gets an error reply, and the next stub starts where this one was.
+    /// gets an error reply, and the next stub starts where this one was,
+    /// with the packets the debugger sent since. A negotiation packet that
+    /// made a stub give up is not replayed (it would again, for ever).
     pub fn recover(&mut self) {
+        let failed = std::mem::take(&mut self.current);
+        if self.withheld > 0 {
+            // A replay failed: forget the negotiation, and the rest of it.
+            self.negotiated.clear();
+            while self.queued.front().is_some_and(|q| q.replay) {
+                if let Some(q) = self.queued.pop_front() {
+                    self.inbound.drain(..q.left.min(self.inbound.len()));
+                }
+            }
+        } else {
+            self.negotiated.retain(|p| *p != failed);
+        }
         self.outbound.clear();
-        self.inbound.clear();
         self.withheld = 0;
         // E01: EPERM, as QEMU answers what it cannot do.
         let _ = self.send(&packet(b"E01"));
@@ -156,7 +213,7 @@ impl Wire {
                     self.running = 0;
                 }
                 // Ctrl-C.
-                0x03 => self.inbound.push_back(byte),
+                0x03 => self.deliver(vec![byte], Vec::new()),
                 b'-' if self.acks => {
                     let again = self.last_reply.clone();
                     self.send(&again)?;
@@ -244,7 +301,7 @@ impl Wire {
             self.negotiated.push(body.clone());
         }
         let body = clamp_read(body);
-        self.inbound.extend(packet(&body));
+        self.deliver(packet(&body), body);
         Ok(())
     }
 
@@ -322,7 +379,7 @@ impl ConnectionExt for &mut Wire {
     fn read(&mut self) -> io::Result<u8> {
         let mut buf = [0u8; 1024];
         loop {
-            if let Some(byte) = self.inbound.pop_front() {
+            if let Some(byte) = self.next_inbound() {
                 return Ok(byte);
             }
             let n = io::Read::read(&mut self.stream, &mut buf)?;
@@ -366,6 +423,32 @@ mod tests {
         // Not a read, or not one the wire understands: gdbstub decides.
         assert_eq!(clamp_read(b"mzz,1".to_vec()), b"mzz,1".to_vec());
         assert_eq!(clamp_read(b"M0,1:00".to_vec()), b"M0,1:00".to_vec());
+    }
+
+    /// A `qSupported` that makes gdbstub give up is answered with an
+    /// error and not told to the next stub, which would give up again.
+    #[test]
+    fn a_negotiation_packet_that_failed_is_not_replayed() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let mut wire = Wire::new(server, Arc::default());
+        let bad = b"qSupported:;;";
+        io::Write::write_all(&mut client, &packet(bad)).unwrap();
+        let mut conn = &mut wire;
+        // The stub reads its replay and answers it, then the bad packet.
+        for _ in 0..packet(b"QStartNoAckMode").len() {
+            ConnectionExt::read(&mut conn).unwrap();
+        }
+        Connection::flush(&mut conn).unwrap();
+        for _ in 0..packet(bad).len() {
+            ConnectionExt::read(&mut conn).unwrap();
+        }
+        assert_eq!(wire.negotiated, vec![bad.to_vec()]);
+        wire.recover();
+        assert!(wire.negotiated.is_empty());
+        assert_eq!(wire.queued.len(), 1, "only QStartNoAckMode is replayed");
+        assert_eq!(wire.queued[0].body, b"QStartNoAckMode");
     }
 
     #[test]
