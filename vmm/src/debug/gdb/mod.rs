@@ -2,7 +2,9 @@
 //! on the `gdbstub` crate over `KVM_SET_GUEST_DEBUG`. When GDB connects,
 //! every vCPU stops; each is a GDB thread. The guest's timeout does not run
 //! while the debugger holds it. A detach clears the breakpoints and lets the
-//! guest run on; GDB may connect again.
+//! guest run on; GDB may connect again. The register file matches the
+//! guest's symbol file ([`arch`]); a wire in front of `gdbstub` keeps
+//! hostile input from ending the session ([`wire`]).
 
 pub mod arch;
 pub mod control;
