@@ -5,6 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
+use ktvmm_vmm::debug::gdb::arch::RegisterFile;
 use ktvmm_vmm::{KernelImage, Outcome, Vm, VmConfig, input};
 
 use crate::cli::RunArgs;
@@ -97,8 +98,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
         Ok(mut vm) => {
             vm.keep_cpu_state(args.core.is_some());
             let debugging = gdb.is_some();
-            if let Some(listener) = gdb.take() {
-                vm.debug_with(listener, args.hold);
+            if let Some((listener, registers)) = gdb.take() {
+                vm.debug_with(listener, args.hold, registers);
             }
             (run_within(&mut vm, deadline.as_ref(), debugging), Some(vm))
         }
@@ -165,8 +166,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
 }
 
 /// The port GDB connects to, bound before the guest starts, as `--gdb`,
-/// `-gdb tcp::PORT` or `-s` ask.
-fn gdb_listener(args: &RunArgs) -> Result<Option<std::net::TcpListener>> {
+/// `-gdb tcp::PORT` or `-s` ask, and the register file GDB is shown.
+fn gdb_listener(args: &RunArgs) -> Result<Option<(std::net::TcpListener, RegisterFile)>> {
     let spec = match (&args.gdb, args.gdb_default) {
         (Some(spec), _) => spec.clone(),
         (None, true) => "1234".to_string(),
@@ -181,12 +182,36 @@ fn gdb_listener(args: &RunArgs) -> Result<Option<std::net::TcpListener>> {
     let listener = std::net::TcpListener::bind(address)
         .with_context(|| format!("--gdb {spec}: cannot listen on {address}"))?;
     let shown = listener.local_addr().unwrap_or(address).to_string();
+    let symbols = symbol_file(&args.guest);
+    let registers = register_file(&symbols);
     errln!(
-        "ktvmm gdb: waiting for GDB on {shown}{} (gdb -ex 'target remote {shown}' {})",
+        "ktvmm gdb: waiting for GDB on {shown}{}, {} registers (gdb -ex 'target remote {shown}' {symbols})",
         if args.hold { ", vCPUs held" } else { "" },
-        args.guest
+        registers.name()
     );
-    Ok(Some(listener))
+    Ok(Some((listener, registers)))
+}
+
+/// The file GDB reads a guest's symbols from: the guest itself, or for a
+/// kvm-unit-tests `.flat` (the multiboot ELF32 copy objcopy makes) the
+/// `.elf` it was made from, beside it.
+pub fn symbol_file(guest: &str) -> String {
+    match guest.strip_suffix(".flat") {
+        Some(stem) if Path::new(&format!("{stem}.elf")).exists() => format!("{stem}.elf"),
+        _ => guest.to_string(),
+    }
+}
+
+/// The register file that agrees with `symbols` for GDB: i386 for an
+/// ELF32 file, x86-64 otherwise (bundled guests are ELF64).
+pub fn register_file(symbols: &str) -> RegisterFile {
+    use std::io::Read;
+    let mut header = [0u8; 5];
+    let read = fs::File::open(symbols).and_then(|mut f| f.read_exact(&mut header));
+    match read {
+        Ok(()) => RegisterFile::of_elf(&header),
+        Err(_) => RegisterFile::X86_64,
+    }
 }
 
 /// `1234`, `:1234`, `tcp::1234` -> `127.0.0.1:1234`; `ADDR:PORT` with ADDR

@@ -579,16 +579,11 @@ fn print_gdb_attach(tests: &[TestSpec], output: &OutputDir, port: u16) -> Result
         }
         path.display().to_string()
     } else {
-        match guest.guest.strip_suffix(".flat") {
-            Some(stem) if std::path::Path::new(&format!("{stem}.elf")).exists() => {
-                format!("{stem}.elf")
-            }
-            _ => guest.guest.clone(),
-        }
+        crate::run_cmd::symbol_file(&guest.guest)
     };
     outln!(
         "{} waits for GDB, held at its first instruction; attach with:\n  \
-         gdb -ex 'set architecture i386:x86-64' -ex 'target remote 127.0.0.1:{port}' {symbols}",
+         gdb -ex 'target remote 127.0.0.1:{port}' {symbols}",
         test.name
     );
     Ok(())

@@ -158,7 +158,7 @@ pub struct Vm {
     counters: Option<kvm_stats::KvmCounters>,
     keep_cpu_state: bool,
     cpu_states: Vec<CpuState>,
-    gdb: Option<(std::net::TcpListener, bool)>,
+    gdb: Option<(std::net::TcpListener, bool, gdb::arch::RegisterFile)>,
 }
 
 impl Vm {
@@ -293,10 +293,16 @@ impl Vm {
         })
     }
 
-    /// Serves GDB on `listener` during the run; with `hold`, the vCPUs
-    /// wait for the debugger before the guest's first instruction.
-    pub fn debug_with(&mut self, listener: std::net::TcpListener, hold: bool) {
-        self.gdb = Some((listener, hold));
+    /// Serves GDB on `listener` during the run, showing it `registers`;
+    /// with `hold`, the vCPUs wait for the debugger before the guest's
+    /// first instruction.
+    pub fn debug_with(
+        &mut self,
+        listener: std::net::TcpListener,
+        hold: bool,
+        registers: gdb::arch::RegisterFile,
+    ) {
+        self.gdb = Some((listener, hold, registers));
     }
 
     /// Makes the run keep every vCPU's registers for [`Vm::write_core`].
@@ -365,7 +371,7 @@ impl Vm {
         let control = self
             .gdb
             .as_ref()
-            .map(|(_, hold)| Arc::new(gdb::control::Control::new(self.vcpus.len(), *hold)));
+            .map(|(_, hold, _)| Arc::new(gdb::control::Control::new(self.vcpus.len(), *hold)));
         for (index, fd) in self.vcpus.drain(..).enumerate() {
             let watch = watches[index].clone();
             let vcpu = Vcpu::new(fd, index as u32, self.platform.buses.clone(), watch)
@@ -399,7 +405,7 @@ impl Vm {
         self.timings.step("start vCPU threads");
         let exit_code = Arc::new(std::sync::Mutex::new(None));
         let server = match (self.gdb.take(), &control) {
-            (Some((listener, _)), Some(control)) => {
+            (Some((listener, _, registers)), Some(control)) => {
                 control.set_threads(threads.iter().map(|t| t.as_pthread_t()).collect());
                 let session = gdb::Session {
                     listener,
@@ -407,6 +413,7 @@ impl Vm {
                     memory: self._memory.clone(),
                     vcpus: threads.len(),
                     exit_code: exit_code.clone(),
+                    registers,
                 };
                 let (done_tx, done_rx) = mpsc::channel::<()>();
                 let spawned = thread::Builder::new().name("gdb".into()).spawn(move || {

@@ -78,7 +78,7 @@ impl VcpuSnapshot {
     }
 }
 
-fn mode(cr0: u64, efer: u64, cs_long: u8) -> &'static str {
+pub(crate) fn mode(cr0: u64, efer: u64, cs_long: u8) -> &'static str {
     match (
         cr0 & CR0_PE != 0,
         cr0 & CR0_PG != 0,

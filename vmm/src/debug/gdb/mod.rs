@@ -2,13 +2,21 @@
 //! on the `gdbstub` crate over `KVM_SET_GUEST_DEBUG`. When GDB connects,
 //! every vCPU stops; each is a GDB thread. The guest's timeout does not run
 //! while the debugger holds it. A detach clears the breakpoints and lets the
-//! guest run on; GDB may connect again.
+//! guest run on; GDB may connect again. The register file matches the
+//! guest's symbol file ([`arch`]); a wire in front of `gdbstub` keeps
+//! hostile input from ending the session ([`wire`]).
 
+pub mod arch;
 pub mod control;
+pub mod int3;
+pub mod monitor;
 pub mod paging;
 pub mod target;
+pub mod wire;
 
-use std::net::{TcpListener, TcpStream};
+use std::marker::PhantomData;
+use std::net::TcpListener;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,8 +25,10 @@ use gdbstub::conn::ConnectionExt;
 use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonError};
 use gdbstub::stub::{DisconnectReason, GdbStub, MultiThreadStopReason};
 
+use arch::RegisterFile;
 use control::Control;
 use target::GuestTarget;
+use wire::Wire;
 
 /// What the stub thread needs from the run.
 pub struct Session {
@@ -32,6 +42,8 @@ pub struct Session {
     pub vcpus: usize,
     /// The guest's exit code once the run is over (for GDB's `W` packet).
     pub exit_code: Arc<Mutex<Option<u8>>>,
+    /// The registers GDB is shown, to match the symbol file it loads.
+    pub registers: RegisterFile,
 }
 
 /// Serves GDB connections until the run is over.
@@ -42,6 +54,7 @@ pub fn serve(session: Session) {
         memory,
         vcpus,
         exit_code,
+        registers,
     } = session;
     while !control.finished() {
         let stream = match listener.accept() {
@@ -55,33 +68,71 @@ pub fn serve(session: Session) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let mut target =
-            GuestTarget::new(control.clone(), memory.clone(), vcpus, exit_code.clone());
+        let physical = Arc::new(AtomicBool::new(false));
+        let mut target = GuestTarget::new(
+            control.clone(),
+            memory.clone(),
+            vcpus,
+            exit_code.clone(),
+            registers,
+            physical.clone(),
+        );
         if !target.stop_world() {
             return;
         }
-        let stub = GdbStub::new(stream);
-        match stub.run_blocking::<StubLoop>(&mut target) {
-            Ok(DisconnectReason::Disconnect) => {
-                log::info!("gdb: detached; the guest runs on");
+        let mut wire = Wire::new(stream, physical);
+        loop {
+            let stub = GdbStub::builder(&mut wire)
+                .packet_buffer_size(wire::PACKET_SIZE)
+                .build();
+            let stub = match stub {
+                Ok(stub) => stub,
+                Err(e) => {
+                    log::warn!("gdb: cannot start the stub: {e}");
+                    break;
+                }
+            };
+            // A bug in the stub must not leave the guest held for ever.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                stub.run_blocking::<StubLoop>(&mut target)
+            }));
+            let Ok(result) = ran else {
+                log::error!("gdb: the stub failed; the session is over and the guest runs on");
+                break;
+            };
+            match result {
+                Ok(DisconnectReason::Disconnect) => {
+                    log::info!("gdb: detached; the guest runs on");
+                }
+                Ok(reason) => log::info!("gdb: session over ({reason:?})"),
+                Err(e) if e.is_connection_error() => log::info!("gdb: connection gone: {e}"),
+                Err(e) => {
+                    // A packet gdbstub could not take: it is refused, the
+                    // guest stays held, and the session goes on.
+                    log::warn!("gdb: refused a packet ({e}); the session goes on");
+                    if !target.stop_world() {
+                        break;
+                    }
+                    wire.recover();
+                    continue;
+                }
             }
-            Ok(reason) => log::info!("gdb: session over ({reason:?})"),
-            Err(e) => log::warn!("gdb: session failed: {e}"),
+            break;
         }
         target.detach();
     }
 }
 
-enum StubLoop {}
+struct StubLoop<'w>(PhantomData<&'w mut Wire>);
 
-impl BlockingEventLoop for StubLoop {
+impl<'w> BlockingEventLoop for StubLoop<'w> {
     type Target = GuestTarget;
-    type Connection = TcpStream;
+    type Connection = &'w mut Wire;
     type StopReason = MultiThreadStopReason<u64>;
 
     fn wait_for_stop_reason(
         target: &mut GuestTarget,
-        conn: &mut TcpStream,
+        conn: &mut &'w mut Wire,
     ) -> Result<Event<Self::StopReason>, WaitForStopReasonError<&'static str, std::io::Error>> {
         let control = target.control();
         loop {

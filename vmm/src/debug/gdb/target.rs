@@ -1,9 +1,12 @@
 //! The guest as GDB sees it (`gdbstub`'s `Target`): each vCPU a thread,
-//! x86-64 registers, memory by virtual address through the guest's page
-//! tables, hardware breakpoints and watchpoints in the debug registers,
-//! `int3` breakpoints, single-step.
+//! the register file of [`RegisterFile`] with control registers and EFER,
+//! memory by virtual address through the guest's page tables (or by
+//! physical address, QEMU's `Qqemu.PhyMemMode`), hardware breakpoints and
+//! watchpoints in the debug registers, `int3` breakpoints where the host
+//! can stop on them, single-step, and `monitor` commands.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gdbstub::common::{Signal, Tid};
@@ -16,17 +19,21 @@ use gdbstub::target::ext::breakpoints::{
     Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
     SwBreakpoint, SwBreakpointOps, WatchKind,
 };
+use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd, MonitorCmdOps};
+use gdbstub::target::ext::target_description_xml_override::{
+    TargetDescriptionXmlOverride, TargetDescriptionXmlOverrideOps,
+};
 use gdbstub::target::{Target, TargetError, TargetResult};
-use gdbstub_arch::x86::X86_64_SSE;
-use gdbstub_arch::x86::reg::X86_64CoreRegs;
 use kvm_bindings::{
     KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, KVM_GUESTDBG_USE_SW_BP,
     kvm_guest_debug, kvm_regs,
 };
 use vm_memory::{Bytes, GuestAddress};
 
+use super::arch::{GuestArch, GuestRegs, RegisterFile, SystemRegs, low_half};
 use super::control::{Control, StopEvent};
 use super::paging::Paging;
+use crate::debug::core_dump::CpuState;
 use crate::memory::GuestMemory;
 
 /// The x86 debug registers' four address slots.
@@ -67,6 +74,10 @@ pub struct GuestTarget {
     /// GDB's scheduler locking: unmentioned vCPUs stay stopped.
     locked: bool,
     exit_code: Arc<Mutex<Option<u8>>>,
+    registers: RegisterFile,
+    /// Memory addresses are guest-physical (QEMU's `Qqemu.PhyMemMode:1`,
+    /// `monitor phys on`).
+    physical: Arc<AtomicBool>,
 }
 
 fn tid(cpu: usize) -> Tid {
@@ -84,8 +95,12 @@ impl GuestTarget {
         memory: GuestMemory,
         vcpus: usize,
         exit_code: Arc<Mutex<Option<u8>>>,
+        registers: RegisterFile,
+        physical: Arc<AtomicBool>,
     ) -> Self {
         GuestTarget {
+            registers,
+            physical,
             control,
             memory,
             vcpus,
@@ -100,6 +115,46 @@ impl GuestTarget {
     /// The vCPU threads' parking.
     pub fn control(&self) -> Arc<Control> {
         self.control.clone()
+    }
+
+    /// How many vCPUs (GDB threads).
+    pub fn vcpus(&self) -> usize {
+        self.vcpus
+    }
+
+    /// Whether memory addresses are guest-physical.
+    pub fn physical(&self) -> bool {
+        self.physical.load(Ordering::Relaxed)
+    }
+
+    /// Makes memory addresses guest-physical, or virtual again.
+    pub fn set_physical(&mut self, on: bool) {
+        self.physical.store(on, Ordering::Relaxed);
+    }
+
+    /// What holds each breakpoint, for `monitor breakpoints`.
+    pub fn breakpoints(&self) -> String {
+        let mut out = String::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let what = match slot {
+                None => "free".to_string(),
+                Some(Slot::Exec(addr)) => format!("breakpoint at {addr:#x}"),
+                Some(Slot::Watch { addr, len, kind }) => {
+                    format!("{kind:?} watchpoint on {len} byte(s) at {addr:#x}")
+                }
+            };
+            out.push_str(&format!("DR{i}: {what}\n"));
+        }
+        for addr in self.sw.keys() {
+            out.push_str(&format!("int3 at {addr:#x}\n"));
+        }
+        match super::int3::usable() {
+            Ok(()) => out.push_str("int3 breakpoints work on this host (used once DR0-DR3 are taken)"),
+            Err(why) => out.push_str(&format!(
+                "int3 breakpoints are not used on this host: {why}; breakpoints beyond four are refused"
+            )),
+        }
+        out
     }
 
     /// The guest's exit code, once the run is over.
@@ -222,7 +277,8 @@ impl GuestTarget {
     }
 
     /// Calls `f(gpa, offset_in_data, len)` for each physically contiguous
-    /// piece of `len` bytes at `gva`; stops at the first unmapped page.
+    /// piece of `len` bytes at `gva` (a physical address itself in
+    /// physical mode); stops at the first unmapped page.
     fn each_piece(
         &self,
         cpu: usize,
@@ -230,11 +286,19 @@ impl GuestTarget {
         len: usize,
         mut f: impl FnMut(u64, usize, usize) -> bool,
     ) -> Result<usize, TargetError<&'static str>> {
-        let paging = self.paging(cpu)?;
+        let paging = if self.physical.load(Ordering::Relaxed) {
+            None
+        } else {
+            Some(self.paging(cpu)?)
+        };
         let mut done = 0;
         while done < len {
-            let Some((gpa, room)) = paging.translate(&self.memory, gva.wrapping_add(done as u64))
-            else {
+            let at = gva.wrapping_add(done as u64);
+            let piece = match &paging {
+                Some(paging) => paging.translate(&self.memory, at),
+                None => Some((at, 0x1000 - (at & 0xfff))),
+            };
+            let Some((gpa, room)) = piece else {
                 break;
             };
             let n = (len - done).min(room as usize);
@@ -248,7 +312,7 @@ impl GuestTarget {
 }
 
 impl Target for GuestTarget {
-    type Arch = X86_64_SSE;
+    type Arch = GuestArch;
     type Error = &'static str;
 
     fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
@@ -258,65 +322,156 @@ impl Target for GuestTarget {
     fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
         Some(self)
     }
+
+    fn support_target_description_xml_override(
+        &mut self,
+    ) -> Option<TargetDescriptionXmlOverrideOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_monitor_cmd(&mut self) -> Option<MonitorCmdOps<'_, Self>> {
+        Some(self)
+    }
 }
 
-impl MultiThreadBase for GuestTarget {
-    fn read_registers(&mut self, regs: &mut X86_64CoreRegs, tid: Tid) -> TargetResult<(), Self> {
-        let read = self
-            .control
-            .on_vcpu(cpu_of(tid), |fd| {
-                Some((fd.get_regs().ok()?, fd.get_sregs().ok()?, fd.get_fpu().ok()))
-            })
-            .flatten();
-        let Some((r, s, fpu)) = read else {
+impl TargetDescriptionXmlOverride for GuestTarget {
+    fn target_description_xml(
+        &self,
+        annex: &[u8],
+        offset: u64,
+        length: usize,
+        buf: &mut [u8],
+    ) -> TargetResult<usize, Self> {
+        if annex != b"target.xml" {
             return Err(TargetError::NonFatal);
-        };
-        regs.regs = [
-            r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11,
-            r.r12, r.r13, r.r14, r.r15,
-        ];
-        regs.rip = r.rip;
-        regs.eflags = r.rflags as u32;
-        regs.segments.cs = u32::from(s.cs.selector);
-        regs.segments.ss = u32::from(s.ss.selector);
-        regs.segments.ds = u32::from(s.ds.selector);
-        regs.segments.es = u32::from(s.es.selector);
-        regs.segments.fs = u32::from(s.fs.selector);
-        regs.segments.gs = u32::from(s.gs.selector);
-        if let Some(fpu) = fpu {
-            for (xmm, bytes) in regs.xmm.iter_mut().zip(fpu.xmm.iter()) {
-                *xmm = u128::from_le_bytes(*bytes);
-            }
-            regs.mxcsr = fpu.mxcsr;
+        }
+        let xml = self.registers.target_xml();
+        let xml = xml.as_bytes();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(xml.len());
+        let n = (xml.len() - start).min(length).min(buf.len());
+        buf[..n].copy_from_slice(&xml[start..start + n]);
+        Ok(n)
+    }
+}
+
+impl MonitorCmd for GuestTarget {
+    fn handle_monitor_cmd(
+        &mut self,
+        cmd: &[u8],
+        mut out: ConsoleOutput<'_>,
+    ) -> Result<(), Self::Error> {
+        let text = String::from_utf8_lossy(cmd);
+        let said = super::monitor::run(self, text.trim());
+        for line in said.lines() {
+            gdbstub::outputln!(out, "{line}");
         }
         Ok(())
     }
+}
 
-    fn write_registers(&mut self, regs: &X86_64CoreRegs, tid: Tid) -> TargetResult<(), Self> {
-        let g = regs.regs;
-        let (rip, rflags) = (regs.rip, u64::from(regs.eflags));
+impl MultiThreadBase for GuestTarget {
+    fn read_registers(&mut self, regs: &mut GuestRegs, tid: Tid) -> TargetResult<(), Self> {
+        let read = self
+            .control
+            .on_vcpu(cpu_of(tid), |fd| {
+                Some((CpuState::read(fd)?, fd.get_fpu().ok()))
+            })
+            .flatten();
+        let Some((state, fpu)) = read else {
+            return Err(TargetError::NonFatal);
+        };
+        let (r, s) = (&state.regs, &state.sregs);
+        regs.file = self.registers;
+        let core = &mut regs.core;
+        core.regs = [
+            r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11,
+            r.r12, r.r13, r.r14, r.r15,
+        ];
+        core.rip = r.rip;
+        core.eflags = r.rflags as u32;
+        core.segments.cs = u32::from(s.cs.selector);
+        core.segments.ss = u32::from(s.ss.selector);
+        core.segments.ds = u32::from(s.ds.selector);
+        core.segments.es = u32::from(s.es.selector);
+        core.segments.fs = u32::from(s.fs.selector);
+        core.segments.gs = u32::from(s.gs.selector);
+        if let Some(fpu) = fpu {
+            for (xmm, bytes) in core.xmm.iter_mut().zip(fpu.xmm.iter()) {
+                *xmm = u128::from_le_bytes(*bytes);
+            }
+            core.mxcsr = fpu.mxcsr;
+        }
+        regs.system = SystemRegs {
+            fs_base: s.fs.base,
+            gs_base: s.gs.base,
+            k_gs_base: state.kernel_gs_base,
+            cr0: s.cr0,
+            cr2: s.cr2,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            cr8: s.cr8,
+            efer: s.efer,
+        };
+        Ok(())
+    }
+
+    /// Writes the general registers, and the control registers, EFER and
+    /// segment bases when GDB changed them (`set $cr0 = ...`); with the
+    /// i386 file, only the low halves.
+    fn write_registers(&mut self, regs: &GuestRegs, tid: Tid) -> TargetResult<(), Self> {
+        let narrow = regs.file == RegisterFile::I386;
+        let (g, rip, rflags, new) = (
+            regs.core.regs,
+            regs.core.rip,
+            u64::from(regs.core.eflags),
+            regs.system,
+        );
         let written = self.control.on_vcpu(cpu_of(tid), move |fd| {
-            let r = kvm_regs {
-                rax: g[0],
-                rbx: g[1],
-                rcx: g[2],
-                rdx: g[3],
-                rsi: g[4],
-                rdi: g[5],
-                rbp: g[6],
-                rsp: g[7],
-                r8: g[8],
-                r9: g[9],
-                r10: g[10],
-                r11: g[11],
-                r12: g[12],
-                r13: g[13],
-                r14: g[14],
-                r15: g[15],
-                rip,
-                rflags,
+            let Ok(old) = fd.get_regs() else {
+                return false;
             };
-            fd.set_regs(&r).is_ok()
+            let merge = |old: u64, new: u64| if narrow { low_half(old, new) } else { new };
+            let r = kvm_regs {
+                rax: merge(old.rax, g[0]),
+                rbx: merge(old.rbx, g[1]),
+                rcx: merge(old.rcx, g[2]),
+                rdx: merge(old.rdx, g[3]),
+                rsi: merge(old.rsi, g[4]),
+                rdi: merge(old.rdi, g[5]),
+                rbp: merge(old.rbp, g[6]),
+                rsp: merge(old.rsp, g[7]),
+                r8: if narrow { old.r8 } else { g[8] },
+                r9: if narrow { old.r9 } else { g[9] },
+                r10: if narrow { old.r10 } else { g[10] },
+                r11: if narrow { old.r11 } else { g[11] },
+                r12: if narrow { old.r12 } else { g[12] },
+                r13: if narrow { old.r13 } else { g[13] },
+                r14: if narrow { old.r14 } else { g[14] },
+                r15: if narrow { old.r15 } else { g[15] },
+                rip: merge(old.rip, rip),
+                rflags: merge(old.rflags, rflags),
+            };
+            if fd.set_regs(&r).is_err() {
+                return false;
+            }
+            let Ok(mut s) = fd.get_sregs() else {
+                return false;
+            };
+            let before = s;
+            s.fs.base = merge(s.fs.base, new.fs_base);
+            s.gs.base = merge(s.gs.base, new.gs_base);
+            s.cr0 = merge(s.cr0, new.cr0);
+            s.cr2 = merge(s.cr2, new.cr2);
+            s.cr3 = merge(s.cr3, new.cr3);
+            s.cr4 = merge(s.cr4, new.cr4);
+            s.cr8 = merge(s.cr8, new.cr8);
+            s.efer = merge(s.efer, new.efer);
+            // Only when GDB changed one: KVM refuses inconsistent values.
+            let same = (before.fs.base, before.gs.base, before.cr0, before.cr2)
+                == (s.fs.base, s.gs.base, s.cr0, s.cr2)
+                && (before.cr3, before.cr4, before.cr8, before.efer)
+                    == (s.cr3, s.cr4, s.cr8, s.efer);
+            same || fd.set_sregs(&s).is_ok()
         });
         match written {
             Some(true) => Ok(()),
@@ -442,16 +597,23 @@ impl Breakpoints for GuestTarget {
 }
 
 impl SwBreakpoint for GuestTarget {
-    /// A debug register while one is free, `int3` after that: a debug
-    /// register works on every host, while some KVM backends cannot run an
-    /// `int3` under guest debugging (kvm_pvm's instruction emulator fails
-    /// on it), and it leaves guest memory untouched.
+    /// A debug register while one is free, `int3` after that where the
+    /// host can stop on one (see [`super::int3`]): a debug register works
+    /// on every host and leaves guest memory untouched. With neither, the
+    /// breakpoint is refused (GDB says it cannot insert it) rather than
+    /// written where it would end the guest.
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
         if self.sw.contains_key(&addr) || self.slots.contains(&Some(Slot::Exec(addr))) {
             return Ok(true);
         }
         if self.take_slot(Slot::Exec(addr)) {
             return Ok(true);
+        }
+        if let Err(why) = super::int3::usable() {
+            log::warn!(
+                "gdb: breakpoint at {addr:#x} refused: the {SLOTS} debug registers are taken and {why}"
+            );
+            return Ok(false);
         }
         let paging = self.paging(0)?;
         let Some((gpa, _)) = paging.translate(&self.memory, addr) else {
