@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{guest_file, ktvmm, parts, run, scratch, write};
@@ -684,30 +685,52 @@ const EXIT_WITH_VENDOR: [u8; 11] = [
     0x31, 0xc0, 0x0f, 0xa2, 0x89, 0xd8, 0xe7, 0xf4, 0xf4, 0xeb, 0xfd,
 ];
 
+/// `mov eax, LEAF; cpuid; out 0xf4, eax; 1: hlt; jmp 1b`: exits with
+/// CPUID.LEAF:EAX.
+fn exit_with_cpuid_eax(leaf: u32) -> Vec<u8> {
+    let mut code = vec![0xb8];
+    code.extend_from_slice(&leaf.to_le_bytes());
+    code.extend_from_slice(&[0x0f, 0xa2, 0xe7, 0xf4, 0xf4, 0xeb, 0xfd]);
+    code
+}
+
+/// Runs `kernel` under `ktvmm run -cpu CPU`: the guest's exit code, or the
+/// error ktvmm gave.
+fn exit_code_under(dir: &Path, kernel: &str, cpu: &str) -> Result<u32, String> {
+    let json = dir.join("o.json");
+    let _ = std::fs::remove_file(&json);
+    let (output, _) = run(&[
+        "run",
+        kernel,
+        "-cpu",
+        cpu,
+        "--json-outcome",
+        json.to_str().unwrap(),
+    ]);
+    let (_, _, stderr) = parts(&output);
+    let outcome: serde_json::Value = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .ok_or_else(|| stderr.clone())?;
+    outcome["code"]
+        .as_u64()
+        .map(|c| c as u32)
+        .ok_or_else(|| format!("{outcome} {stderr}"))
+}
+
 #[test]
 fn the_cpu_model_is_what_the_guest_sees() {
     let dir = scratch("cpu-model");
     let kernel = write(&dir, "vendor.elf", &elf64(LOAD_ADDR, &EXIT_WITH_VENDOR, 0));
     let vendor = |cpu: &str| {
-        let json = dir.join("o.json");
-        let (output, _) = run(&[
-            "run",
-            &kernel,
-            "-cpu",
-            cpu,
-            "--json-outcome",
-            json.to_str().unwrap(),
-        ]);
-        let (_, _, stderr) = parts(&output);
-        let outcome: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-        let code = outcome["code"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{outcome} {stderr}")) as u32;
+        let code = exit_code_under(&dir, &kernel, cpu).unwrap_or_else(|e| panic!("{cpu}: {e}"));
         String::from_utf8_lossy(&code.to_le_bytes()).into_owned()
     };
     assert_eq!(vendor("qemu64"), "Auth", "qemu64 is an AMD model");
     assert_eq!(vendor("qemu64,vendor=GenuineIntel"), "Genu");
+    assert_eq!(vendor("Opteron_G1"), "Auth");
+    assert_eq!(vendor("IvyBridge"), "Genu");
+    assert_eq!(vendor("Skylake-Server"), "Genu");
     // `max` is the host's own vendor, whichever it is (GenuineIntel,
     // AuthenticAMD, HygonGenuine...): checked against the host, not a list.
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
@@ -719,13 +742,60 @@ fn the_cpu_model_is_what_the_guest_sees() {
         .expect("/proc/cpuinfo names the vendor");
     assert_eq!(vendor("max"), host_vendor[..4], "host vendor {host_vendor}");
     expect_error(
-        &["run", &kernel, "-cpu", "Skylake-Server"],
-        &["Skylake-Server", "not supported"],
+        &["run", &kernel, "-cpu", "Westmere"],
+        &["Westmere", "not supported", "Opteron_G1"],
     );
     expect_error(
         &["run", &kernel, "-cpu", "max,+warp-drive"],
         &["warp-drive"],
     );
+}
+
+#[test]
+fn a_named_model_gives_qemus_family_model_stepping() {
+    let dir = scratch("cpu-signature");
+    let kernel = write(
+        &dir,
+        "leaf1.elf",
+        &elf64(LOAD_ADDR, &exit_with_cpuid_eax(1), 0),
+    );
+    // Family 15 model 6 stepping 1; family 6 model 58 (extended model 3)
+    // stepping 9; family 6 model 85 stepping 4.
+    for (cpu, signature) in [
+        ("Opteron_G1", 0x0f61),
+        ("IvyBridge", 0x0003_06a9),
+        ("Skylake-Server", 0x0005_0654),
+    ] {
+        assert_eq!(exit_code_under(&dir, &kernel, cpu), Ok(signature), "{cpu}");
+    }
+}
+
+#[test]
+fn phys_bits_reach_the_guest_where_kvm_allows_fewer_than_the_host() {
+    let dir = scratch("cpu-phys-bits");
+    let kernel = write(
+        &dir,
+        "leaf80000008.elf",
+        &elf64(LOAD_ADDR, &exit_with_cpuid_eax(0x8000_0008), 0),
+    );
+    let host = exit_code_under(&dir, &kernel, "max").unwrap() & 0xff;
+    assert!(host > 36, "the host has {host} physical address bits");
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    let cpu = "IvyBridge,phys-bits=36,host-phys-bits=off";
+    if ktvmm_vmm::cpu::model::smaller_maxphyaddr(&kvm) {
+        let eax = exit_code_under(&dir, &kernel, cpu).unwrap();
+        assert_eq!(eax & 0xff, 36, "{eax:#x}");
+    } else {
+        expect_error(
+            &["run", &kernel, "-cpu", cpu],
+            &["phys-bits=36", "KVM_CAP_SMALLER_MAXPHYADDR"],
+        );
+    }
+    // More than the host has is refused everywhere.
+    if host < 52 {
+        let wider = format!("max,phys-bits={}", host + 1);
+        expect_error(&["run", &kernel, "-cpu", &wider], &[&wider[4..], "host's"]);
+    }
 }
 
 #[test]

@@ -261,12 +261,19 @@ impl Vm {
             .join()
             .unwrap_or_else(|_| Err(kvm_ioctls::Error::new(libc::EIO)))
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-        let extra = cpu_model::extra_flags(vm.check_extension(Cap::TscDeadlineTimer));
-        let model = cpu_model::build(&config.cpu, &supported, &extra).map_err(|source| {
-            VmError::CpuModel {
-                spec: config.cpu.to_string(),
-                source,
-            }
+        let host = cpu_model::HostCpu {
+            supported,
+            extra: cpu_model::extra_flags(vm.check_extension(Cap::TscDeadlineTimer)),
+            smaller_maxphyaddr: cpu_model::smaller_maxphyaddr(&kvm),
+            vmx_controls: if config.cpu.names_vmx_controls() {
+                cpu_model::vmx_controls(&kvm)
+            } else {
+                Vec::new()
+            },
+        };
+        let model = cpu_model::build(&config.cpu, &host).map_err(|source| VmError::CpuModel {
+            spec: config.cpu.to_string(),
+            source,
         })?;
         let mut vcpus = Vec::with_capacity(config.cpus as usize);
         for cpu in 0..config.cpus {

@@ -167,12 +167,16 @@ impl Executor {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(setup("KVM_GET_SUPPORTED_CPUID"))?;
-        let extra = cpu_model::extra_flags(kvm.check_extension(Cap::TscDeadlineTimer));
-        let cpuid = cpu_model::build(&Default::default(), &supported, &extra).map_err(|e| {
-            ExecError::Setup {
-                what: "the CPU model",
-                source: io::Error::other(e.to_string()),
-            }
+        // `max`: no phys-bits or VMX controls to check.
+        let host = cpu_model::HostCpu {
+            supported,
+            extra: cpu_model::extra_flags(kvm.check_extension(Cap::TscDeadlineTimer)),
+            smaller_maxphyaddr: false,
+            vmx_controls: Vec::new(),
+        };
+        let cpuid = cpu_model::build(&Default::default(), &host).map_err(|e| ExecError::Setup {
+            what: "the CPU model",
+            source: io::Error::other(e.to_string()),
         })?;
         kick::install().map_err(|e| ExecError::Setup {
             what: "installing the kick signal handler",

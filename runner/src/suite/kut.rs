@@ -611,6 +611,8 @@ file = s3.flat
             Some(HostCpu {
                 supported: kvm_bindings::CpuId::from_entries(&[leaf1]).unwrap(),
                 extra: Vec::new(),
+                smaller_maxphyaddr: false,
+                vmx_controls: Vec::new(),
             }),
         );
         let specs = load(&cfg, &host).unwrap();
@@ -678,10 +680,15 @@ file = s3.flat
             p.cpu.map(|c| c.to_string()).as_deref(),
             Some("qemu64,+x2apic,vendor=GenuineIntel")
         );
+        let p = QemuParams::parse("-cpu IvyBridge,phys-bits=36,host-phys-bits=off").unwrap();
+        assert_eq!(
+            p.cpu.map(|c| c.to_string()).as_deref(),
+            Some("IvyBridge,phys-bits=36,host-phys-bits=off")
+        );
         for not in [
-            "-cpu Skylake-Server",
-            "-cpu max,phys-bits=36",
-            "-cpu max,hv_passthrough",
+            "-cpu Westmere",
+            "-cpu max,phys-bits=64",
+            "-cpu host,hv_passthrough",
         ] {
             assert_eq!(
                 QemuParams::parse(not).unwrap().unsupported.len(),
