@@ -165,11 +165,17 @@ impl Observer for Console {
             seconds(result.duration)
         );
         if let Some(s) = &result.subtests {
+            // An XPASS is one of the failures, as kvm-unit-tests counts it.
+            let fail = match s.xpass {
+                0 => "fail".to_string(),
+                n => format!("fail ({n} xpass)"),
+            };
             let parts: Vec<String> = [
                 (s.pass, "pass"),
-                (s.fail, "fail"),
-                (s.skip, "skip"),
+                (s.fail, fail.as_str()),
+                (s.kfail, "known fail"),
                 (s.xfail, "xfail"),
+                (s.skip, "skip"),
                 (s.not_run, "not run"),
             ]
             .iter()

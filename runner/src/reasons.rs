@@ -60,7 +60,15 @@ fn failed_subtests(s: &Subtests) -> Option<String> {
         .map(String::as_str)
         .collect();
     let more = (s.fail as usize).saturating_sub(shown.len());
-    let mut text = format!("{} failed: {}", plural(s.fail, "subtest"), shown.join("; "));
+    let xpass = match s.xpass {
+        0 => String::new(),
+        n => format!(" ({n} of them XPASS: passed though expected to fail)"),
+    };
+    let mut text = format!(
+        "{} failed{xpass}: {}",
+        plural(s.fail, "subtest"),
+        shown.join("; ")
+    );
     if more > 0 {
         text += &format!(" (+{more} more)");
     }
@@ -370,6 +378,17 @@ mod tests {
         assert_eq!(
             reason.as_deref(),
             Some("exit code 1; 2 subtests failed: b; epsilon; 2 subtests planned never reported")
+        );
+        let kut = crate::subtests::count(
+            "PASS: a\nXPASS: pmu: b\nKFAIL: c\nXFAIL: d\nFAIL: e\n\
+             SUMMARY: 5 tests, 2 unexpected failures, 1 known failures, 1 expected failures\n",
+        );
+        assert_eq!(
+            explain(Status::Fail, Some("exit code 1".into()), "", kut.as_ref()).as_deref(),
+            Some(
+                "exit code 1; 2 subtests failed (1 of them XPASS: passed though expected to \
+                 fail): pmu: b; e"
+            )
         );
         let odd = explain(
             Status::Skip,

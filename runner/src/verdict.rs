@@ -84,12 +84,14 @@ impl Status {
 }
 
 /// Subtest counts a test printed (TAP `ok`/`not ok`, kvm-unit-tests
-/// `PASS:`/`FAIL:`/`SKIP:` lines), and the names of those that failed.
+/// `PASS:`/`FAIL:`/`SKIP:`/`XFAIL:`/`XPASS:`/`KFAIL:` lines), and the
+/// names of those that failed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subtests {
     /// Passed subtests.
     pub pass: u32,
-    /// Failed subtests.
+    /// Failed subtests: kvm-unit-tests' "unexpected failures", XPASSes
+    /// included.
     pub fail: u32,
     /// Skipped subtests.
     pub skip: u32,
@@ -97,6 +99,14 @@ pub struct Subtests {
     /// `not ok ... # TODO`): neither passes nor failures.
     #[serde(skip_serializing_if = "is_zero", default)]
     pub xfail: u32,
+    /// Of `fail`, those that passed though expected to fail
+    /// (kvm-unit-tests' `XPASS:`, which fails the test).
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub xpass: u32,
+    /// Known failures (kvm-unit-tests' `KFAIL:`, `report_kfail`): failed,
+    /// but not failures of the test.
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub kfail: u32,
     /// Subtests the plan (`1..N`) announced that never reported a result.
     #[serde(skip_serializing_if = "is_zero", default)]
     pub not_run: u32,

@@ -73,8 +73,9 @@ fn diagnostics(t: &mut String, r: &TestResult) {
     if let Some(s) = &r.subtests {
         let _ = writeln!(
             t,
-            "  subtests: {{pass: {}, fail: {}, skip: {}, xfail: {}, not_run: {}}}",
-            s.pass, s.fail, s.skip, s.xfail, s.not_run
+            "  subtests: {{pass: {}, fail: {}, skip: {}, xfail: {}, xpass: {}, kfail: {}, \
+             not_run: {}}}",
+            s.pass, s.fail, s.skip, s.xfail, s.xpass, s.kfail, s.not_run
         );
     }
     t.push_str("  ...\n");
