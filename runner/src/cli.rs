@@ -80,8 +80,9 @@ pub struct RunArgs {
     /// PCI host bridge).
     #[arg(long)]
     pub no_testdevs: bool,
-    /// The CPU model, as QEMU spells it: max, host or qemu64, then
-    /// +flag/-flag and vendor=... edits (QEMU: -cpu).
+    /// The CPU model, as QEMU spells it: max, host, qemu64, Opteron_G1,
+    /// IvyBridge or Skylake-Server, then +flag/-flag, vendor=...,
+    /// phys-bits=N and host-phys-bits=on|off edits (QEMU: -cpu).
     #[arg(long, value_name = "MODEL", default_value = "max", value_parser = ktvmm_vmm::cpu::model::parse)]
     pub cpu: ktvmm_vmm::cpu::model::CpuSpec,
     /// Leave out the PIT (QEMU: -machine pit=off).

@@ -620,6 +620,66 @@ file = s3.flat
         assert!(reason.contains("tsc-deadline"), "{reason}");
     }
 
+    /// The cfg lines of KUT's named-model tests, on a host like an AMD one
+    /// whose KVM has no VMX and does not allow a smaller MAXPHYADDR.
+    #[test]
+    fn named_models_run_or_skip_naming_what_the_host_lacks() {
+        let cfg_text = r#"
+[syscall]
+file = vmexit.flat
+qemu_params = -cpu Opteron_G1,vendor=AuthenticAMD
+
+[reduced]
+file = vmexit.flat
+qemu_params = -cpu IvyBridge,phys-bits=36,host-phys-bits=off
+
+[ept-mbec]
+file = vmexit.flat
+qemu_params = -cpu Skylake-Server,host-phys-bits,+vmx,+vmx-mbec -m 2560
+"#;
+        let dir = dir();
+        let cfg = dir.join("named-models.cfg");
+        std::fs::write(&cfg, cfg_text).unwrap();
+        let entry = |function, eax, ecx, edx| kvm_bindings::kvm_cpuid_entry2 {
+            function,
+            eax,
+            ecx,
+            edx,
+            ..Default::default()
+        };
+        let host = Host::with_cpu(
+            2,
+            false,
+            Some(HostCpu {
+                supported: kvm_bindings::CpuId::from_entries(&[
+                    entry(0, 0xd, 0, 0),
+                    entry(1, 0, 1 << 21, !0),
+                    entry(0x8000_0000, 0x8000_0008, 0, 0),
+                    entry(0x8000_0001, 0, 0, 1 << 11 | 1 << 29),
+                    entry(0x8000_0008, 0x3030, 0, 0),
+                ])
+                .unwrap(),
+                extra: Vec::new(),
+                smaller_maxphyaddr: false,
+                vmx_controls: Vec::new(),
+            }),
+        );
+        let specs = load(&cfg, &host).unwrap();
+        let syscall = specs.iter().find(|s| s.name == "syscall").unwrap();
+        let TestKind::Guest(g) = &syscall.kind else {
+            panic!("{syscall:?}")
+        };
+        assert_eq!(g.cpu.as_deref(), Some("Opteron_G1,vendor=AuthenticAMD"));
+        let reduced = skip_of(&specs, "reduced").unwrap();
+        assert!(
+            reduced.starts_with("-cpu IvyBridge,phys-bits=36,host-phys-bits=off: ")
+                && reduced.contains("KVM_CAP_SMALLER_MAXPHYADDR"),
+            "{reduced}"
+        );
+        let mbec = skip_of(&specs, "ept-mbec").unwrap();
+        assert!(mbec.contains("CPU flag 'vmx'"), "{mbec}");
+    }
+
     #[test]
     fn bad_lines_are_named() {
         let path = Path::new("x86/unittests.cfg");
