@@ -171,19 +171,21 @@ mod tests {
         );
     }
 
-    /// Real report lines: x86/pmu.c's `report_xfail` (an erratum on some
-    /// hosts), x86/vmx_tests.c's `report_kfail`, and the summary
-    /// `report_summary` prints for them (XPASS is among the 2 unexpected
-    /// failures, KFAIL and XFAIL are not).
+    /// Report lines as KUT's tests print them: x86/vmx_tests.c's
+    /// `report_xfail` checks of a #DB VM-exit (XFAIL when the erratum
+    /// shows, XPASS when it does not), powerpc/spapr_vpa.c's and
+    /// powerpc/mmu.c's `report_kfail`, and the summary `report_summary`
+    /// prints for them (XPASS is among the 2 unexpected failures, KFAIL and
+    /// XFAIL are not).
     #[test]
     fn kvm_unit_tests_expected_unexpected_and_known_failures() {
         let out = "enabling apic\n\
-            PASS: pmu: core GP counters: cntr-0\n\
-            XFAIL: pmu: all counters\n\
-            XPASS: pmu: overflow: cntr-1\n\
-            FAIL: pmu: overflow: status-clear-1\n\
-            KFAIL: vmx: VMX_VMCS_ENUM.MAX_INDEX expected: 19, actual: 17\n\
-            SKIP: pmu: fixed counters\n\
+            PASS: Expected #DB VM-exit\n\
+            XFAIL: Expected pending debug exceptions 0 (actual 4000)\n\
+            XPASS: Expected DR6 ffff4ff0 (actual ffff4ff0)\n\
+            FAIL: Expected RIP 0x401234 (actual 401236)\n\
+            KFAIL: VPA: Dispatch count is odd after deregister\n\
+            SKIP: mmu: tlbie: requires at least 2 CPUs\n\
             SUMMARY: 6 tests, 2 unexpected failures, 1 known failures, \
             1 expected failures, 1 skipped\n";
         assert_eq!(
@@ -196,8 +198,8 @@ mod tests {
                 xpass: 1,
                 kfail: 1,
                 failed: vec![
-                    "pmu: overflow: cntr-1".into(),
-                    "pmu: overflow: status-clear-1".into()
+                    "Expected DR6 ffff4ff0 (actual ffff4ff0)".into(),
+                    "Expected RIP 0x401234 (actual 401236)".into()
                 ],
                 ..Default::default()
             })
