@@ -746,10 +746,10 @@ fn qemu64(entries: &mut Vec<kvm_cpuid_entry2>, extra: &[&str]) {
     // SSE3 CX16, with x2apic and hypervisor from QEMU's KVM defaults.
     const ECX_1: u32 = (1 << 0) | (1 << 13) | (1 << 21) | (1 << 31);
     // SYSCALL NX LM (and FPU...PAT mirrored from leaf 1 on AMD).
-    const EDX_80000001: u32 = (1 << 11) | (1 << 20) | (1 << 29) | (EDX_1 & 0x0183_f3ff);
+    const EDX_80000001: u32 = (1 << 11) | (1 << 20) | (1 << 29) | (EDX_1 & AMD_ALIASES);
     // LAHF_LM (SVM is off under KVM by QEMU's default).
     const ECX_80000001: u32 = 1 << 0;
-    const BRAND: &[u8; 48] = b"QEMU Virtual CPU version 2.5+\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+    const BRAND: &str = "QEMU Virtual CPU version 2.5+";
 
     entries.retain(|e| {
         e.function <= 0xd
@@ -775,16 +775,7 @@ fn qemu64(entries: &mut Vec<kvm_cpuid_entry2>, extra: &[&str]) {
                 e.ecx &= ECX_80000001;
                 e.edx &= EDX_80000001;
             }
-            f @ 0x8000_0002..=0x8000_0004 => {
-                let at = ((f - 0x8000_0002) * 16) as usize;
-                let w = |i: usize| {
-                    u32::from_le_bytes(BRAND[at + i..at + i + 4].try_into().unwrap_or([0; 4]))
-                };
-                e.eax = w(0);
-                e.ebx = w(4);
-                e.ecx = w(8);
-                e.edx = w(12);
-            }
+            0x8000_0002..=0x8000_0004 => set_brand(e, BRAND),
             _ => {}
         }
     }
@@ -794,6 +785,20 @@ fn qemu64(entries: &mut Vec<kvm_cpuid_entry2>, extra: &[&str]) {
         }
     }
     set_vendor(entries, "AuthenticAMD");
+}
+
+/// Leaf `e` (0x80000002-4) of the brand string `brand`, NUL-padded to 48
+/// bytes.
+fn set_brand(e: &mut kvm_cpuid_entry2, brand: &str) {
+    let at = (e.function.saturating_sub(0x8000_0002) as usize) * 16;
+    let word = |i: usize| {
+        let mut b = [0u8; 4];
+        for (k, byte) in b.iter_mut().enumerate() {
+            *byte = brand.as_bytes().get(at + i + k).copied().unwrap_or(0);
+        }
+        u32::from_le_bytes(b)
+    };
+    (e.eax, e.ebx, e.ecx, e.edx) = (word(0), word(4), word(8), word(12));
 }
 
 /// The registers a named model decides bit by bit: (leaf, subleaf, reg).
@@ -865,7 +870,6 @@ fn named(
         .filter(|e| e.function == 0xd && e.index >= 2 && xcr0 & (1 << e.index.min(31)) != 0)
         .map(|e| e.ebx + e.eax)
         .fold(512 + 64, u32::max);
-    let brand = model.model_id.as_bytes();
     for e in entries.iter_mut() {
         for &(leaf, index, r) in MODEL_REGS {
             if is_leaf(e, leaf, index) {
@@ -892,17 +896,7 @@ fn named(
                 e.eax = signature;
                 e.ebx = 0;
             }
-            (f @ 0x8000_0002..=0x8000_0004, _) => {
-                let at = ((f - 0x8000_0002) * 16) as usize;
-                let word = |i: usize| {
-                    let mut b = [0u8; 4];
-                    for (k, byte) in b.iter_mut().enumerate() {
-                        *byte = brand.get(at + i + k).copied().unwrap_or(0);
-                    }
-                    u32::from_le_bytes(b)
-                };
-                (e.eax, e.ebx, e.ecx, e.edx) = (word(0), word(4), word(8), word(12));
-            }
+            (0x8000_0002..=0x8000_0004, _) => set_brand(e, model.model_id),
             (0x8000_0007, _) => (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0),
             (0x8000_0008, _) => (e.ebx, e.edx) = (0, 0),
             _ => {}
@@ -997,30 +991,23 @@ mod tests {
             spec.to_string(),
             "qemu64,+x2apic,-pcid,+tsc-deadline,vendor=GenuineIntel"
         );
-        assert!(matches!(
-            parse("Westmere"),
-            Err(CpuModelError::UnknownModel(_))
-        ));
-        assert!(matches!(
-            parse("max,+warp-drive"),
-            Err(CpuModelError::UnknownFlag(_))
-        ));
-        assert!(matches!(
-            parse("max,phys-bits=wide"),
-            Err(CpuModelError::BadPhysBits(_))
-        ));
-        assert!(matches!(
-            parse("max,phys-bits=60"),
-            Err(CpuModelError::BadPhysBits(_))
-        ));
-        assert!(matches!(
-            parse("max,hv-passthrough"),
-            Err(CpuModelError::UnknownProperty(_))
-        ));
-        assert!(matches!(
-            parse("max,vendor=Intel"),
-            Err(CpuModelError::BadVendor(_))
-        ));
+        let unknown_model = |e: &CpuModelError| matches!(e, CpuModelError::UnknownModel(_));
+        let unknown_flag = |e: &CpuModelError| matches!(e, CpuModelError::UnknownFlag(_));
+        let bad_bits = |e: &CpuModelError| matches!(e, CpuModelError::BadPhysBits(_));
+        let unknown = |e: &CpuModelError| matches!(e, CpuModelError::UnknownProperty(_));
+        let bad_vendor = |e: &CpuModelError| matches!(e, CpuModelError::BadVendor(_));
+        let refused: [(&str, &dyn Fn(&CpuModelError) -> bool); 6] = [
+            ("Westmere", &unknown_model),
+            ("max,+warp-drive", &unknown_flag),
+            ("max,phys-bits=wide", &bad_bits),
+            ("max,phys-bits=60", &bad_bits),
+            ("max,hv-passthrough", &unknown),
+            ("max,vendor=Intel", &bad_vendor),
+        ];
+        for (text, expected) in refused {
+            let err = parse(text).unwrap_err();
+            assert!(expected(&err), "{text}: {err:?}");
+        }
     }
 
     #[test]
