@@ -1,4 +1,16 @@
-//! The `ktvmm` command.
+//! The `ktvmm` command: the runner around the VM (`ktvmm_vmm`) and the
+//! fuzz harness (`ktvmm_fuzz`).
+//!
+//! Each subcommand is a `*_cmd.rs` (`run`, `test`, `diff`, `merge`,
+//! `envs`, `fuzz`; `bench.rs`), parsed by `cli.rs`. `ktvmm test` flows
+//! through the folders in order: `suite/` finds the tests (ktvmm suite
+//! files, kvm-unit-tests' cfg, kernel selftests; sweeps), `select.rs`
+//! picks them, `schedule/` runs them (children, logs, time limits), and
+//! `verdict.rs`, `subtests.rs` and `reasons.rs` judge them for
+//! `console.rs` and `results/`. Beside them: other environments
+//! (`envs.rs`, `qemu_cmd.rs`, `qemu_probe.rs`), KVM's module parameters
+//! (`kvm_env.rs`, `kvm_matrix.rs`), and small shared pieces (`units.rs`,
+//! `printable.rs`, `helper_cmd.rs`).
 
 // `println!` and `eprintln!` panic when stdout or stderr is closed or full
 // (`ktvmm test --list | head -1`, `2>/dev/full`); ktvmm's output goes
