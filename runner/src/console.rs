@@ -5,6 +5,17 @@
 //! pipe or CI log it is a plain line whenever nothing was printed for a few
 //! seconds, so a long test never looks like a hang and a fast suite stays
 //! quiet.
+//!
+//! Not on `indicatif`, weighed for this (issue 21): off a terminal its
+//! draw target hides itself and prints nothing, and a CI log is where the
+//! heartbeat matters most, so the plain lines after a silence would stay
+//! ours beside it: two ways to show one progress. On a terminal, what the
+//! line says (the tests running, each with its time) comes from the
+//! scheduler's ticks, so indicatif would only take over the redraw (an
+//! erase, the line cut to the width), while every verdict line and the
+//! summary would have to print through its handle to keep the line intact;
+//! that for four more crates (`console`, `portable-atomic`, `unit-prefix`,
+//! `unicode-width`).
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};

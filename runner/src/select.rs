@@ -1,10 +1,12 @@
 //! Which of the discovered tests run: name patterns, groups, the failures of
 //! the last run, and a shard of the rest.
 
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
+use globset::{GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::suite::TestSpec;
@@ -12,8 +14,7 @@ use crate::suite::TestSpec;
 /// The selection options of `ktvmm test`.
 #[derive(Clone, Debug, Default)]
 pub struct Selection {
-    /// Keep tests matching any of these (a glob with `*`, `?`; otherwise a
-    /// substring). Empty: all.
+    /// Keep tests matching any of these (see [`matches`]). Empty: all.
     pub patterns: Vec<String>,
     /// Drop tests matching any of these.
     pub exclude: Vec<String>,
@@ -57,17 +58,20 @@ impl fmt::Display for Shard {
 
 impl Selection {
     /// The tests the name patterns, groups and `--rerun-failed` keep, in
-    /// their discovered order: what the shards are dealt from.
-    pub fn filter(&self, tests: Vec<TestSpec>) -> Vec<TestSpec> {
-        tests
+    /// their discovered order: what the shards are dealt from. Each
+    /// pattern is compiled once, whatever the number of tests.
+    pub fn filter(&self, tests: Vec<TestSpec>) -> Result<Vec<TestSpec>, PatternError> {
+        let patterns = Patterns::new(&self.patterns)?;
+        let exclude = Patterns::new(&self.exclude)?;
+        Ok(tests
             .into_iter()
             .filter(|t| {
-                (self.patterns.is_empty() || self.patterns.iter().any(|p| matches(p, &t.name)))
-                    && !self.exclude.iter().any(|p| matches(p, &t.name))
+                (self.patterns.is_empty() || patterns.any_matches(&t.name))
+                    && !exclude.any_matches(&t.name)
                     && (self.groups.is_empty() || t.groups.iter().any(|g| self.groups.contains(g)))
                     && self.only.as_ref().is_none_or(|only| only.contains(&t.name))
             })
-            .collect()
+            .collect())
     }
 
     /// This run's shard of the `kept` tests. Sharding comes last and deals
@@ -138,46 +142,146 @@ pub fn shuffle<T>(tests: &mut [T], seed: u64) {
     }
 }
 
-/// `=NAME` matches that name exactly (and its sweep variants `NAME[...]`); a pattern with `*` or `?` is a glob
+/// A name pattern that cannot be compiled (globset refuses it: in
+/// practice only one too long for its size limit).
+#[derive(Debug, thiserror::Error)]
+#[error("name pattern '{pattern}': {source}")]
+pub struct PatternError {
+    /// The pattern as given.
+    pub pattern: String,
+    /// Why globset refused it.
+    pub source: globset::Error,
+}
+
+/// `=NAME` matches that name exactly (and its sweep variants `NAME[...]`);
+/// a pattern with `*` or `?` is a glob
 /// over the whole name; anything else matches as a substring.
+///
+/// In a glob, `*` is any run of characters, `/` included (test names are
+/// `x86/apic`, and `x86*` has always meant every x86 test: globset's
+/// `literal_separator` stays off), and `?` is one byte. Every other
+/// character stands for itself: `[`, `]`, `{` and `}` are escaped before
+/// globset sees them, so a sweep variant's name (`smptest[smp=4]`) is a
+/// plain name and `smptest[smp=*]` picks every `smp` variant rather than
+/// reading `[smp=*]` as a character class.
+///
+/// Compiled once per pattern and thread (a pattern that does not compile
+/// matches nothing; [`Selection::apply`] reports it).
 pub fn matches(pattern: &str, name: &str) -> bool {
-    if let Some(exact) = pattern.strip_prefix('=') {
-        // ...or a variant of that test (`crate::suite::sweep`).
-        name.strip_prefix(exact)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
-    } else if pattern.contains(['*', '?']) {
-        glob(pattern.as_bytes(), name.as_bytes())
-    } else {
-        name.contains(pattern)
+    thread_local! {
+        static COMPILED: RefCell<HashMap<String, Option<Pattern>>> = RefCell::default();
+    }
+    /// Distinct patterns in one run are few; a caller that made up
+    /// endless ones would only cost recompiling.
+    const KEPT: usize = 1024;
+    COMPILED.with_borrow_mut(|compiled| {
+        if !compiled.contains_key(pattern) {
+            if compiled.len() >= KEPT {
+                compiled.clear();
+            }
+            compiled.insert(pattern.to_string(), Pattern::new(pattern).ok());
+        }
+        compiled[pattern].as_ref().is_some_and(|p| p.matches(name))
+    })
+}
+
+/// One pattern, compiled (see [`matches`]).
+enum Pattern {
+    Exact(String),
+    Glob(GlobMatcher),
+    Substring(String),
+}
+
+impl Pattern {
+    fn new(pattern: &str) -> Result<Pattern, PatternError> {
+        Ok(if let Some(exact) = pattern.strip_prefix('=') {
+            Pattern::Exact(exact.to_string())
+        } else if pattern.contains(['*', '?']) {
+            Pattern::Glob(glob(pattern)?.compile_matcher())
+        } else {
+            Pattern::Substring(pattern.to_string())
+        })
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            // ...or a variant of that test (`crate::suite::sweep`).
+            Pattern::Exact(exact) => name
+                .strip_prefix(exact.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('[')),
+            Pattern::Glob(glob) => glob.is_match(name),
+            Pattern::Substring(part) => name.contains(part.as_str()),
+        }
     }
 }
 
-/// Iterative glob with one backtrack point: linear in practice, no
-/// recursion a long pattern could blow up.
-fn glob(pattern: &[u8], name: &[u8]) -> bool {
-    let (mut p, mut n) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while n < name.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p, n));
-                p += 1;
-            }
-            Some(&c) if c == b'?' || c == name[n] => {
-                p += 1;
-                n += 1;
-            }
-            _ => match star {
-                Some((sp, sn)) => {
-                    p = sp + 1;
-                    n = sn + 1;
-                    star = Some((sp, sn + 1));
+/// Several patterns, the globs among them as one [`GlobSet`]: one pass
+/// over a name whatever their number.
+struct Patterns {
+    exact: HashSet<String>,
+    substrings: Vec<String>,
+    globs: GlobSet,
+}
+
+impl Patterns {
+    fn new(patterns: &[String]) -> Result<Patterns, PatternError> {
+        let mut exact = HashSet::new();
+        let mut substrings = Vec::new();
+        let mut globs = GlobSetBuilder::new();
+        for pattern in patterns {
+            match Pattern::new(pattern)? {
+                Pattern::Exact(name) => {
+                    exact.insert(name);
                 }
-                None => return false,
-            },
+                Pattern::Substring(part) => substrings.push(part),
+                Pattern::Glob(_) => {
+                    globs.add(glob(pattern)?);
+                }
+            }
+        }
+        let globs = globs.build().map_err(|source| PatternError {
+            pattern: patterns.join(" "),
+            source,
+        })?;
+        Ok(Patterns {
+            exact,
+            substrings,
+            globs,
+        })
+    }
+
+    fn any_matches(&self, name: &str) -> bool {
+        // A name, or the test a sweep variant `NAME[...]` is of.
+        let exact = || {
+            self.exact.contains(name)
+                || name
+                    .match_indices('[')
+                    .any(|(i, _)| self.exact.contains(&name[..i]))
+        };
+        exact()
+            || self.substrings.iter().any(|s| name.contains(s.as_str()))
+            || self.globs.is_match(name)
+    }
+}
+
+/// `pattern` as a globset glob with ktvmm's meaning (see [`matches`]).
+fn glob(pattern: &str) -> Result<globset::Glob, PatternError> {
+    let mut escaped = String::with_capacity(pattern.len() + 8);
+    for c in pattern.chars() {
+        if matches!(c, '[' | ']' | '{' | '}') {
+            escaped.extend(['[', c, ']']);
+        } else {
+            escaped.push(c);
         }
     }
-    pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*')
+    GlobBuilder::new(&escaped)
+        .literal_separator(false)
+        .backslash_escape(false)
+        .build()
+        .map_err(|source| PatternError {
+            pattern: pattern.to_string(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -202,7 +306,7 @@ mod tests {
 
     fn names(selection: &Selection, all: &[TestSpec]) -> Vec<String> {
         selection
-            .shard_of(selection.filter(all.to_vec()))
+            .shard_of(selection.filter(all.to_vec()).expect("patterns compile"))
             .into_iter()
             .map(|t| t.name)
             .collect()
@@ -227,6 +331,55 @@ mod tests {
         );
         assert!(!matches("=*", "x"));
         assert!(!matches("a*b*c", "aXbYbZ"));
+    }
+
+    #[test]
+    fn glob_characters_on_globset() {
+        // `*` crosses `/`: globset's literal_separator is off.
+        assert!(matches("x86*", "x86/vmx/apic"));
+        assert!(matches("*/apic", "x86/vmx/apic"));
+        assert!(matches("a**b", "a/x/b"));
+        // `?` is one byte (globset matches bytes, as ours did): a
+        // character beyond ASCII takes one per byte of its UTF-8.
+        assert!(matches("t??st", "tëst"));
+        assert!(!matches("t?st", "tëst"));
+        // Brackets and braces are themselves: sweep variants' names.
+        assert!(matches("smptest[smp=*]", "smptest[smp=4]"));
+        assert!(!matches("smptest[smp=*]", "smptests"));
+        assert!(matches("*[smp=4]", "smptest[smp=4]"));
+        assert!(matches("*{a,b}?", "x{a,b}y"));
+        assert!(!matches("*{a,b}", "xa"));
+        assert!(matches("a\\*", "a\\b"));
+        // A variant's exact name, by `=` or as a substring.
+        assert!(matches("=smptest[smp=4]", "smptest[smp=4]"));
+        assert!(!matches("=smptest[smp=4]", "smptest[smp=42]"));
+        assert!(matches("smptest[smp=4]", "smptest[smp=4]"));
+        // `=NAME` also takes NAME's variants, not other names it begins.
+        assert!(matches("=smptest", "smptest[smp=4]"));
+        assert!(!matches("=smptest", "smptests"));
+    }
+
+    #[test]
+    fn sets_of_patterns_match_as_each_would() {
+        let patterns = ["=edu", "*-driver", "sm?", "t[1]*", "pci", "=smptest"].map(String::from);
+        let set = Patterns::new(&patterns).unwrap();
+        for name in [
+            "edu",
+            "edu-driver",
+            "smp",
+            "t[1]x",
+            "pci-testdev",
+            "ed",
+            "t1x",
+            "x",
+        ] {
+            assert_eq!(
+                set.any_matches(name),
+                patterns.iter().any(|p| matches(p, name)),
+                "{name}"
+            );
+        }
+        assert!(Patterns::new(&[]).unwrap().globs.is_empty());
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
     };
     let selection = selection(&args)?;
     let suite_digest = fingerprint(tests.iter().map(|t| t.name.as_str()));
-    let selected = selection.filter(tests);
+    let selected = selection.filter(tests)?;
     let record = SelectionRecord {
         suite: suite_name(&args),
         discovered,

@@ -1,8 +1,25 @@
 //! `junit.xml`, for CI systems: one `<testsuite>`, one `<testcase>` per
-//! result, and the tail of the log of anything that did not pass.
+//! result, and the tail of the log of anything that did not pass. Written
+//! with `quick-junit` (cargo-nextest's JUnit model and serializer), which
+//! knows Maven Surefire's `<flakyFailure>` and does the XML escaping.
+//!
+//! What is still ours, because quick-junit leaves it to the caller:
+//! - Characters XML 1.0 cannot hold at all (U+FFFE, U+FFFF, ...) are
+//!   dropped before quick-junit sees a string; it removes only C0 controls,
+//!   and one such character from a guest would make the file unreadable.
+//! - quick-xml writes a tab, CR or line break in an attribute literally,
+//!   and a reader turns each into a space. So attribute values get spaces
+//!   for them here (what a reader would see anyway), and a reason of
+//!   several lines is also the status element's text, where lines survive.
+//! - The testsuite's `timestamp` keeps the form the JUnit schema gives
+//!   (`2026-11-23T01:02:03`, no zone) and `hostname` is ours: both go in as
+//!   plain attributes rather than quick-junit's RFC 3339 timestamp.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+
+use quick_junit::{
+    NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite,
+};
 
 use super::utc::Utc;
 use super::{ResultsError, display_name, write_atomic};
@@ -23,34 +40,26 @@ pub fn write(
     meta: &RunMeta,
     results: &[TestResult],
 ) -> Result<(), ResultsError> {
-    write_atomic(
-        path,
-        render(dir, meta, results, hostname().as_deref()).as_bytes(),
-    )
+    let mut xml = Vec::new();
+    report(dir, meta, results, hostname().as_deref())
+        .serialize(&mut xml)
+        .map_err(|e| ResultsError::Write {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?;
+    write_atomic(path, &xml)
 }
 
-fn render(dir: &Path, meta: &RunMeta, results: &[TestResult], host: Option<&str>) -> String {
-    let count = |f: fn(Status) -> bool| results.iter().filter(|r| f(r.status)).count();
-    let failures = count(|s| matches!(s, Status::Fail | Status::Timeout | Status::XPass));
-    let errors = count(|s| s == Status::Error);
-    let skipped = count(|s| matches!(s, Status::Skip | Status::XFail));
-    let counts = format!(
-        r#"tests="{}" failures="{failures}" errors="{errors}" skipped="{skipped}" time="{:.3}""#,
-        results.len(),
-        meta.duration.as_secs_f64()
-    );
-
-    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let _ = writeln!(x, r#"<testsuites name="ktvmm" {counts}>"#);
-    let _ = write!(
-        x,
-        r#"  <testsuite name="ktvmm" {counts} timestamp="{}""#,
-        Utc::from_unix(meta.started_unix).iso8601()
+fn report(dir: &Path, meta: &RunMeta, results: &[TestResult], host: Option<&str>) -> Report {
+    let mut suite = TestSuite::new("ktvmm");
+    suite.set_time(meta.duration);
+    suite.extra.insert(
+        "timestamp".into(),
+        Utc::from_unix(meta.started_unix).iso8601().into(),
     );
     if let Some(host) = host {
-        let _ = write!(x, r#" hostname="{}""#, attr(host));
+        suite.extra.insert("hostname".into(), attr(host).into());
     }
-    x.push_str(">\n    <properties>\n");
     let props = [
         ("ktvmm_version", meta.ktvmm_version.clone()),
         ("command_line", shell_quote(&meta.command_line)),
@@ -59,78 +68,99 @@ fn render(dir: &Path, meta: &RunMeta, results: &[TestResult], host: Option<&str>
         ("cpu", meta.cpu.clone()),
         ("interrupted", meta.interrupted.to_string()),
     ];
-    for (name, value) in props {
-        let _ = writeln!(
-            x,
-            r#"      <property name="{name}" value="{}"/>"#,
-            attr(&value)
-        );
-    }
-    x.push_str("    </properties>\n");
-    for r in results {
-        testcase(&mut x, dir, r);
-    }
-    x.push_str("  </testsuite>\n</testsuites>\n");
-    x
+    suite.add_properties(props.map(|(name, value)| Property::new(name, attr(&value))));
+    suite.add_test_cases(results.iter().map(|r| testcase(dir, r)));
+
+    let mut report = Report::new("ktvmm");
+    report.set_time(meta.duration);
+    report.add_test_suite(suite);
+    report
 }
 
-fn testcase(x: &mut String, dir: &Path, r: &TestResult) {
-    let name = display_name(r);
-    let _ = write!(
-        x,
-        r#"    <testcase name="{}" classname="{}" time="{:.3}""#,
-        attr(&name),
-        attr(&classname(&r.name)),
-        r.duration.as_secs_f64()
-    );
+fn testcase(dir: &Path, r: &TestResult) -> TestCase {
     let reason = r.reason.as_deref();
-    let (element, message) = match r.status {
+    let failure = NonSuccessKind::Failure;
+    let (kind, message) = match r.status {
         Status::Pass => {
-            x.push_str("/>\n");
-            return;
+            let mut case = TestCase::new(attr(&display_name(r)), TestCaseStatus::success());
+            case.set_classname(attr(&classname(&r.name)))
+                .set_time(r.duration);
+            return case;
         }
         // Passed in the end: not counted failed; the first failure goes in
         // Maven Surefire's <flakyFailure>, which CI tools that know flaky
         // tests read.
         Status::Flaky => (
-            "flakyFailure",
+            Some(failure),
             format!("flaky: {}", reason.unwrap_or("failed, then passed")),
         ),
-        Status::Fail => ("failure", reason.unwrap_or("failed").to_string()),
+        Status::Fail => (Some(failure), reason.unwrap_or("failed").to_string()),
         // Said outright, whatever the scheduler's reason reads like: CI
         // pages show only the message, and a timeout is not a plain failure.
         Status::Timeout => (
-            "failure",
+            Some(failure),
             match reason {
                 Some(r) if r.contains("timed out") => r.to_string(),
                 Some(r) => format!("timed out: {r}"),
                 None => "timed out".to_string(),
             },
         ),
-        Status::Error => ("error", reason.unwrap_or("error").to_string()),
+        Status::Error => (
+            Some(NonSuccessKind::Error),
+            reason.unwrap_or("error").to_string(),
+        ),
         // An expected failure is not a CI failure: shown as skipped, with
         // what failed and why it was expected.
         Status::XFail => (
-            "skipped",
+            None,
             format!("xfail: {}", reason.unwrap_or("expected failure")),
         ),
         Status::XPass => (
-            "failure",
+            Some(failure),
             format!("xpass: {}", reason.unwrap_or("unexpected pass")),
         ),
-        Status::Skip => ("skipped", reason.unwrap_or("skipped").to_string()),
+        Status::Skip => (None, reason.unwrap_or("skipped").to_string()),
     };
-    let kind = r.status.name();
-    x.push_str(">\n");
-    let _ = write!(x, r#"      <{element} message="{}""#, attr(&message));
-    if element != "skipped" {
-        let _ = write!(x, r#" type="{kind}""#);
-    }
-    x.push_str("/>\n");
+    let ty = r.status.name();
+    // Lines an attribute cannot keep (see the module comment).
+    let lines = message
+        .contains('\n')
+        .then(|| message.lines().map(attr).collect::<Vec<_>>().join("\n"));
+    let status = match kind {
+        Some(kind) if r.status == Status::Flaky => {
+            let mut run = TestRerun::new(kind);
+            run.set_message(attr(&message)).set_type(ty);
+            if let Some(lines) = lines {
+                run.set_description(lines);
+            }
+            TestCaseStatus::Success {
+                flaky_runs: vec![run],
+            }
+        }
+        Some(kind) => {
+            let mut status = TestCaseStatus::non_success(kind);
+            status.set_message(attr(&message)).set_type(ty);
+            if let Some(lines) = lines {
+                status.set_description(lines);
+            }
+            status
+        }
+        None => {
+            let mut status = TestCaseStatus::skipped();
+            status.set_message(attr(&message));
+            if let Some(lines) = lines {
+                status.set_description(lines);
+            }
+            status
+        }
+    };
+    let mut case = TestCase::new(attr(&display_name(r)), status);
+    case.set_classname(attr(&classname(&r.name)))
+        .set_time(r.duration);
     if let Some(tail) = log_tail(&resolve_log(dir, &r.log)) {
-        let _ = writeln!(x, "      <system-out>{}</system-out>", text(&tail));
+        case.set_system_out(text(&tail));
     }
-    x.push_str("    </testcase>\n");
+    case
 }
 
 /// The command line as a shell would take it back (shlex's quoting: a word
@@ -179,47 +209,31 @@ fn strip_ansi(s: &str) -> String {
 
 /// Whether XML 1.0 allows `c` at all (its `Char` production; Rust `char`s
 /// are never surrogates).
-fn xml_char(c: char) -> bool {
+pub(super) fn xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
-/// Escapes `s` for element content, dropping characters XML cannot hold.
+/// `s` for element text: without the characters XML cannot hold, and
+/// without ESC, so quick-junit's own escape stripping finds no sequence
+/// to take more than that character away.
 fn text(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars().filter(|&c| xml_char(c)) {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            // Needed only in `]]>`, but simplest everywhere.
-            '>' => out.push_str("&gt;"),
-            // A literal CR would be read back as LF.
-            '\r' => out.push_str("&#13;"),
-            c => out.push(c),
-        }
-    }
-    out
+    s.chars().filter(|&c| xml_char(c)).collect()
 }
 
-/// Escapes `s` for a double- or single-quoted attribute value, dropping
-/// characters XML cannot hold (also right for HTML text and attributes).
-pub(super) fn attr(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars().filter(|&c| xml_char(c)) {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // Literal whitespace in attributes is normalised to spaces on
-            // reading; references keep it.
-            '\t' => out.push_str("&#9;"),
-            '\n' => out.push_str("&#10;"),
-            '\r' => out.push_str("&#13;"),
-            c => out.push(c),
-        }
-    }
-    out
+/// `s` for an attribute value: as [`text`], with a space for each tab, CR
+/// and line break (what a reader makes of them in an attribute anyway;
+/// quick-junit would drop tabs and CRs, joining words).
+fn attr(s: &str) -> String {
+    text(s)
+        .chars()
+        .map(|c| {
+            if matches!(c, '\t' | '\n' | '\r') {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// This host's name, for the `hostname` attribute; `None` if unknown.
@@ -241,8 +255,16 @@ mod tests {
     use super::super::testutil::*;
     use super::*;
     use std::fs;
+    use std::time::Duration;
 
     const NASTY: &str = "a<b>&c\"d'e ]]> f\u{0}g\u{1b}[31mh\u{7}\u{fffe}i/#";
+
+    /// The report as the file holds it.
+    fn render(dir: &Path, meta: &RunMeta, results: &[TestResult], host: Option<&str>) -> String {
+        report(dir, meta, results, host)
+            .to_string()
+            .expect("serializes to memory")
+    }
 
     fn parse(xml: &str) -> roxmltree::Document<'_> {
         roxmltree::Document::parse(xml).unwrap_or_else(|e| panic!("{e}\n{xml}"))
@@ -251,6 +273,38 @@ mod tests {
     fn attr_of<'a>(node: roxmltree::Node<'a, '_>, name: &str) -> &'a str {
         node.attribute(name)
             .unwrap_or_else(|| panic!("no {name} on {node:?}"))
+    }
+
+    /// A fixed run, its logs written under `dir`: every status, a nasty
+    /// name and multi-line reason, escape sequences, bad UTF-8 and a bare
+    /// CR in logs, a flaky test without a reason, nested path names.
+    /// `tests/data/junit-before.xml` is what the hand-written writer made
+    /// of it (hostname `golden-host`).
+    fn golden_run(dir: &Path) -> (RunMeta, Vec<TestResult>) {
+        let mut results = one_of_each();
+        let mut nasty = result(&format!("x86/deep/{NASTY}"), Status::Fail);
+        nasty.reason = Some(format!("exit code 1\n{NASTY}\ttabbed\r"));
+        results.push(nasty);
+        let mut quiet_flaky = result("quiet-flaky", Status::Flaky);
+        quiet_flaky.reason = None;
+        results.push(quiet_flaky);
+        let mut unreasoned = result("x86/unreasoned", Status::Timeout);
+        unreasoned.reason = None;
+        unreasoned.duration = Duration::from_micros(123_456_789);
+        results.push(unreasoned);
+        for (i, r) in results.iter_mut().enumerate() {
+            r.log = PathBuf::from(format!("logs/{i}.log"));
+            let mut log = format!("boot {i}\n\x1b[1;31mFAIL\x1b[0m: step\r\n").into_bytes();
+            log.extend_from_slice(b"50%\r100%\nbad \xff\x00 <&> ]]>\n");
+            log.extend_from_slice(NASTY.as_bytes());
+            fs::create_dir_all(dir.join("logs")).unwrap();
+            fs::write(dir.join(&r.log), log).unwrap();
+        }
+        let mut meta = meta();
+        meta.command_line
+            .extend(["-f".into(), "a b".into(), NASTY.into()]);
+        meta.interrupted = true;
+        (meta, results)
     }
 
     #[test]
@@ -327,7 +381,13 @@ mod tests {
             "ktvmm.x86.a<b>&c\"d'e ]]> fg[31mhi"
         );
         let failure = case.first_element_child().unwrap();
-        assert_eq!(attr_of(failure, "message"), format!("exit code 1\n{clean}"));
+        // An attribute cannot keep the line break through quick-xml (a
+        // reader sees a space); the element's text keeps the lines.
+        assert_eq!(attr_of(failure, "message"), format!("exit code 1 {clean}"));
+        assert_eq!(
+            failure.text(),
+            Some(format!("exit code 1\n{clean}").as_str())
+        );
 
         let out = doc
             .descendants()
@@ -400,19 +460,111 @@ mod tests {
             strip_ansi("\x1b]0;title\x07ok \x1b[1;31mred\x1b[0m"),
             "ok red"
         );
+        // What quick-junit is handed: nothing XML cannot hold, and
+        // attributes with spaces where a reader would make them.
         assert_eq!(
             text("a&b<c>d\"e'f\rg\th\ni\u{0}j\u{ffff}"),
-            "a&amp;b&lt;c&gt;d\"e'f&#13;g\th\nij"
+            "a&b<c>d\"e'f\rg\th\nij"
         );
-        assert_eq!(
-            attr("a&b<c>d\"e'f\rg\th\ni\u{1f}j"),
-            "a&amp;b&lt;c&gt;d&quot;e&apos;f&#13;g&#9;h&#10;ij"
-        );
+        assert_eq!(attr("a&b<c>d\"e'f\rg\th\ni\u{1f}j"), "a&b<c>d\"e'f g h ij");
         assert_eq!(attr("ünï 😀"), "ünï 😀");
-        let doc = format!("<a b=\"{}\">{}</a>", attr("x\r\ty"), text("p\rq"));
-        let doc = parse(&doc);
-        assert_eq!(doc.root_element().attribute("b"), Some("x\r\ty"));
-        assert_eq!(doc.root_element().text(), Some("p\rq"));
+        // And what a reader gets back.
+        let scratch = Scratch::new("junit-escapers");
+        let mut r = result("x\r\ty&<>\"'\u{1b}", Status::Skip);
+        r.reason = Some("p\rq\tr".into());
+        let xml = render(&scratch.0, &meta(), &[r], None);
+        let doc = parse(&xml);
+        let case = doc
+            .descendants()
+            .find(|n| n.has_tag_name("testcase"))
+            .unwrap();
+        assert_eq!(case.attribute("name"), Some("x  y&<>\"'"));
+        let skipped = case.first_element_child().unwrap();
+        assert_eq!(skipped.attribute("message"), Some("p q r"));
+    }
+
+    /// An element as a reader sees it: attributes by name, its own text
+    /// unless only indentation, child elements in order.
+    #[derive(Debug, PartialEq)]
+    struct Element {
+        tag: String,
+        attrs: std::collections::BTreeMap<String, String>,
+        text: String,
+        children: Vec<Element>,
+    }
+
+    fn element(node: roxmltree::Node<'_, '_>) -> Element {
+        let text: String = node
+            .children()
+            .filter(|n| n.is_text())
+            .map(|n| n.text().unwrap_or(""))
+            .collect();
+        Element {
+            tag: node.tag_name().name().to_string(),
+            attrs: node
+                .attributes()
+                .map(|a| (a.name().to_string(), a.value().to_string()))
+                .collect(),
+            text: if text.trim().is_empty() {
+                String::new()
+            } else {
+                text
+            },
+            children: node
+                .children()
+                .filter(|n| n.is_element())
+                .map(element)
+                .collect(),
+        }
+    }
+
+    /// What the hand-written writer's file says, in the two places where
+    /// quick-junit's says it differently on purpose (see the module
+    /// comment): whitespace in attributes reads as spaces, and a status
+    /// whose message has several lines carries them as its text.
+    fn as_quick_junit_writes(mut e: Element) -> Element {
+        const STATUS: [&str; 4] = ["failure", "error", "skipped", "flakyFailure"];
+        if let Some(message) = e.attrs.get("message").filter(|m| m.contains('\n'))
+            && STATUS.contains(&e.tag.as_str())
+        {
+            e.text = message
+                .lines()
+                .map(|l| l.replace(['\t', '\r'], " "))
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
+        for value in e.attrs.values_mut() {
+            *value = value.replace(['\t', '\n', '\r'], " ");
+        }
+        e.children = e.children.into_iter().map(as_quick_junit_writes).collect();
+        e
+    }
+
+    #[test]
+    fn same_content_as_the_hand_written_writer() {
+        let before = include_str!("../../tests/data/junit-before.xml");
+        let scratch = Scratch::new("junit-golden");
+        let (meta, results) = golden_run(&scratch.0);
+        let after = render(&scratch.0, &meta, &results, Some("golden-host"));
+        let old = element(parse(before).root_element());
+        let new = element(parse(&after).root_element());
+        // The fixture covers what matters: every status, a flaky run, logs.
+        let suite = &old.children[0];
+        let cases: Vec<&Element> = suite
+            .children
+            .iter()
+            .filter(|c| c.tag == "testcase")
+            .collect();
+        assert_eq!(cases.len(), results.len());
+        let tags: Vec<&str> = cases
+            .iter()
+            .flat_map(|c| c.children.iter().map(|k| k.tag.as_str()))
+            .collect();
+        for tag in ["failure", "error", "skipped", "flakyFailure", "system-out"] {
+            assert!(tags.contains(&tag), "{tag} in {tags:?}");
+        }
+        assert!(cases[8].children[0].attrs["message"].contains('\n'));
+        assert_eq!(new, as_quick_junit_writes(old), "{after}");
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! Calendar time in UTC from Unix seconds, for directory names and report
-//! timestamps, on the `time` crate.
+//! timestamps, on `chrono` (which quick-junit brings in anyway).
 
-use time::OffsetDateTime;
+use chrono::{DateTime, Datelike, Timelike};
 
 /// A UTC calendar time, to the second.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Utc(OffsetDateTime);
+pub(super) struct Utc(DateTime<chrono::Utc>);
 
 impl Utc {
     /// The calendar time `secs` seconds after the Unix epoch (clamped to
@@ -13,18 +13,18 @@ impl Utc {
     pub fn from_unix(secs: u64) -> Utc {
         const LAST: u64 = 253_402_300_799; // 9999-12-31T23:59:59
         let secs = secs.min(LAST) as i64;
-        Utc(OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH))
+        Utc(DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::UNIX_EPOCH))
     }
 
     fn parts(self) -> (i32, u8, u8, u8, u8, u8) {
         let t = self.0;
         (
             t.year(),
-            t.month().into(),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
+            t.month() as u8,
+            t.day() as u8,
+            t.hour() as u8,
+            t.minute() as u8,
+            t.second() as u8,
         )
     }
 

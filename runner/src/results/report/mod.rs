@@ -14,7 +14,7 @@ use std::path::{Component, Path};
 
 use serde::Serialize;
 
-use super::junit::{attr as escape_html, log_tail, resolve_log};
+use super::junit::{log_tail, resolve_log, xml_char};
 use super::utc::Utc;
 use super::{ResultsError, display_name, shell_quote, write_atomic};
 use crate::verdict::{RunMeta, Status, TestResult};
@@ -48,9 +48,26 @@ pub fn write_page(path: &Path, title: &str, body: &str) -> Result<(), ResultsErr
     write_atomic(path, page(title, body, None).as_bytes())
 }
 
-/// `s` escaped for HTML text or a quoted attribute.
+/// `s` escaped for HTML text or a quoted attribute, without the
+/// characters XML cannot hold (which a guest's output may have).
 pub fn escape(s: &str) -> String {
-    escape_html(s)
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars().filter(|&c| xml_char(c)) {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // In an attribute, literal whitespace reads back as spaces;
+            // references keep it.
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// One test as the page's script reads it: the `results.json` record, the

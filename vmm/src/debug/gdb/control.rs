@@ -5,10 +5,11 @@
 
 use std::collections::VecDeque;
 use std::sync::mpsc;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::VcpuFd;
+use vmm_sys_util::eventfd::EventFd;
 
 /// Work for a parked vCPU thread.
 pub type Request = Box<dyn FnOnce(&VcpuFd) + Send>;
@@ -47,6 +48,18 @@ struct Shared {
     /// Since when the guest is held, and for how long it was held before.
     held_since: Option<Instant>,
     held_before: Duration,
+    /// Written when a debug exit is queued or the run ends: the stub waits
+    /// on it beside its socket.
+    waker: Option<Arc<EventFd>>,
+}
+
+impl Shared {
+    fn wake(&self) {
+        if let Some(waker) = &self.waker {
+            // Only fails when the counter would overflow: it is woken then.
+            let _ = waker.write(1);
+        }
+    }
 }
 
 /// The debugger's handle on the vCPU threads.
@@ -101,9 +114,24 @@ impl Control {
         }
     }
 
+    /// The eventfd [`Control::report`] and [`Control::finish`] write, for a
+    /// debugger that waits on file descriptors.
+    pub fn set_waker(&self, waker: Arc<EventFd>) {
+        self.lock().waker = Some(waker);
+    }
+
+    /// The eventfd set by [`Control::set_waker`].
+    pub fn waker(&self) -> Option<Arc<EventFd>> {
+        self.lock().waker.clone()
+    }
+
     /// A vCPU hit a debug exit: the world stops for the debugger.
     pub fn report(&self, cpu: u32, event: StopEvent) {
-        self.lock().events.push_back((cpu, event));
+        {
+            let mut shared = self.lock();
+            shared.events.push_back((cpu, event));
+            shared.wake();
+        }
         self.request_stop();
     }
 
@@ -194,18 +222,11 @@ impl Control {
         self.lock().events.pop_front()
     }
 
-    /// Waits up to `limit` for something to change (an event, the end).
-    pub fn wait_change(&self, limit: Duration) {
-        let shared = self.lock();
-        if shared.events.is_empty() && !shared.finished {
-            let _ = self.changed.wait_timeout(shared, limit);
-        }
-    }
-
     /// The run is over: parked vCPUs leave, nothing parks again.
     pub fn finish(&self) {
         let mut shared = self.lock();
         shared.finished = true;
+        shared.wake();
         self.changed.notify_all();
     }
 

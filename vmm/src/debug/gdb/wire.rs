@@ -320,6 +320,13 @@ impl Wire {
     }
 }
 
+/// The socket, for the stub's wait to sleep on.
+impl std::os::fd::AsRawFd for Wire {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
 /// `mADDR,LEN` with LEN cut to what one reply holds: GDB never asks for
 /// more, and `gdbstub` would loop over any length it is given.
 fn clamp_read(body: Vec<u8>) -> Vec<u8> {
