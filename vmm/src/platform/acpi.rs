@@ -331,7 +331,8 @@ mod tests {
         assert_eq!((BASE as usize + facs) % 64, 0, "FACS alignment");
         let dsdt = (u64::from(u32_at(fadt, 40)) - BASE) as usize;
         assert_eq!(&area[dsdt..dsdt + 4], b"DSDT");
-        assert_eq!(sum(&area[dsdt..dsdt + 36]), 0);
+        let dsdt_len = u32_at(&area, dsdt + 4) as usize;
+        assert_eq!(sum(&area[dsdt..dsdt + dsdt_len]), 0);
     }
 
     #[test]

@@ -217,6 +217,10 @@ mod tests {
         (Pm1::new(request.clone()), request)
     }
 
+    fn put(pm: &mut Pm1, offset: u64, data: &[u8]) {
+        assert!(matches!(pm.write(offset, data), Action::Continue));
+    }
+
     fn read16(pm: &mut Pm1, offset: u64) -> u16 {
         let mut b = [0u8; 2];
         pm.read(offset, &mut b);
@@ -228,14 +232,14 @@ mod tests {
         let (mut pm, _) = pm();
         pm.woke_by_rtc();
         assert_eq!(read16(&mut pm, 0), WAK_STS | RTC_STS);
-        pm.write(0, &RTC_STS.to_le_bytes());
+        put(&mut pm, 0, &RTC_STS.to_le_bytes());
         assert_eq!(read16(&mut pm, 0), WAK_STS);
         // A byte write to the enable register (KUT writes the word).
-        pm.write(3, &[0x04]);
+        put(&mut pm, 3, &[0x04]);
         assert!(pm.rtc_wake_enabled());
         assert_eq!(read16(&mut pm, 2), RTC_EN);
         // A 32-bit write covers status and enable at once.
-        pm.write(0, &[0, 0x80, 0, 0]);
+        put(&mut pm, 0, &[0, 0x80, 0, 0]);
         assert_eq!(read16(&mut pm, 0), 0);
         assert!(!pm.rtc_wake_enabled());
     }
@@ -244,18 +248,18 @@ mod tests {
     fn slp_en_requests_the_state_slp_typ_names() {
         let (mut pm, request) = pm();
         assert_eq!(read16(&mut pm, 4), SCI_EN);
-        pm.write(4, &(1u16 << SLP_TYP_SHIFT).to_le_bytes());
+        put(&mut pm, 4, &(1u16 << SLP_TYP_SHIFT).to_le_bytes());
         assert!(!request.pending(), "no SLP_EN, no sleep");
         // KUT's s3 test: outw 0x2400.
-        pm.write(4, &0x2400u16.to_le_bytes());
+        put(&mut pm, 4, &0x2400u16.to_le_bytes());
         assert_eq!(request.take(), Some(SleepState::SuspendToRam));
         assert_eq!(request.take(), None, "taken once");
         assert_eq!(read16(&mut pm, 4) & SLP_EN, 0, "SLP_EN reads as zero");
-        pm.write(4, &0x2000u16.to_le_bytes());
+        put(&mut pm, 4, &0x2000u16.to_le_bytes());
         assert_eq!(request.take(), Some(SleepState::Off(slp_typ::S5)));
-        pm.write(5, &[0x28]);
+        put(&mut pm, 5, &[0x28]);
         assert_eq!(request.take(), Some(SleepState::Off(slp_typ::S4)));
-        pm.write(4, &0x3c00u16.to_le_bytes());
+        put(&mut pm, 4, &0x3c00u16.to_le_bytes());
         assert_eq!(request.take(), None, "SLP_TYP 7 is no state");
     }
 }
