@@ -16,7 +16,8 @@
 //! A sleep that nothing can end (no wake event armed) ends the run as hung;
 //! a resume without a usable waking vector (firmware would boot afresh)
 //! ends it as a system event; a stop (timeout, another vCPU's outcome)
-//! lets every parked vCPU leave.
+//! lets every parked vCPU leave. A debugger's stop request waits for the
+//! wake: parked vCPUs do not park for it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
