@@ -106,6 +106,8 @@ pub mod ports {
     pub const PM_BASE: u16 = 0x600;
     /// ACPI PM timer.
     pub const PM_TIMER: u16 = PM_BASE + 8;
+    /// CMOS RTC index port; the data port follows at +1.
+    pub const RTC: u16 = 0x70;
     /// PCI configuration mechanism #1: data window (0xcfc-0xcff).
     pub const PCI_CONFIG_DATA: u16 = 0xcfc;
 }

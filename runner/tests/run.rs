@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use common::{guest_file, ktvmm, parts, run, scratch, write};
 use ktvmm_vmm::boot::test_images::{
-    EXIT_WITH_CMDLINE_BYTE, EXIT_WITH_EAX, SPIN_WITH_INTERRUPTS_OFF, elf32_multiboot, elf64,
-    exit_with, exit_with_fw_cfg_byte, exit_with_multiboot_field, exit_with_pci_config,
-    exit_with_word_at, start_aps_and_count,
+    EXIT_WITH_CMDLINE_BYTE, EXIT_WITH_EAX, SPIN_WITH_INTERRUPTS_OFF, SleepGuest, elf32_multiboot,
+    elf64, exit_with, exit_with_fw_cfg_byte, exit_with_multiboot_field, exit_with_pci_config,
+    exit_with_word_at, sleep_and_resume, start_aps_and_count,
 };
+use ktvmm_vmm::platform::acpi::FACS_ADDR;
 
 const LOAD_ADDR: u64 = 0x10_0000;
 
@@ -966,4 +967,106 @@ fn a_ktest_guest_boots_the_multiboot_way() {
     let (code, _, stderr) = parts(&output);
     assert_eq!(code, 125, "{stderr}");
     assert!(stderr.contains("not a boot protocol"), "{stderr}");
+}
+
+/// A guest entering S3 as kvm-unit-tests' `s3` does, waking on the RTC
+/// alarm (every second); `run_with_outcome` on it.
+fn sleep(
+    dir: &std::path::Path,
+    name: &str,
+    guest: SleepGuest,
+    extra: &[&str],
+) -> (i32, String, serde_json::Value) {
+    let kernel = write(
+        dir,
+        name,
+        &elf32_multiboot(0x40_0000, &sleep_and_resume(guest), 0),
+    );
+    let mut args = vec!["run", kernel.as_str(), "--timeout", "60"];
+    args.extend_from_slice(extra);
+    let (code, stderr, outcome, _) = run_with_outcome(dir, &args);
+    (code, stderr, outcome)
+}
+
+const S3: SleepGuest = SleepGuest {
+    facs: FACS_ADDR as u32,
+    vector: 0x8010,
+    x_vector: false,
+    rtc_alarm: true,
+    slp_typ: 1,
+    marker: 0x42,
+};
+
+/// S3 through PM1a control: every vCPU reset, the boot CPU resumed in real
+/// mode at the FACS waking vector (CS 0x801, IP 0 for 0x8010), RAM kept
+/// (the marker written before the sleep is read after it, and the loop
+/// after the PM1 write never ran), woken by the RTC alarm.
+#[test]
+fn s3_resumes_at_the_waking_vector_in_real_mode_with_ram_kept() {
+    let dir = scratch("s3");
+    for smp in ["1", "3"] {
+        let (code, stderr, outcome) = sleep(&dir, "s3.elf", S3, &["-smp", smp]);
+        assert_eq!(
+            outcome["kind"], "guest_exit",
+            "-smp {smp}: {outcome}\n{stderr}"
+        );
+        assert_eq!(
+            outcome["code"].as_u64(),
+            Some(0x42 + (0x801 << 8)),
+            "-smp {smp}: marker 0x42, CR0.PE 0, CS 0x801: {outcome}"
+        );
+        assert_eq!(code, 123, "a code above 255");
+    }
+    // X_Firmware_Waking_Vector: flat 32-bit protected mode.
+    let x = SleepGuest {
+        x_vector: true,
+        vector: 0x9000,
+        ..S3
+    };
+    let (_, stderr, outcome) = sleep(&dir, "s3x.elf", x, &[]);
+    assert_eq!(
+        outcome["code"].as_u64(),
+        Some(0x42 + 1 + (0x08 << 8)),
+        "CR0.PE 1: {outcome}\n{stderr}"
+    );
+}
+
+/// S3 that nothing wakes ends at once as hung (it would time out under
+/// QEMU); S5 is a power-off, which is no exit code: a failure with its
+/// reason.
+#[test]
+fn s3_with_no_wake_event_and_s5_end_with_a_clear_outcome() {
+    let dir = scratch("s3-ends");
+    let no_alarm = SleepGuest {
+        rtc_alarm: false,
+        ..S3
+    };
+    let (code, stderr, outcome) = sleep(&dir, "s3-no-alarm.elf", no_alarm, &[]);
+    assert_eq!((code, &outcome["kind"]), (120, &"hung".into()), "{stderr}");
+    assert!(
+        outcome["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no wake event"),
+        "{outcome}"
+    );
+    let s5 = SleepGuest { slp_typ: 0, ..S3 };
+    let (code, stderr, outcome) = sleep(&dir, "s5.elf", s5, &[]);
+    assert_eq!(
+        (code, &outcome["kind"]),
+        (121, &"system_event".into()),
+        "{stderr}"
+    );
+    assert_eq!(outcome["event"], "power off (S5)");
+    // No waking vector in the FACS: firmware would boot afresh.
+    let no_vector = SleepGuest { facs: 0x6000, ..S3 };
+    let (code, _, outcome) = sleep(&dir, "s3-no-vector.elf", no_vector, &[]);
+    assert_eq!(code, 121);
+    assert!(
+        outcome["event"]
+            .as_str()
+            .unwrap()
+            .contains("no waking vector"),
+        "{outcome}"
+    );
 }

@@ -1028,3 +1028,28 @@ fn a_kvm_unit_tests_cfg_runs_with_kuts_environment_file() {
     assert!(env.contains("\nKERNEL_VERSION="), "{env}");
     assert!(env.contains("ERRATA_0123456789ab=y\n"), "{env}");
 }
+
+/// kvm-unit-tests' own `s3` (suspend to RAM, woken by the RTC alarm,
+/// resumed in real mode at its FACS waking vector) passes, run from a built
+/// KUT tree named by `KTVMM_KUT_DIR` (optional like QEMU: KUT is not
+/// packaged; `KTVMM_REQUIRE_KUT=1` makes its absence a failure).
+#[test]
+fn kvm_unit_tests_s3_passes() {
+    let test = "kvm_unit_tests_s3_passes";
+    let tree = std::env::var_os("KTVMM_KUT_DIR").map(std::path::PathBuf::from);
+    let usable = match &tree {
+        Some(tree) if tree.join("x86/s3.flat").is_file() => Ok(()),
+        Some(tree) => Err(format!("{} has no built x86/s3.flat", tree.display())),
+        None => Err("no kvm-unit-tests tree: set KTVMM_KUT_DIR to a built one".to_string()),
+    };
+    if !common::optional_tool(test, "KTVMM_REQUIRE_KUT", usable) {
+        return;
+    }
+    let Some(tree) = tree else { return };
+    let dir = scratch("kut-s3");
+    let cfg = tree.join("x86/unittests.cfg");
+    let (code, stdout, stderr) = test_in(&dir, &[cfg.to_str().unwrap(), "-f", "s3"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let results = results(&dir);
+    assert_eq!(status_of(&results, "s3"), "pass", "{stdout}");
+}

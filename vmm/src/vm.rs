@@ -35,6 +35,7 @@ use crate::platform::{Machine, Platform, PlatformError};
 use crate::run::forensics::VcpuSnapshot;
 use crate::run::liveness::{self, VcpuLiveness, Watch};
 use crate::run::outcome::Outcome;
+use crate::run::sleep::Sleep;
 use crate::run::vcpu::{Vcpu, VcpuEnd};
 
 /// Everything that describes one VM.
@@ -379,11 +380,17 @@ impl Vm {
             .gdb
             .as_ref()
             .map(|(_, hold, _)| Arc::new(gdb::control::Control::new(self.vcpus.len(), *hold)));
+        let sleep = Arc::new(Sleep::new(
+            self.platform.power.clone(),
+            self._memory.clone(),
+            self.vcpus.len(),
+        ));
         for (index, fd) in self.vcpus.drain(..).enumerate() {
             let watch = watches[index].clone();
             let vcpu = Vcpu::new(fd, index as u32, self.platform.buses.clone(), watch)
                 .keep_state(self.keep_cpu_state)
-                .debug(control.clone());
+                .debug(control.clone())
+                .sleep(Some(sleep.clone()));
             let (stop, report, tx) = (stop.clone(), report.clone(), tx.clone());
             let spawned = thread::Builder::new()
                 .name(format!("vcpu{index}"))
@@ -409,6 +416,7 @@ impl Vm {
             }
         }
         drop(tx);
+        sleep.set_threads(threads.iter().map(|t| t.as_pthread_t()).collect());
         self.timings.step("start vCPU threads");
         let exit_code = Arc::new(std::sync::Mutex::new(None));
         let server = match (self.gdb.take(), &control) {

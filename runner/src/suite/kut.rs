@@ -26,12 +26,6 @@ const ARCH: &str = "x86_64";
 /// Devices every ktvmm VM has, so `-device` asking for them is honoured.
 const BUILT_IN_DEVICES: [&str; 4] = ["pci-testdev", "pc-testdev", "isa-debug-exit", "edu"];
 
-/// Tests that need what ktvmm does not have, by file, with the reason.
-const UNSUPPORTED: [(&str, &str); 1] = [(
-    "s3.flat",
-    "S3 suspend/resume: waking up goes through firmware to the FACS waking vector, and ktvmm has no firmware",
-)];
-
 /// Whether `path` is a kvm-unit-tests test list.
 pub fn is_unittests_cfg(path: &Path) -> bool {
     path.file_name().is_some_and(|n| n == "unittests.cfg")
@@ -260,13 +254,6 @@ fn skip_reason(entry: &Entry, dir: &Path, host: &Host) -> Result<Option<String>,
             "Test file '{}' not found",
             dir.join(&entry.file).display()
         )));
-    }
-    if let Some(reason) = UNSUPPORTED
-        .iter()
-        .find(|(file, _)| entry.file == *file)
-        .map(|(_, reason)| reason)
-    {
-        return Ok(Some(reason.to_string()));
     }
     if has_group("migration") {
         return Ok(Some("migration is not supported by ktvmm".into()));
@@ -581,7 +568,8 @@ file = s3.flat
         assert!(skip_of(&all, "checked").unwrap().contains("not equal to Y"));
         assert!(skip_of(&all, "tcg").unwrap().contains("tcg only"));
         assert!(skip_of(&all, "pvpanic").unwrap().contains("pvpanic"));
-        assert!(skip_of(&all, "s3").unwrap().contains("firmware"));
+        // S3 resumes at the FACS waking vector without firmware.
+        assert_eq!(skip_of(&all, "s3"), None);
         assert_eq!(skip_of(&all, "vmexit_cpuid"), None);
         assert_eq!(skip_of(&specs(true), "manual"), None);
     }

@@ -151,12 +151,6 @@ pub const EXIT_WITH_CMDLINE_BYTE: [u8; 14] = [
 /// The trampoline, written to 0x8000 first: `xor ax, ax; mov ds, ax;
 /// lock inc word [0x7000]; cli; 1: hlt; jmp 1b`.
 pub fn start_aps_and_count(aps: u8) -> Vec<u8> {
-    let mov_to = |addr: u32, value: u32| {
-        let mut v = vec![0xc7, 0x05];
-        v.extend_from_slice(&addr.to_le_bytes());
-        v.extend_from_slice(&value.to_le_bytes());
-        v
-    };
     let mut code = Vec::new();
     for (i, word) in [0xd88e_c031u32, 0x0006_fff0, 0xebf4_fa70, 0x9090_90fd]
         .into_iter()
@@ -173,5 +167,95 @@ pub fn start_aps_and_count(aps: u8) -> Vec<u8> {
         0xa1, 0x00, 0x70, 0x00, 0x00, 0xf3, 0x90, 0x83, 0xf8, aps, 0x72, 0xf4,
     ]);
     code.extend_from_slice(&[0xe7, 0xf4, 0xf4, 0xeb, 0xfd]);
+    code
+}
+
+/// `mov dword [addr], value` (32-bit code).
+fn mov_to(addr: u32, value: u32) -> Vec<u8> {
+    let mut v = vec![0xc7, 0x05];
+    v.extend_from_slice(&addr.to_le_bytes());
+    v.extend_from_slice(&value.to_le_bytes());
+    v
+}
+
+/// Where [`sleep_and_resume`] keeps its marker.
+pub const SLEEP_MARKER: u32 = 0x7000;
+
+/// How [`sleep_and_resume`] sleeps and resumes.
+#[derive(Clone, Copy, Debug)]
+pub struct SleepGuest {
+    /// The FACS (found from the FADT by a real guest; given here).
+    pub facs: u32,
+    /// Where the resume code goes, and the waking vector.
+    pub vector: u32,
+    /// The vector goes in X_Firmware_Waking_Vector (resume in 32-bit
+    /// protected mode) instead of Firmware_Waking_Vector (real mode).
+    pub x_vector: bool,
+    /// Arm the RTC alarm (every second, AIE) and RTC_EN, as
+    /// kvm-unit-tests' `s3` does.
+    pub rtc_alarm: bool,
+    /// SLP_TYP written with SLP_EN (1: S3, 0: S5).
+    pub slp_typ: u8,
+    /// The value left at [`SLEEP_MARKER`] before sleeping.
+    pub marker: u32,
+}
+
+/// 32-bit code (for [`elf32_multiboot`]) that sleeps the way
+/// kvm-unit-tests' `s3` does: it writes its marker, copies its resume code
+/// to the vector and the vector into the FACS, arms the wake, writes
+/// PM1a control, and then spins overwriting the marker with 0x99. The resume
+/// code exits with `[marker] + CR0.PE + (CS << 8)`: the marker kept, the
+/// mode, and the segment it resumed in.
+pub fn sleep_and_resume(guest: SleepGuest) -> Vec<u8> {
+    // Real mode: mov eax, cr0; and eax, 1; add eax, [0x7000];
+    // mov bx, cs; movzx ebx, bx; shl ebx, 8; add eax, ebx; out 0xf4, eax;
+    // 1: hlt; jmp 1b.
+    const REAL: [u8; 31] = [
+        0x0f, 0x20, 0xc0, 0x66, 0x83, 0xe0, 0x01, 0x66, 0x03, 0x06, 0x00, 0x70, 0x8c, 0xcb, 0x66,
+        0x0f, 0xb7, 0xdb, 0x66, 0xc1, 0xe3, 0x08, 0x66, 0x01, 0xd8, 0x66, 0xe7, 0xf4, 0xf4, 0xeb,
+        0xfd,
+    ];
+    // The same in 32-bit code.
+    const FLAT: [u8; 28] = [
+        0x0f, 0x20, 0xc0, 0x83, 0xe0, 0x01, 0x03, 0x05, 0x00, 0x70, 0x00, 0x00, 0x8c, 0xcb, 0x0f,
+        0xb7, 0xdb, 0xc1, 0xe3, 0x08, 0x01, 0xd8, 0xe7, 0xf4, 0xf4, 0xeb, 0xfd, 0x90,
+    ];
+    let resume: &[u8] = if guest.x_vector { &FLAT } else { &REAL };
+    let mut code = mov_to(SLEEP_MARKER, guest.marker);
+    for (i, chunk) in resume.chunks(4).enumerate() {
+        let mut word = [0x90u8; 4];
+        word[..chunk.len()].copy_from_slice(chunk);
+        code.extend(mov_to(
+            guest.vector + 4 * i as u32,
+            u32::from_le_bytes(word),
+        ));
+    }
+    if guest.x_vector {
+        code.extend(mov_to(guest.facs + 24, guest.vector));
+        code.extend(mov_to(guest.facs + 28, 0));
+    } else {
+        code.extend(mov_to(guest.facs + 12, guest.vector));
+    }
+    if guest.rtc_alarm {
+        // Each alarm register "don't care": mov al, reg; out 0x70, al;
+        // mov al, 0xc0; out 0x71, al.
+        for register in [1u8, 3, 5] {
+            code.extend_from_slice(&[0xb0, register, 0xe6, 0x70, 0xb0, 0xc0, 0xe6, 0x71]);
+        }
+        // Register B |= AIE: mov al, 0xb; out 0x70, al; in al, 0x71;
+        // or al, 0x20; out 0x71, al.
+        code.extend_from_slice(&[0xb0, 0x0b, 0xe6, 0x70, 0xe4, 0x71, 0x0c, 0x20, 0xe6, 0x71]);
+        // PM1_EN = RTC_EN: mov dx, 0x602; mov ax, 0x400; out dx, ax.
+        code.extend_from_slice(&[0x66, 0xba, 0x02, 0x06, 0x66, 0xb8, 0x00, 0x04, 0x66, 0xef]);
+    }
+    // PM1a control = SLP_TYP | SLP_EN: mov dx, 0x604; mov ax, value;
+    // out dx, ax.
+    let control = (u16::from(guest.slp_typ & 7) << 10) | (1 << 13);
+    code.extend_from_slice(&[0x66, 0xba, 0x04, 0x06, 0x66, 0xb8]);
+    code.extend_from_slice(&control.to_le_bytes());
+    code.extend_from_slice(&[0x66, 0xef]);
+    // 1: mov dword [marker], 0x99; jmp 1b.
+    code.extend(mov_to(SLEEP_MARKER, 0x99));
+    code.extend_from_slice(&[0xeb, 0xf4]);
     code
 }

@@ -2,7 +2,8 @@
 //! lays them out for it: an RSDP (revision 0) found by scanning
 //! 0xE0000-0xFFFFF, an RSDT listing the FADT and the MADT, a FADT whose PM
 //! timer block is the PIIX4 one (port 0x608) and which points at a FACS and
-//! an empty DSDT, and a MADT with one local APIC per vCPU, the IOAPIC, and
+//! a DSDT holding only the sleep packages (`\_S3`, `\_S4`, `\_S5`, QEMU's
+//! values), and a MADT with one local APIC per vCPU, the IOAPIC, and
 //! QEMU's interrupt source overrides; with a VT-d unit, a DMAR table
 //! describing it, as QEMU's q35 has.
 
@@ -15,6 +16,18 @@ use crate::memory::GuestMemory;
 pub const BASE: u64 = 0xe_0000;
 /// First byte after the area the tables may use.
 pub const END: u64 = 0x10_0000;
+/// Where the FACS is (its waking vectors are read on a resume from S3).
+pub const FACS_ADDR: u64 = BASE + FACS as u64;
+
+// Fixed offsets inside the area; the MADT, which grows with the CPU count,
+// comes last.
+const RSDP: usize = 0x0;
+const RSDT: usize = 0x40;
+const FACS: usize = 0x80; // 64-byte aligned, as ACPI requires
+const DSDT: usize = 0xc0;
+const FADT: usize = 0x110;
+const DMAR: usize = 0x190;
+const MADT: usize = 0x200;
 
 const OEM_ID: &[u8; 6] = b"KTVMM ";
 const OEM_TABLE_ID: &[u8; 8] = b"KTVMMPC ";
@@ -40,15 +53,6 @@ pub fn write_tables(
 
 /// The whole table area, starting at [`BASE`].
 pub fn build(cpus: u32, iommu: bool) -> Vec<u8> {
-    // Fixed offsets inside the area; the MADT, which grows with the CPU
-    // count, comes last.
-    const RSDP: usize = 0x0;
-    const RSDT: usize = 0x40;
-    const FACS: usize = 0x80; // 64-byte aligned, as ACPI requires
-    const DSDT: usize = 0xc0;
-    const FADT: usize = 0x100;
-    const DMAR: usize = 0x180;
-    const MADT: usize = 0x200;
     let at = |offset: usize| (BASE + offset as u64) as u32;
 
     let madt = madt(cpus);
@@ -73,7 +77,7 @@ pub fn build(cpus: u32, iommu: bool) -> Vec<u8> {
         ),
     );
     put(FACS, &facs());
-    put(DSDT, &table(b"DSDT", 1, &[]));
+    put(DSDT, &table(b"DSDT", 1, &SLEEP_PACKAGES));
     put(FADT, &fadt(at(FACS), at(DSDT)));
     put(MADT, &madt);
     area
@@ -106,11 +110,106 @@ fn table(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     t
 }
 
+/// `Name (_S3, Package (4) {1, 1, 0, 0})`, and likewise `_S4` (2) and
+/// `_S5` (0): the SLP_TYP values QEMU's DSDT gives, which
+/// `devices::pm` carries out.
+const SLEEP_PACKAGES: [u8; 38] = [
+    0x08, b'_', b'S', b'3', b'_', 0x12, 0x06, 0x04, 0x01, 0x01, 0x00, 0x00, //
+    0x08, b'_', b'S', b'4', b'_', 0x12, 0x08, 0x04, 0x0a, 0x02, 0x0a, 0x02, 0x00, 0x00, //
+    0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00,
+];
+
+// FACS fields (ACPI 6.5, table 5.14).
+const FACS_WAKING_VECTOR: usize = 12;
+const FACS_X_WAKING_VECTOR: usize = 24;
+const FACS_VERSION: usize = 32;
+/// Version 2: the X_Firmware_Waking_Vector and the OSPM flags are there.
+/// The flags leave 64BIT_WAKE_SUPPORTED_F clear, so an OSPM's 64BIT_WAKE_F
+/// is ignored and an X_Firmware_Waking_Vector is entered in 32-bit mode,
+/// as ACPI says of firmware without 64-bit wake.
+const FACS_REVISION: u8 = 2;
+
 fn facs() -> [u8; 64] {
     let mut f = [0u8; 64];
     f[..4].copy_from_slice(b"FACS");
     f[4..8].copy_from_slice(&64u32.to_le_bytes());
+    f[FACS_VERSION] = FACS_REVISION;
     f
+}
+
+/// Where and how the boot CPU resumes from S3, as the FACS says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WakeEntry {
+    /// Firmware_Waking_Vector: real mode at `segment:offset`
+    /// (vector >> 4 : vector & 0xf).
+    RealMode {
+        /// CS.
+        segment: u16,
+        /// IP.
+        offset: u16,
+    },
+    /// X_Firmware_Waking_Vector: 32-bit protected mode, paging off, flat
+    /// 4 GiB segments, at this address.
+    Flat32 {
+        /// EIP.
+        eip: u32,
+    },
+}
+
+/// Why the guest cannot be resumed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WakeError {
+    /// Both vectors are zero: firmware would boot from scratch.
+    #[error(
+        "the FACS has no waking vector (both Firmware_Waking_Vector and \
+         X_Firmware_Waking_Vector are 0): firmware would boot the machine afresh, \
+         and ktvmm has none"
+    )]
+    NoVector,
+    /// X_Firmware_Waking_Vector beyond what 32-bit mode reaches.
+    #[error(
+        "X_Firmware_Waking_Vector {0:#x} is above 4 GiB, beyond a 32-bit wake \
+         environment (ktvmm does not offer 64-bit wake)"
+    )]
+    XAbove4G(u64),
+    /// Firmware_Waking_Vector beyond what real mode reaches.
+    #[error("Firmware_Waking_Vector {0:#x} is above 1 MiB, beyond real mode")]
+    Above1M(u32),
+    /// The FACS could not be read.
+    #[error("reading the FACS at {FACS_ADDR:#x}: {0}")]
+    Read(String),
+}
+
+/// Reads the waking vector the guest left in the FACS: the 64-bit
+/// X_Firmware_Waking_Vector when it is not zero, else the 32-bit
+/// Firmware_Waking_Vector, as ACPI has firmware do.
+pub fn wake_entry(memory: &GuestMemory) -> Result<WakeEntry, WakeError> {
+    let mut f = [0u8; 64];
+    memory
+        .read_slice(&mut f, GuestAddress(FACS_ADDR))
+        .map_err(|e| WakeError::Read(e.to_string()))?;
+    wake_entry_of(&f)
+}
+
+fn wake_entry_of(facs: &[u8; 64]) -> Result<WakeEntry, WakeError> {
+    let u32_at =
+        |at: usize| u32::from_le_bytes([facs[at], facs[at + 1], facs[at + 2], facs[at + 3]]);
+    // The guest may have rewritten the version; the field is there in ours.
+    let x = u64::from(u32_at(FACS_X_WAKING_VECTOR))
+        | (u64::from(u32_at(FACS_X_WAKING_VECTOR + 4)) << 32);
+    if facs[FACS_VERSION] >= 1 && x != 0 {
+        return u32::try_from(x)
+            .map(|eip| WakeEntry::Flat32 { eip })
+            .map_err(|_| WakeError::XAbove4G(x));
+    }
+    match u32_at(FACS_WAKING_VECTOR) {
+        0 => Err(WakeError::NoVector),
+        vector if vector >= 0x10_0000 => Err(WakeError::Above1M(vector)),
+        vector => Ok(WakeEntry::RealMode {
+            segment: (vector >> 4) as u16,
+            offset: (vector & 0xf) as u16,
+        }),
+    }
 }
 
 /// FADT revision 1 (116 bytes), as QEMU gives the `pc` machine.
@@ -232,7 +331,67 @@ mod tests {
         assert_eq!((BASE as usize + facs) % 64, 0, "FACS alignment");
         let dsdt = (u64::from(u32_at(fadt, 40)) - BASE) as usize;
         assert_eq!(&area[dsdt..dsdt + 4], b"DSDT");
-        assert_eq!(sum(&area[dsdt..dsdt + 36]), 0);
+        let dsdt_len = u32_at(&area, dsdt + 4) as usize;
+        assert_eq!(sum(&area[dsdt..dsdt + dsdt_len]), 0);
+    }
+
+    #[test]
+    fn the_dsdt_holds_qemus_sleep_packages() {
+        let area = build(1, false);
+        assert!(DSDT + 36 + SLEEP_PACKAGES.len() <= FADT);
+        let fadt = find(&area, b"FACP");
+        let dsdt = (u64::from(u32_at(fadt, 40)) - BASE) as usize;
+        let len = u32_at(&area, dsdt + 4) as usize;
+        assert_eq!(sum(&area[dsdt..dsdt + len]), 0);
+        let aml = &area[dsdt + 36..dsdt + len];
+        // NameOp, the name, PackageOp, its length, 4 elements, SLP_TYPa.
+        for (name, slp_typ) in [(b"_S3_", [0x01]), (b"_S5_", [0x00])] {
+            let at = aml.windows(4).position(|w| w == name).unwrap();
+            assert_eq!(aml[at - 1], 0x08);
+            assert_eq!(&aml[at + 4..at + 7], &[0x12, 0x06, 0x04]);
+            assert_eq!(aml[at + 7], slp_typ[0]);
+        }
+        let s4 = aml.windows(4).position(|w| w == b"_S4_").unwrap();
+        assert_eq!(&aml[s4 + 4..s4 + 10], &[0x12, 0x08, 0x04, 0x0a, 0x02, 0x0a]);
+    }
+
+    #[test]
+    fn the_waking_vector_is_the_x_field_if_set_else_the_32_bit_one() {
+        let area = build(1, false);
+        let at = (FACS_ADDR - BASE) as usize;
+        let mut facs: [u8; 64] = area[at..at + 64].try_into().unwrap();
+        assert_eq!(facs[32], 2, "FACS version 2");
+        assert_eq!(u32_at(&facs, 20), 0, "no 64BIT_WAKE_SUPPORTED_F");
+        assert_eq!(wake_entry_of(&facs), Err(WakeError::NoVector));
+        facs[12..16].copy_from_slice(&0x1_2345u32.to_le_bytes());
+        assert_eq!(
+            wake_entry_of(&facs),
+            Ok(WakeEntry::RealMode {
+                segment: 0x1234,
+                offset: 5
+            })
+        );
+        facs[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes());
+        // 64BIT_WAKE_F is ignored: 64-bit wake is not offered.
+        facs[36] = 1;
+        assert_eq!(
+            wake_entry_of(&facs),
+            Ok(WakeEntry::Flat32 { eip: 0x20_0000 })
+        );
+        facs[32] = 0;
+        assert!(
+            matches!(wake_entry_of(&facs), Ok(WakeEntry::RealMode { .. })),
+            "a version 0 FACS has no X field"
+        );
+        facs[32] = 2;
+        facs[24..32].copy_from_slice(&0x1_0000_0000u64.to_le_bytes());
+        assert_eq!(
+            wake_entry_of(&facs),
+            Err(WakeError::XAbove4G(0x1_0000_0000))
+        );
+        facs[24..32].fill(0);
+        facs[12..16].copy_from_slice(&0x10_0000u32.to_le_bytes());
+        assert_eq!(wake_entry_of(&facs), Err(WakeError::Above1M(0x10_0000)));
     }
 
     #[test]

@@ -28,7 +28,9 @@ use bus::Buses;
 use bus::{Bus, SharedDevice};
 use devices::fw_cfg::{self, FwCfg};
 use devices::links::{DeviceThread, GuestDma, GuestPages, KvmIrqLine, KvmMsi};
+use devices::pm::{self, Pm1, Power, SleepRequest};
 use devices::pm_timer::{self, PmTimer};
+use devices::rtc::{self, Rtc};
 use devices::serial::{Console, IrqLine, PostfixOutput, SerialDevice, UART_PORTS};
 use devices::vtd::{self, Vtd};
 use pci::{HostBridge, PciConfigIo, PciRoot};
@@ -39,6 +41,8 @@ pub struct Platform {
     pub buses: Arc<Buses>,
     /// COM1, whose buffered output is written out when the VM ends.
     pub console: Arc<Mutex<SerialDevice>>,
+    /// ACPI sleep requests and the events that wake the machine.
+    pub power: Arc<Power>,
 }
 
 /// Why the machine's devices could not be set up.
@@ -112,6 +116,7 @@ impl Platform {
             UART_PORTS,
         )?;
         let pci = place_platform_devices(&buses, vm, machine)?;
+        let power = Arc::new(place_power_devices(&buses)?);
 
         if testdevs {
             // Only edu defers work; a bare platform has no use for the thread.
@@ -170,6 +175,7 @@ impl Platform {
         Ok(Self {
             buses,
             console: serial,
+            power,
         })
     }
 }
@@ -228,6 +234,29 @@ pub fn place_platform_devices(
         pci::CONFIG_IO_PORTS,
     )?;
     Ok(pci)
+}
+
+/// The ACPI PM1 registers and the CMOS clock, whose alarm wakes the
+/// machine from S3.
+fn place_power_devices(buses: &Buses) -> Result<Power, PlatformError> {
+    let request = Arc::new(SleepRequest::new());
+    let pm1 = Arc::new(Mutex::new(Pm1::new(request.clone())));
+    place(
+        &buses.pio,
+        "ACPI PM1 registers",
+        pm1.clone(),
+        u64::from(ports::PM_BASE),
+        pm::LEN,
+    )?;
+    let rtc = Arc::new(Mutex::new(Rtc::new()));
+    place(
+        &buses.pio,
+        "CMOS RTC",
+        rtc.clone(),
+        u64::from(ports::RTC),
+        rtc::LEN,
+    )?;
+    Ok(Power::new(request, pm1, rtc))
 }
 
 /// pc-testdev's register ports and memory window (its IRQ ports need an

@@ -5,4 +5,5 @@
 pub mod forensics;
 pub mod liveness;
 pub mod outcome;
+pub mod sleep;
 pub mod vcpu;

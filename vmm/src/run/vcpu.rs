@@ -18,6 +18,7 @@ use crate::platform::bus::{Bus, Buses};
 use crate::run::forensics::VcpuSnapshot;
 use crate::run::liveness::Watch;
 use crate::run::outcome::{Outcome, internal_error_reason};
+use crate::run::sleep::Sleep;
 
 /// How a vCPU's run ended.
 pub struct VcpuEnd {
@@ -39,6 +40,7 @@ pub struct Vcpu {
     watch: Arc<Watch>,
     keep_state: bool,
     debug: Option<Arc<Control>>,
+    sleep: Option<Arc<Sleep>>,
 }
 
 impl Vcpu {
@@ -51,7 +53,14 @@ impl Vcpu {
             watch,
             keep_state: false,
             debug: None,
+            sleep: None,
         }
+    }
+
+    /// Lets the guest's ACPI sleep requests reach this vCPU.
+    pub fn sleep(mut self, sleep: Option<Arc<Sleep>>) -> Self {
+        self.sleep = sleep;
+        self
     }
 
     /// Puts the vCPU under a debugger's control: it parks when asked and
@@ -106,6 +115,14 @@ impl Vcpu {
                 && control.stop_requested()
             {
                 control.park(self.index as usize, &self.fd);
+                continue;
+            }
+            if let Some(sleep) = &self.sleep
+                && sleep.pending()
+            {
+                if let Some(outcome) = sleep.take_part(self.index, &self.fd, stop) {
+                    return (Some(outcome), None);
+                }
                 continue;
             }
             let step = match self.fd.run() {

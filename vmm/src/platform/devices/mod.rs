@@ -2,6 +2,8 @@
 
 pub mod fw_cfg;
 pub mod links;
+pub mod pm;
 pub mod pm_timer;
+pub mod rtc;
 pub mod serial;
 pub mod vtd;
