@@ -245,6 +245,23 @@ pub fn regs(entry: u64, cpu: u32, stack_top: u64) -> kvm_regs {
     }
 }
 
+/// The mode a vCPU runs in, by its control registers and code segment's
+/// L bit: what forensics and the debugger show.
+pub fn mode(cr0: u64, efer: u64, cs_long: u8) -> &'static str {
+    match (
+        cr0 & CR0_PE != 0,
+        cr0 & CR0_PG != 0,
+        efer & EFER_LMA != 0,
+        cs_long != 0,
+    ) {
+        (false, ..) => "real",
+        (true, true, true, true) => "long",
+        (true, true, true, false) => "compat",
+        (true, true, false, _) => "protected+paging",
+        (true, false, ..) => "protected",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 use serde::Serialize;
 
-use crate::boot::long_mode::{CR0_PE, CR0_PG, EFER_LMA};
+use crate::boot::long_mode::mode;
 
 const RFLAGS_IF: u64 = 1 << 9;
 
@@ -75,21 +75,6 @@ impl VcpuSnapshot {
             last_exit: last_exit.to_string(),
             since_last_exit_s: (since.as_secs_f64() * 1000.0).round() / 1000.0,
         })
-    }
-}
-
-pub(crate) fn mode(cr0: u64, efer: u64, cs_long: u8) -> &'static str {
-    match (
-        cr0 & CR0_PE != 0,
-        cr0 & CR0_PG != 0,
-        efer & EFER_LMA != 0,
-        cs_long != 0,
-    ) {
-        (false, ..) => "real",
-        (true, true, true, true) => "long",
-        (true, true, true, false) => "compat",
-        (true, true, false, _) => "protected+paging",
-        (true, false, ..) => "protected",
     }
 }
 

@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use kvm_bindings::kvm_segment;
 
 use super::target::GuestTarget;
+use crate::boot::long_mode;
 use crate::debug::core_dump::CpuState;
-use crate::run::forensics;
 
 const HELP: &str = "\
 ktvmm monitor commands:
@@ -62,7 +62,7 @@ fn each_vcpu(target: &GuestTarget, say: impl Fn(usize, &CpuState) -> String) -> 
 /// `long mode, 64-bit code` and the like.
 fn mode_line(state: &CpuState) -> String {
     let s = &state.sregs;
-    let mode = forensics::mode(s.cr0, s.efer, s.cs.l);
+    let mode = long_mode::mode(s.cr0, s.efer, s.cs.l);
     let code = match (s.cs.l, s.cs.db) {
         (1, _) => 64,
         (_, 1) => 32,
