@@ -2,6 +2,8 @@
 //! a test: verdicts per sweep variant, verdicts per KVM configuration, and
 //! a soak's runs and failures per test.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,13 +17,32 @@ use crate::kvm_matrix::KVM_KEY;
 /// names in the order they first finished.
 fn by_name(results: &[TestResult]) -> Vec<(&str, Vec<&TestResult>)> {
     let mut groups: Vec<(&str, Vec<&TestResult>)> = Vec::new();
+    // Sweeps and soaks make many results: a lookup, not a scan, per result.
+    let mut index: HashMap<&str, usize> = HashMap::new();
     for r in results {
-        match groups.iter_mut().find(|(n, _)| *n == r.name) {
-            Some((_, runs)) => runs.push(r),
-            None => groups.push((&r.name, vec![r])),
-        }
+        let at = *index.entry(&r.name).or_insert_with(|| {
+            groups.push((&r.name, Vec::new()));
+            groups.len() - 1
+        });
+        groups[at].1.push(r);
     }
     groups
+}
+
+/// The position of `key` in an ordered list of rows whose positions
+/// `index` holds, appending a row made by `new` when it is not there yet.
+fn row_of<K: Clone + Eq + Hash, R>(
+    rows: &mut Vec<R>,
+    index: &mut HashMap<K, usize>,
+    key: &K,
+    new: impl FnOnce() -> R,
+) -> usize {
+    if let Some(&at) = index.get(key) {
+        return at;
+    }
+    rows.push(new());
+    index.insert(key.clone(), rows.len() - 1);
+    rows.len() - 1
 }
 
 /// `PASS`, `PASS x3`, or `2 PASS, 1 FAIL` for a test run several times.
@@ -81,6 +102,8 @@ pub fn sweeps(results: &[TestResult]) -> String {
         keys: &'a [(String, String)],
         columns: Vec<&'a str>,
         rows: Vec<(Vec<String>, Vec<String>)>,
+        /// Where each row's label is in `rows`.
+        index: HashMap<Vec<String>, usize>,
     }
     let mut tables: Vec<Table> = Vec::new();
     let mut variants = 0;
@@ -103,6 +126,7 @@ pub fn sweeps(results: &[TestResult]) -> String {
                     keys: &v.values,
                     columns: Vec::new(),
                     rows: Vec::new(),
+                    index: HashMap::new(),
                 });
                 tables.len() - 1
             }
@@ -121,15 +145,10 @@ pub fn sweeps(results: &[TestResult]) -> String {
         };
         let mut label = vec![format!("{}{}", v.of, suffix(name, v))];
         label.extend(others.iter().map(|(_, value)| value.clone()));
-        let row = match table.rows.iter().position(|(l, _)| *l == label) {
-            Some(row) => row,
-            None => {
-                table
-                    .rows
-                    .push((label, vec!["-".into(); table.columns.len()]));
-                table.rows.len() - 1
-            }
-        };
+        let width = table.columns.len();
+        let row = row_of(&mut table.rows, &mut table.index, &label, || {
+            (label.clone(), vec!["-".into(); width])
+        });
         table.rows[row].1[column] = verdict(&runs);
     }
     if tables.is_empty() {
@@ -160,6 +179,7 @@ pub fn configs(results: &[TestResult], names: &[String]) -> String {
         return String::new();
     }
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
     for (name, runs) in by_name(results) {
         let Some(v) = &runs[0].variant else { continue };
         let Some(config) = v.get(KVM_KEY) else {
@@ -182,13 +202,9 @@ pub fn configs(results: &[TestResult], names: &[String]) -> String {
         } else {
             rest.name()
         } + suffix(name, v);
-        let at = match rows.iter().position(|(l, _)| *l == label) {
-            Some(at) => at,
-            None => {
-                rows.push((label, vec!["-".to_string(); names.len()]));
-                rows.len() - 1
-            }
-        };
+        let at = row_of(&mut rows, &mut index, &label, || {
+            (label.clone(), vec!["-".to_string(); names.len()])
+        });
         rows[at].1[column] = verdict(&runs);
     }
     let mut table = vec![
