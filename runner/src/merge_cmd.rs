@@ -401,7 +401,8 @@ fn copy_log(result: &mut TestResult, from: &Path, output: &OutputDir) -> Result<
     if let Some(core) = result.core.as_ref().and_then(|c| c.file_name()) {
         let source = from.join(LOGS).join(core);
         if is_file(&source) {
-            let core = log.with_extension("core");
+            // Named as `ktvmm test --cores` names it beside the log.
+            let core = crate::schedule::core_path(&log);
             link_or_copy(&source, &core)?;
             result.core = Some(core);
         }

@@ -20,6 +20,11 @@ pub fn outcome_path(log: &Path) -> std::path::PathBuf {
     log.with_extension("outcome.json")
 }
 
+/// Where `ktvmm test --cores` has a guest's core written, next to its log.
+pub fn core_path(log: &Path) -> std::path::PathBuf {
+    log.with_extension("core")
+}
+
 /// The command that runs `spec` (none for a test the suite skips); `ktvmm`
 /// is this binary, which boots guests; `log` is where its output goes.
 pub fn command(
@@ -39,7 +44,7 @@ pub fn command(
                 .arg("--json-outcome")
                 .arg(outcome_path(log));
             if options.cores {
-                cmd.arg("--core").arg(log.with_extension("core"));
+                cmd.arg("--core").arg(core_path(log));
             }
             if let Some(port) = options.gdb_port {
                 cmd.arg(format!("--gdb=127.0.0.1:{port}")).arg("-S");

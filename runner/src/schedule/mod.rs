@@ -8,7 +8,7 @@ pub mod debugfs_stats;
 mod guard;
 pub mod logcap;
 
-pub use child::repro;
+pub use child::{core_path, repro};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
